@@ -1,0 +1,1 @@
+"""The Python SDK (``RefgateClient``) and the ``refgate`` CLI."""

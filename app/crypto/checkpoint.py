@@ -1,0 +1,276 @@
+"""Signed checkpoints of the audit log: C2SP ``signed-note`` + ``tlog-checkpoint``, Ed25519.
+
+A checkpoint is the note text ::
+
+    <origin>\\n<decimal tree size>\\n<base64 root hash>\\n[<extension line>\\n ...]
+
+followed by a blank line and one or more signature lines
+``— <key name> <base64(4-byte key ID || 64-byte Ed25519 signature)>\\n``
+(U+2014 EM DASH, space). The signature covers the note text up to and
+including its final newline. The key ID is ``SHA-256(name || 0x0A || 0x01 ||
+public key)[:4]`` and the verifier key is published as
+``<name>+<8 hex digits of key ID>+<base64(0x01 || public key)>``, the
+format of ``golang.org/x/mod/sumdb/note``, which other tlog tooling reads.
+
+Guarantees of ``open_checkpoint``: it returns only a checkpoint whose text was
+signed by the given key, whose origin is that key's name, and whose every
+line parses strictly (one spelling per value). Signature lines of other keys
+are ignored (witness cosignatures, rotated keys); a line that claims the given
+key but does not verify rejects the whole note. Every refusal is a
+``CheckpointError`` (a ``ValueError``) saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from app.crypto.encoding import EncodingError, b64_decode, b64_encode
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "VerifierKey",
+    "open_checkpoint",
+    "open_note",
+    "parse_verifier_key",
+    "sign_checkpoint",
+    "sign_note",
+    "verifier_key",
+]
+
+_ALG_ED25519 = 0x01
+_KEY_ID_SIZE = 4
+_PUBLIC_KEY_SIZE = 32
+_SIGNATURE_SIZE = 64
+_HASH_SIZE = 32
+_MAX_SIGNATURES = 100
+# Tree sizes are stored in signed 64-bit columns.
+_MAX_TREE_SIZE = 2**63 - 1
+_SIG_PREFIX = "\u2014 "
+_DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+_KEY_HASH_HEX = re.compile(r"[0-9a-f]{8}", re.ASCII)
+
+
+class CheckpointError(ValueError):
+    """A note, checkpoint or verifier key is malformed or not validly signed."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierKey:
+    """A parsed note verifier key: name, 4-byte key ID and raw Ed25519 public key."""
+
+    name: str
+    key_hash: bytes
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A verified checkpoint; ``note`` is the signed note it was opened from."""
+
+    origin: str
+    size: int
+    root: bytes
+    note: str
+    extensions: tuple[str, ...] = ()
+
+
+def _is_valid_name(name: str) -> bool:
+    return bool(name) and "+" not in name and not any(c.isspace() for c in name)
+
+
+def _check_name(name: str) -> None:
+    if not _is_valid_name(name):
+        raise CheckpointError(f"invalid key name {name!r}: must be non-empty, no spaces or '+'")
+
+
+def _key_hash(name: str, public_key: bytes) -> bytes:
+    data = name.encode("utf-8") + b"\n" + bytes([_ALG_ED25519]) + public_key
+    return hashlib.sha256(data).digest()[:_KEY_ID_SIZE]
+
+
+def verifier_key(name: str, public_key: bytes) -> str:
+    """Encode ``<name>+<hex key ID>+<base64(0x01 || public_key)>`` for an Ed25519 key."""
+    _check_name(name)
+    if len(public_key) != _PUBLIC_KEY_SIZE:
+        raise CheckpointError(f"Ed25519 public key must be 32 bytes, got {len(public_key)}")
+    key_id = _key_hash(name, public_key).hex()
+    return f"{name}+{key_id}+{b64_encode(bytes([_ALG_ED25519]) + public_key)}"
+
+
+def parse_verifier_key(vkey: str) -> VerifierKey:
+    """Parse and validate a verifier key string.
+
+    Refuses anything but the canonical encoding: a valid name, exactly 8
+    lowercase hex digits equal to the key ID recomputed from name and key,
+    strict base64 of algorithm byte 0x01 followed by a 32-byte key.
+    """
+    # The base64 key may itself contain '+'; name and hash cannot.
+    parts = vkey.split("+", 2)
+    if len(parts) != 3:
+        raise CheckpointError("verifier key must be <name>+<key hash>+<key>")
+    name, hash_hex, key_b64 = parts
+    _check_name(name)
+    if not _KEY_HASH_HEX.fullmatch(hash_hex):
+        raise CheckpointError("verifier key hash must be 8 lowercase hex digits")
+    try:
+        key = b64_decode(key_b64)
+    except EncodingError as exc:
+        raise CheckpointError("verifier key is not canonical base64") from exc
+    if not key or key[0] != _ALG_ED25519:
+        raise CheckpointError("verifier key algorithm is not Ed25519 (0x01)")
+    public_key = key[1:]
+    if len(public_key) != _PUBLIC_KEY_SIZE:
+        raise CheckpointError(f"Ed25519 public key must be 32 bytes, got {len(public_key)}")
+    key_hash = _key_hash(name, public_key)
+    if key_hash.hex() != hash_hex:
+        raise CheckpointError("verifier key hash does not match name and key")
+    return VerifierKey(name=name, key_hash=key_hash, public_key=public_key)
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CheckpointError(f"{what} is not valid UTF-8") from exc
+    for c in text:
+        if c < " " and c != "\n":
+            raise CheckpointError(f"{what} contains control character U+{ord(c):04X}")
+
+
+def _as_text(note: str | bytes) -> str:
+    if isinstance(note, str):
+        return note
+    try:
+        return note.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError("note is not valid UTF-8") from exc
+
+
+def sign_note(text: str, signing_seed: bytes, name: str) -> str:
+    """Sign ``text`` (which must end in a newline) as a C2SP signed note with one signature.
+
+    ``signing_seed`` is the 32-byte Ed25519 seed. Ed25519 is deterministic,
+    so the same inputs always give the same note.
+    """
+    _check_name(name)
+    _check_text(text, "note text")
+    if not text.endswith("\n"):
+        raise CheckpointError("note text must end with a newline")
+    if len(signing_seed) != 32:
+        raise CheckpointError(f"Ed25519 seed must be 32 bytes, got {len(signing_seed)}")
+    key = SigningKey(signing_seed)
+    body = text.encode("utf-8")
+    signature = key.sign(body).signature
+    key_id = _key_hash(name, key.verify_key.encode())
+    return f"{text}\n{_SIG_PREFIX}{name} {b64_encode(key_id + signature)}\n"
+
+
+def open_note(note: str | bytes, vkey: str) -> str:
+    """Verify a signed note against one verifier key and return its text.
+
+    The note must be valid UTF-8 without control characters other than
+    newline, its text must be followed by a blank line and 1 to 100
+    well-formed signature lines. Lines by other keys (name or key ID
+    differs) are ignored; every line by this key must verify, and at least
+    one must exist.
+    """
+    key = parse_verifier_key(vkey)
+    note = _as_text(note)
+    _check_text(note, "note")
+    split = note.rfind("\n\n")
+    if split < 0:
+        raise CheckpointError("note has no blank line before its signatures")
+    text, sig_block = note[: split + 1], note[split + 2 :]
+    if not sig_block.endswith("\n"):
+        raise CheckpointError("note signature block must end with a newline")
+    lines = sig_block[:-1].split("\n")
+    if len(lines) > _MAX_SIGNATURES:
+        raise CheckpointError(f"note has more than {_MAX_SIGNATURES} signatures")
+    verify_key = VerifyKey(key.public_key)
+    body = text.encode("utf-8")
+    verified = False
+    for line in lines:
+        if not line.startswith(_SIG_PREFIX):
+            raise CheckpointError("malformed signature line: must start with an em dash and space")
+        name, sep, sig_b64 = line[len(_SIG_PREFIX) :].partition(" ")
+        if not sep or not _is_valid_name(name):
+            raise CheckpointError("malformed signature line: bad key name")
+        try:
+            raw = b64_decode(sig_b64)
+        except EncodingError as exc:
+            raise CheckpointError("malformed signature line: signature is not base64") from exc
+        if len(raw) <= _KEY_ID_SIZE:
+            raise CheckpointError("malformed signature line: signature too short")
+        if name != key.name or raw[:_KEY_ID_SIZE] != key.key_hash:
+            continue
+        signature = raw[_KEY_ID_SIZE:]
+        if len(signature) != _SIGNATURE_SIZE:
+            raise CheckpointError(f"signature by {key.name} has the wrong length")
+        try:
+            verify_key.verify(body, signature)
+        except BadSignatureError as exc:
+            raise CheckpointError(f"invalid signature by {key.name}") from exc
+        verified = True
+    if not verified:
+        raise CheckpointError(f"note is not signed by {key.name}+{key.key_hash.hex()}")
+    return text
+
+
+def _checkpoint_body(origin: str, size: int, root: bytes) -> str:
+    if not origin or "\n" in origin:
+        raise CheckpointError("origin must be a non-empty single line")
+    if isinstance(size, bool) or not 0 <= size <= _MAX_TREE_SIZE:
+        raise CheckpointError(f"tree size out of range: {size!r}")
+    if len(root) != _HASH_SIZE:
+        raise CheckpointError(f"root hash must be 32 bytes, got {len(root)}")
+    return f"{origin}\n{size}\n{b64_encode(root)}\n"
+
+
+def sign_checkpoint(
+    origin: str, size: int, root: bytes, signing_seed: bytes, *, name: str | None = None
+) -> str:
+    """Produce the signed checkpoint note for ``(origin, size, root)``.
+
+    The key name defaults to ``origin`` (what ``open_checkpoint`` requires).
+    Raises ``CheckpointError`` for an invalid origin or name, a negative or
+    oversized size, or a root or seed of the wrong length.
+    """
+    body = _checkpoint_body(origin, size, root)
+    return sign_note(body, signing_seed, origin if name is None else name)
+
+
+def open_checkpoint(note: str | bytes, vkey: str) -> Checkpoint:
+    """Verify a signed checkpoint against ``vkey`` and parse it strictly.
+
+    Beyond ``open_note``: the origin line must equal the key name, the size
+    must be ASCII decimal without leading zeros (at most 2**63 - 1), the root
+    canonical base64 of exactly 32 bytes, and extension lines non-empty.
+    """
+    note = _as_text(note)
+    text = open_note(note, vkey)
+    origin_name = parse_verifier_key(vkey).name
+    lines = text[:-1].split("\n")
+    if len(lines) < 3:
+        raise CheckpointError("checkpoint needs origin, size and root lines")
+    origin, size_text, root_b64, *extensions = lines
+    if origin != origin_name:
+        raise CheckpointError(f"checkpoint origin {origin!r} is not the key name {origin_name!r}")
+    if not _DECIMAL.fullmatch(size_text):
+        raise CheckpointError("checkpoint tree size must be decimal without leading zeros")
+    # Length first: int() of a huge digit string is slow (and capped by Python).
+    if len(size_text) > len(str(_MAX_TREE_SIZE)) or int(size_text) > _MAX_TREE_SIZE:
+        raise CheckpointError("checkpoint tree size out of range")
+    size = int(size_text)
+    try:
+        root = b64_decode(root_b64, length=_HASH_SIZE)
+    except EncodingError as exc:
+        raise CheckpointError("checkpoint root must be base64 of 32 bytes") from exc
+    if any(not line for line in extensions):
+        raise CheckpointError("checkpoint extension lines must be non-empty")
+    return Checkpoint(origin=origin, size=size, root=root, note=note, extensions=tuple(extensions))

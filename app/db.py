@@ -1,0 +1,78 @@
+"""Engine and sessions: the one place a transaction is committed.
+
+One request, one transaction. ``transaction()`` is a FastAPI dependency with
+``scope="function"``: it commits after the route returns and *before* the
+response is sent, and rolls back on any exception, so a client never sees 201
+for something that did not commit. Services call ``flush()``, never
+``commit()``.
+
+A refusal that must leave a trace (a denied read, a refused token) carries its
+audit event on the exception; it is written in a transaction of its own after
+the action's transaction rolled back, so the denial is recorded and nothing
+else is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from app.config import Settings
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+
+def is_postgres(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
+    """Yield a session inside one transaction; commit before the response, roll back on error."""
+    from app.services import audit  # audit imports db helpers; import late to avoid a cycle
+
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with maker() as session:
+        try:
+            async with session.begin():
+                yield session
+        except Exception as exc:
+            pending = getattr(exc, "audit", None)
+            if pending is not None:
+                async with maker() as denial_session, denial_session.begin():
+                    await audit.record_pending(denial_session, pending)
+            raise
+
+
+Db = Annotated[AsyncSession, Depends(transaction, scope="function")]

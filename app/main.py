@@ -1,0 +1,135 @@
+"""Application factory and lifespan.
+
+The lifespan builds what the process shares (engine, sessions, server keys, the
+audit sequencer) and disposes of it on shutdown. ``create_app(settings)`` lets
+tests and the benchmark build isolated apps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import __version__, errors
+from app.auth import okp_public
+from app.config import Settings, get_settings
+from app.context import request_id_var
+from app.db import create_engine, sessionmaker
+from app.logging import configure_logging
+from app.middleware import RequestContextMiddleware
+from app.routers import agencies, audit, health, oauth, referrals
+from app.services.sequencer import SequencerRunner
+from app.services.server_keys import load_server_keys
+
+log = logging.getLogger("refgate")
+
+
+def _problem(
+    status: int, title: str, detail: str, type_: str, *, headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None, request: Request | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "request_id": request_id_var.get(),
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, headers=headers, media_type=errors.PROBLEM_JSON)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.AppError)
+    async def app_error(request: Request, exc: errors.AppError) -> JSONResponse:
+        status = errors.status_of(exc)
+        extra = dict(exc.extra)
+        if isinstance(exc, errors.OAuthError):
+            extra.update(error=exc.error, error_description=exc.detail)
+        return _problem(
+            status, errors.title_for(status) if isinstance(exc, errors.OAuthError) else exc.title,
+            exc.detail, exc.type, headers=exc.headers, extra=extra, request=request,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()[:50]
+        ]
+        first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+        return _problem(
+            422, "Unprocessable Content",
+            f"{'.'.join(first['loc'])}: {first['msg']}", errors.PROBLEM_BASE + "validation",
+            extra={"errors": problems}, request=request,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
+        return _problem(
+            exc.status_code, errors.title_for(exc.status_code), str(exc.detail),
+            errors.PROBLEM_BASE + slug, headers=getattr(exc, "headers", None), request=request,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
+        return _problem(
+            500, "Internal Server Error", "an unexpected error occurred; it has been logged",
+            errors.PROBLEM_BASE + "internal", request=request,
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        server_keys = load_server_keys(settings)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker(engine)
+        app.state.server_keys = server_keys
+        app.state.token_verify_key = okp_public(server_keys.token_public)
+        app.state.issuer = settings.public_url or "refgate"
+        runner = SequencerRunner(engine, app.state.sessionmaker, settings, server_keys)
+        app.state.sequencer = runner
+        if settings.audit.sequencer_enabled:
+            runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="refgate",
+        version=__version__,
+        summary="End-to-end encrypted interagency referrals with per-field consent "
+        "and a tamper-evident audit log",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    _install_error_handlers(app)
+    for module in (health, oauth, agencies, referrals, audit):
+        app.include_router(module.router)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Entry point for ``uvicorn --factory app.main:app_from_env``."""
+    return create_app()

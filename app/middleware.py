@@ -1,0 +1,137 @@
+"""Pure ASGI middleware: request ids, body size limit, security headers, access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.context import agency_var, client_var, request_id_var
+from app.errors import PROBLEM_BASE, PROBLEM_JSON
+
+log = logging.getLogger("refgate.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+]
+
+
+def problem_body(status: int, title: str, detail: str, slug: str, request_id: str | None) -> bytes:
+    return json.dumps(
+        {
+            "type": PROBLEM_BASE + slug,
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "request_id": request_id,
+        }
+    ).encode()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    """Assigns a request id, enforces the body limit, adds security headers, logs one line.
+
+    The log line carries method, route path, status, duration, request id, client
+    and agency: never bodies, tokens or query strings.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        client_var.set(None)
+        agency_var.set(None)
+        started = time.perf_counter()
+        status_holder = {"status": 500, "started": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["started"] = True
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"server"
+                ]
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(SECURITY_HEADERS)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None:
+                try:
+                    too_big = int(declared) > self.max_body_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send_wrapper, request_id)
+                    return
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body_bytes:
+                        raise _TooLarge
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_wrapper)
+            except _TooLarge:
+                if not status_holder["started"]:
+                    await self._reject(send_wrapper, request_id)
+        finally:
+            route = scope.get("route")
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope.get("method"),
+                    "route": getattr(route, "path", None) or "unmatched",
+                    "status": status_holder["status"],
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "client_id": client_var.get(),
+                    "agency_id": agency_var.get(),
+                },
+            )
+            request_id_var.reset(token)
+
+    async def _reject(self, send: Send, request_id: str) -> None:
+        body = problem_body(
+            413,
+            "Content Too Large",
+            f"request bodies are limited to {self.max_body_bytes} bytes",
+            "payload-too-large",
+            request_id,
+        )
+        headers: list[Any] = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,1 @@
+"""SQLModel tables (``tables``) and request/response schemas (``schemas``)."""

@@ -1,0 +1,239 @@
+"""Database tables.
+
+Invariants that live in the schema:
+- ``audit_event``, ``audit_leaf``, ``audit_node`` and ``audit_checkpoint`` are
+  append-only: triggers installed by the migrations refuse UPDATE and DELETE (and
+  TRUNCATE on PostgreSQL).
+- ``wrapped_key`` rows are deleted, not flagged, when consent is revoked: the
+  server keeps no copy of a revoked path to a field key.
+- ``audit_checkpoint`` is keyed by tree size, so two roots can never be signed
+  for one size.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text
+from sqlmodel import Field, SQLModel
+
+from app.models.types import UTCDateTime, utcnow
+
+
+def _ts(*, nullable: bool = False, index: bool = False) -> Column[datetime]:
+    return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+class Agency(SQLModel, table=True):
+    __tablename__ = "agency"
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=200)
+    kind: str = Field(max_length=32)
+    status: str = Field(default="active", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class AgencyKey(SQLModel, table=True):
+    __tablename__ = "agency_key"
+    __table_args__ = (Index("ix_agency_key_agency_use", "agency_id", "use", "status"),)
+
+    kid: str = Field(primary_key=True, max_length=32)
+    agency_id: str = Field(foreign_key="agency.id", max_length=36)
+    use: str = Field(max_length=8)
+    public_key: str = Field(max_length=64)
+    status: str = Field(default="current", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    retired_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class ApiClient(SQLModel, table=True):
+    __tablename__ = "api_client"
+
+    client_id: str = Field(primary_key=True, max_length=64)
+    agency_id: str = Field(foreign_key="agency.id", index=True, max_length=36)
+    role: str = Field(max_length=16)
+    auth_public_key: str = Field(max_length=64)
+    auth_kid: str = Field(max_length=32)
+    status: str = Field(default="active", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class UsedAssertion(SQLModel, table=True):
+    """jti values of client assertions already used, kept until they expire."""
+
+    __tablename__ = "used_assertion"
+
+    client_id: str = Field(primary_key=True, max_length=64)
+    jti: str = Field(primary_key=True, max_length=128)
+    expires_at: datetime = Field(sa_column=_ts(index=True))
+
+
+class Referral(SQLModel, table=True):
+    __tablename__ = "referral"
+    __table_args__ = (Index("ix_referral_sender_received", "sender_agency", "received_at"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    sender_agency: str = Field(foreign_key="agency.id", max_length=36)
+    sender_kid: str = Field(max_length=32)
+    created_at: datetime = Field(sa_column=_ts())
+    received_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    urgency: str | None = Field(default=None, max_length=16)
+    metadata_json: str = Field(sa_column=Column(Text, nullable=False))
+    manifest_json: str = Field(sa_column=Column(Text, nullable=False))
+    signature: str = Field(max_length=128)
+    withdrawn_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    purged_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class ReferralField(SQLModel, table=True):
+    """One encrypted field: base64url(nonce || XChaCha20-Poly1305 ciphertext)."""
+
+    __tablename__ = "referral_field"
+
+    referral_id: str = Field(foreign_key="referral.id", primary_key=True, max_length=36)
+    field: str = Field(primary_key=True, max_length=64)
+    ciphertext: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class ReferralRecipient(SQLModel, table=True):
+    """Closed-loop status of one recipient agency."""
+
+    __tablename__ = "referral_recipient"
+    __table_args__ = (Index("ix_referral_recipient_inbox", "recipient", "received_at"),)
+
+    referral_id: str = Field(foreign_key="referral.id", primary_key=True, max_length=36)
+    recipient: str = Field(foreign_key="agency.id", primary_key=True, max_length=36)
+    received_at: datetime = Field(sa_column=_ts())
+    status: str = Field(default="requested", max_length=16)
+    reason: str | None = Field(default=None, max_length=64)
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class ReferralGrant(SQLModel, table=True):
+    """A consent (field, recipient) as signed in the manifest; revocation is recorded here."""
+
+    __tablename__ = "referral_grant"
+    __table_args__ = (Index("ix_referral_grant_recipient", "recipient", "referral_id"),)
+
+    referral_id: str = Field(foreign_key="referral.id", primary_key=True, max_length=36)
+    field: str = Field(primary_key=True, max_length=64)
+    recipient: str = Field(primary_key=True, max_length=36)
+    kid: str = Field(max_length=32)
+    purpose: str = Field(max_length=32)
+    expires_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True, index=True))
+    release_ref: str | None = Field(default=None, max_length=256)
+    wrapped_key_sha256: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class WrappedKey(SQLModel, table=True):
+    """A field key sealed to one agency. Deleted (never flagged) on revocation or expiry."""
+
+    __tablename__ = "wrapped_key"
+
+    referral_id: str = Field(foreign_key="referral.id", primary_key=True, max_length=36)
+    field: str = Field(primary_key=True, max_length=64)
+    recipient: str = Field(primary_key=True, max_length=36)
+    kid: str = Field(max_length=32)
+    wrapped_key: str = Field(max_length=128)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "idempotency_record"
+
+    client_id: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=255)
+    request_sha256: str = Field(max_length=64)
+    status_code: int
+    response_json: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+
+
+class AuditEvent(SQLModel, table=True):
+    """One audit event, as committed with the action it records.
+
+    ``canonical`` holds the RFC 8785 bytes of the event object: exactly what the
+    Merkle leaf commits to. The other columns repeat members of it for queries.
+    """
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        Index("ix_audit_event_actor", "actor", "id"),
+        Index("ix_audit_event_agency", "actor_agency", "id"),
+        Index("ix_audit_event_resource", "resource_id", "id"),
+        Index("ix_audit_event_subject_agency", "subject_agency", "id"),
+        Index("ix_audit_event_action", "action", "id"),
+        Index("ix_audit_event_ts", "ts"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    )
+    event_id: str = Field(max_length=36, unique=True)
+    ts: datetime = Field(sa_column=_ts())
+    actor: str | None = Field(default=None, max_length=64)
+    actor_agency: str | None = Field(default=None, max_length=36)
+    subject_agency: str | None = Field(default=None, max_length=36)
+    role: str | None = Field(default=None, max_length=16)
+    action: str = Field(max_length=64)
+    resource_type: str = Field(max_length=32)
+    resource_id: str | None = Field(default=None, max_length=128)
+    outcome: str = Field(max_length=8)
+    canonical: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class AuditPending(SQLModel, table=True):
+    """Committed events not yet integrated into the Merkle tree (a queue)."""
+
+    __tablename__ = "audit_pending"
+
+    event_id: int = Field(
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+
+
+class AuditLeaf(SQLModel, table=True):
+    """Log position ``seq`` (contiguous from 0) of an event and its leaf hash."""
+
+    __tablename__ = "audit_leaf"
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    event_id: int = Field(sa_column=Column(BigInteger, nullable=False, unique=True))
+    leaf_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+
+
+class AuditNode(SQLModel, table=True):
+    """Hash of the perfect subtree (level, idx): leaves idx*2^level .. (idx+1)*2^level - 1."""
+
+    __tablename__ = "audit_node"
+
+    level: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+
+
+class AuditTreeState(SQLModel, table=True):
+    """The single row that serializes integration: locked once per batch."""
+
+    __tablename__ = "audit_tree_state"
+
+    id: int = Field(default=1, primary_key=True)
+    size: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    root: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    __tablename__ = "audit_checkpoint"
+
+    tree_size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    root: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+APPEND_ONLY_TABLES = ("audit_event", "audit_leaf", "audit_node", "audit_checkpoint")

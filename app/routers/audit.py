@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from app import errors
+from app.auth import AnyPrincipal, Principal, Scope
+from app.crypto.checkpoint import verifier_key
+from app.db import Db
+from app.models.schemas import AuditItem, AuditList, ConsistencyProof, InclusionProof
+from app.services import audit, audit_log
+from app.services.audit import Action
+from app.services.audit_log import EventFilter
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+# Auditors read everything; caseworkers and liaisons the events of their own agency
+# (the service applies that scope). Admins have neither scope and get 403.
+
+
+async def audit_reader(who: AnyPrincipal) -> Principal:
+    if not who.scopes & {Scope.AUDIT_READ, Scope.AUDIT_OWN}:
+        raise errors.Forbidden(
+            f"the {who.role} role may not read the audit log",
+            audit=audit.PendingEvent(
+                actor=who.actor, action=Action.ACCESS_DENIED, resource_type="audit_log",
+                resource_id=None, outcome=audit.Outcome.DENIED,
+                detail={"missing_scope": str(Scope.AUDIT_READ)},
+            ),
+        )
+    return who
+
+
+AuditReader = Annotated[Principal, Depends(audit_reader)]
+ERRORS = errors.responses(400, 401, 403, 422)
+
+
+def event_filter(
+    actor: str | None = Query(None, max_length=64),
+    agency: str | None = Query(None, max_length=36),
+    resource_id: str | None = Query(None, max_length=128),
+    action: Action | None = None,
+    outcome: Literal["ok", "denied", "error"] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> EventFilter:
+    return EventFilter(actor=actor, agency=agency, resource_id=resource_id,
+                       action=str(action) if action else None, outcome=outcome,
+                       since=since, until=until)
+
+
+Filter = Annotated[EventFilter, Depends(event_filter)]
+
+
+@router.get("/events", summary="Query audit events, newest first", response_model=AuditList,
+            responses=ERRORS)
+async def events(
+    who: AuditReader, db: Db, f: Filter,
+    limit: int = Query(100, ge=1, le=1000), cursor: str | None = Query(None, max_length=64),
+) -> AuditList:
+    items, next_cursor = await audit_log.query(db, who, f, limit=limit, cursor=cursor)
+    return AuditList.model_validate({"items": items, "next_cursor": next_cursor})
+
+
+@router.get(
+    "/export",
+    summary="Stream matching events in log order as NDJSON or CSV",
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}, **ERRORS},
+)
+async def export(
+    request: Request, who: AuditReader, db: Db, f: Filter,
+    format: Literal["ndjson", "csv"] = "ndjson",
+) -> StreamingResponse:
+    await audit.record(db, who.actor, Action.AUDIT_EXPORT, "audit_log", None,
+                       detail={"filter": f.as_detail(), "format": format})
+    media = "application/x-ndjson" if format == "ndjson" else "text/csv"
+    return StreamingResponse(
+        audit_log.export(request.app.state.sessionmaker, who, f, format), media_type=media
+    )
+
+
+@router.get("/events/{seq}", summary="One sequenced event and its leaf hash",
+            response_model=AuditItem, responses=errors.responses(401, 403, 404, 422))
+async def event(seq: int, who: AuditReader, db: Db) -> AuditItem:
+    return AuditItem.model_validate(await audit_log.event_at(db, who, seq))
+
+
+@router.get(
+    "/checkpoint",
+    summary="The latest signed checkpoint (C2SP signed note)",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}, **errors.responses(401, 403, 503)},
+)
+async def checkpoint(who: AuditReader, db: Db) -> PlainTextResponse:
+    cp = await audit_log.latest_checkpoint(db)
+    await audit.record(db, who.actor, Action.AUDIT_CHECKPOINT, "audit_log", None,
+                       detail={"tree_size": cp.tree_size})
+    return PlainTextResponse(cp.note)
+
+
+@router.get("/proof/inclusion", summary="RFC 9162 inclusion proof of one event",
+            response_model=InclusionProof, responses=errors.responses(401, 403, 422, 503))
+async def inclusion(
+    who: AuditReader, db: Db, seq: int = Query(ge=0),
+    tree_size: int | None = Query(None, ge=1),
+) -> InclusionProof:
+    return InclusionProof.model_validate(await audit_log.inclusion(db, who, seq, tree_size))
+
+
+@router.get("/proof/consistency", summary="RFC 9162 consistency proof between two tree sizes",
+            response_model=ConsistencyProof, responses=errors.responses(401, 403, 422, 503))
+async def consistency(
+    who: AuditReader, db: Db, first: int = Query(ge=0), second: int | None = Query(None, ge=0),
+) -> ConsistencyProof:
+    return ConsistencyProof.model_validate(await audit_log.consistency(db, who, first, second))
+
+
+@router.get(
+    "/log-key",
+    summary="The checkpoint verifier key (<name>+<key hash>+<base64 key>)",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}, **errors.responses(401, 403)},
+)
+async def log_key(request: Request, who: AuditReader) -> PlainTextResponse:
+    settings = request.app.state.settings
+    return PlainTextResponse(
+        verifier_key(settings.audit.log_origin, request.app.state.server_keys.log_public) + "\n"
+    )

@@ -1,0 +1,191 @@
+"""``refgate-server``: run, migrate and administer a refgate gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import errors
+from app.config import Settings, get_settings
+from app.db import create_engine, sessionmaker
+from app.migrate import upgrade
+from app.services import agencies, demo, sequencer
+from app.services.agencies import KINDS, ROLES
+from app.services.audit import Actor
+from app.services.server_keys import load_server_keys
+
+T = TypeVar("T")
+ADMIN_CLI = Actor(client_id="refgate-server", agency_id=None, role="admin")
+
+
+def _in_transaction(
+    settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    async def run() -> T:
+        engine = create_engine(settings)
+        try:
+            async with sessionmaker(engine)() as db, db.begin():
+                return await work(db)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    upgrade(settings)
+    print("database is at the latest schema")
+    return 0
+
+
+def cmd_create_agency(settings: Settings, args: argparse.Namespace) -> int:
+    agency = _in_transaction(
+        settings,
+        lambda db: agencies.create(
+            db, ADMIN_CLI, name=args.name, kind=args.kind, enc_key=args.enc_key,
+            sign_key=args.sign_key,
+        ),
+    )
+    _print(agency.model_dump(mode="json"))
+    return 0
+
+
+def cmd_create_client(settings: Settings, args: argparse.Namespace) -> int:
+    client = _in_transaction(
+        settings,
+        lambda db: agencies.create_client(
+            db, ADMIN_CLI, args.agency, role=args.role, auth_key=args.auth_key
+        ),
+    )
+    _print(client.model_dump(mode="json"))
+    return 0
+
+
+def _server_url(args: argparse.Namespace, settings: Settings) -> str:
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
+    return settings.public_url or f"http://{host}:{args.port}"
+
+
+def _seed_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    upgrade(settings)
+
+    async def run() -> dict[str, Any]:
+        engine = create_engine(settings)
+        try:
+            return await demo.seed(sessionmaker(engine), settings.data_dir, _server_url(args, settings))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _demo_instructions(summary: dict[str, Any], url: str) -> str:
+    lines = [f"refgate demo task force (server {url}):"]
+    for m in summary["members"]:
+        lines.append(f"  {m['role']:<10} {m['name']:<32} key file {m['key_file']}")
+    shelter = summary["members"][0]["key_file"]
+    lines += [
+        "Get a token:  refgate --key-file " + shelter + " token",
+        "Walkthrough:  see README.md, 'Five minutes with the demo'.",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    summary = _seed_demo(settings, args)
+    print(_demo_instructions(summary, _server_url(args, settings)))
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.demo:
+        summary = _seed_demo(settings, args)
+        print(_demo_instructions(summary, _server_url(args, settings)), flush=True)
+    load_server_keys(settings)  # create the keys once, before workers race to
+    print(f"refgate listening on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(
+        "app.main:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        server_header=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_sequence(settings: Settings, _args: argparse.Namespace) -> int:
+    async def run() -> int:
+        engine = create_engine(settings)
+        try:
+            return await sequencer.run_once(
+                sessionmaker(engine), settings, load_server_keys(settings)
+            )
+        finally:
+            await engine.dispose()
+
+    print(f"sequenced {asyncio.run(run())} events")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="refgate-server", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def serve_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", default="127.0.0.1")
+        sp.add_argument("--port", type=int, default=8000)
+
+    sp = sub.add_parser("serve", help="run the gateway (uvicorn)")
+    serve_flags(sp)
+    sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument("--demo", action="store_true", help="migrate and seed the demo task force first")
+    sp.set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sp = sub.add_parser("demo", help="migrate and seed the demo task force")
+    serve_flags(sp)
+    sp.set_defaults(func=cmd_demo)
+    sp = sub.add_parser("create-agency", help="register an agency and its public keys")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--kind", required=True, choices=KINDS)
+    sp.add_argument("--enc-key", required=True, help="base64url X25519 public key")
+    sp.add_argument("--sign-key", required=True, help="base64url Ed25519 public key")
+    sp.set_defaults(func=cmd_create_agency)
+    sp = sub.add_parser("create-client", help="register an API client of an agency")
+    sp.add_argument("--agency", required=True)
+    sp.add_argument("--role", required=True, choices=ROLES)
+    sp.add_argument("--auth-key", required=True, help="base64url Ed25519 public key")
+    sp.set_defaults(func=cmd_create_client)
+    sub.add_parser("sequence", help="integrate pending audit events now and sign a checkpoint"
+                   ).set_defaults(func=cmd_sequence)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = get_settings()
+    try:
+        code: int = args.func(settings, args)
+    except errors.AppError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

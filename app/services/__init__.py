@@ -1,0 +1,1 @@
+"""Business rules. No FastAPI imports here: routers call these with a session."""

@@ -1,0 +1,191 @@
+"""Recording audit events.
+
+``record()`` writes one event in the caller's transaction: the event commits or
+rolls back with the action it describes. Events carry identifiers and small
+detail objects only; never plaintext, ciphertext, keys or tokens (callers pass
+ids, counts, field names and purposes; ``_check_detail`` refuses long opaque
+strings that look like key material or ciphertext).
+
+The leaf of the Merkle log is the RFC 8785 encoding of the event object stored
+in ``audit_event.canonical``. The sequencer (``app.services.sequencer``) later
+gives each committed event its log position.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.context import request_id_var
+from app.crypto.canonical import canonical_json
+from app.models.tables import AuditEvent, AuditPending
+from app.models.types import utcnow
+
+
+class Action(StrEnum):
+    TOKEN_ISSUE = "token:issue"
+    AGENCY_LIST = "agency:list"
+    AGENCY_READ = "agency:read"
+    AGENCY_CREATE = "agency:create"
+    AGENCY_SUSPEND = "agency:suspend"
+    KEY_REGISTER = "key:register"
+    KEY_ROTATE = "key:rotate"
+    KEY_PROOF = "key:proof"
+    CLIENT_CREATE = "client:create"
+    REFERRAL_CREATE = "referral:create"
+    REFERRAL_LIST = "referral:list"
+    REFERRAL_READ = "referral:read"
+    REFERRAL_STATUS = "referral:status"
+    REFERRAL_WITHDRAW = "referral:withdraw"
+    GRANT_ADD = "grant:add"
+    CONSENT_REVOKE = "consent:revoke"
+    AUDIT_QUERY = "audit:query"
+    AUDIT_EXPORT = "audit:export"
+    AUDIT_READ = "audit:read"
+    AUDIT_PROOF = "audit:proof"
+    AUDIT_CHECKPOINT = "audit:checkpoint"
+    RETENTION_PURGE = "retention:purge"
+    ACCESS_DENIED = "access:denied"
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    DENIED = "denied"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted: an authenticated client, a client attempting to log on, or the system."""
+
+    client_id: str | None
+    agency_id: str | None
+    role: str | None
+
+    @classmethod
+    def system(cls) -> Actor:
+        return cls(client_id=None, agency_id=None, role="system")
+
+
+@dataclass
+class PendingEvent:
+    actor: Actor
+    action: Action
+    resource_type: str
+    resource_id: str | None
+    outcome: Outcome = Outcome.OK
+    subject_agency: str | None = None
+    grant: dict[str, Any] | None = None
+    purpose: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+# Opaque base64 runs this long are key material or ciphertext, never audit detail.
+_OPAQUE = re.compile(r"[A-Za-z0-9_+/=-]{43,}")
+
+
+def _check_detail(value: Any) -> None:
+    if isinstance(value, str):
+        if _OPAQUE.search(value):
+            raise ValueError("audit detail must not carry key material or ciphertext")
+    elif isinstance(value, dict):
+        for v in value.values():
+            _check_detail(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_detail(v)
+
+
+def _rfc3339(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, Any]:
+    """The event object whose RFC 8785 bytes form the Merkle leaf."""
+    _check_detail(p.detail)
+    return {
+        "event_id": event_id,
+        "ts": _rfc3339(ts),
+        "actor": p.actor.client_id,
+        "actor_agency": p.actor.agency_id,
+        "role": p.actor.role,
+        "action": str(p.action),
+        "resource_type": p.resource_type,
+        "resource_id": p.resource_id,
+        "subject_agency": p.subject_agency,
+        "outcome": str(p.outcome),
+        "request_id": request_id_var.get(),
+        "grant": p.grant,
+        "purpose": p.purpose,
+        "detail": p.detail,
+    }
+
+
+def _row(p: PendingEvent) -> dict[str, Any]:
+    ts = utcnow()
+    event_id = str(uuid.uuid4())
+    event = build_event(p, ts=ts, event_id=event_id)
+    return {
+        "event_id": event_id,
+        "ts": ts,
+        "actor": p.actor.client_id,
+        "actor_agency": p.actor.agency_id,
+        "subject_agency": p.subject_agency,
+        "role": p.actor.role,
+        "action": str(p.action),
+        "resource_type": p.resource_type,
+        "resource_id": p.resource_id,
+        "outcome": str(p.outcome),
+        "canonical": canonical_json(event).decode("utf-8"),
+    }
+
+
+async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
+    """Append events in the caller's transaction (two statements, whatever the count)."""
+    if not events:
+        return
+    rows = [_row(p) for p in events]
+    ids = (
+        await session.execute(
+            insert(AuditEvent).returning(AuditEvent.id, sort_by_parameter_order=True),  # type: ignore[arg-type]
+            rows,
+        )
+    ).scalars().all()
+    await session.execute(insert(AuditPending), [{"event_id": i} for i in ids])
+
+
+async def record(
+    session: AsyncSession,
+    actor: Actor,
+    action: Action,
+    resource_type: str,
+    resource_id: str | None,
+    *,
+    outcome: Outcome = Outcome.OK,
+    subject_agency: str | None = None,
+    grant: dict[str, Any] | None = None,
+    purpose: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Record one event in the caller's transaction."""
+    await record_pending(
+        session,
+        PendingEvent(
+            actor=actor,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            outcome=outcome,
+            subject_agency=subject_agency,
+            grant=grant,
+            purpose=purpose,
+            detail=detail or {},
+        ),
+    )

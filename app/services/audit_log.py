@@ -1,0 +1,273 @@
+"""Reading the audit log: queries, streamed exports, checkpoints and proofs.
+
+Auditors read everything; an agency's caseworkers and liaisons read the events
+they caused and the events about their own referrals and keys (``actor_agency``
+or ``subject_agency`` is theirs). Every read of the log is itself an event.
+Proofs read O(log n) node rows in one statement (``sequencer.load_nodes``).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Select
+
+from app import errors
+from app.auth import Principal, Scope
+from app.crypto import merkle
+from app.crypto.encoding import EncodingError, b64_encode, b64url_decode
+from app.models.tables import AgencyKey, AuditCheckpoint, AuditEvent, AuditLeaf
+from app.services import audit
+from app.services.audit import Action
+from app.services.sequencer import load_nodes, tree_head
+
+EXPORT_CHUNK = 1000
+CSV_COLUMNS = (
+    "seq", "leaf_hash", "event_id", "ts", "actor", "actor_agency", "role", "action",
+    "resource_type", "resource_id", "subject_agency", "outcome", "request_id", "purpose",
+    "grant", "detail",
+)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    actor: str | None = None
+    agency: str | None = None
+    resource_id: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def as_detail(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else v)
+                for k, v in vars(self).items() if v is not None}
+
+
+def _scoped(stmt: Select[Any], who: Principal, f: EventFilter) -> Select[Any]:
+    if Scope.AUDIT_READ not in who.scopes:
+        stmt = stmt.where(
+            or_(AuditEvent.actor_agency == who.agency_id,  # type: ignore[arg-type]
+                AuditEvent.subject_agency == who.agency_id)  # type: ignore[arg-type]
+        )
+    if f.actor:
+        stmt = stmt.where(AuditEvent.actor == f.actor)  # type: ignore[arg-type]
+    if f.agency:
+        stmt = stmt.where(
+            or_(AuditEvent.actor_agency == f.agency,  # type: ignore[arg-type]
+                AuditEvent.subject_agency == f.agency)  # type: ignore[arg-type]
+        )
+    if f.resource_id:
+        stmt = stmt.where(AuditEvent.resource_id == f.resource_id)  # type: ignore[arg-type]
+    if f.action:
+        stmt = stmt.where(AuditEvent.action == f.action)  # type: ignore[arg-type]
+    if f.outcome:
+        stmt = stmt.where(AuditEvent.outcome == f.outcome)  # type: ignore[arg-type]
+    if f.since:
+        stmt = stmt.where(AuditEvent.ts >= f.since)  # type: ignore[arg-type]
+    if f.until:
+        stmt = stmt.where(AuditEvent.ts < f.until)  # type: ignore[arg-type]
+    return stmt
+
+
+def _base() -> Select[Any]:
+    return select(AuditEvent.id, AuditEvent.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash).outerjoin(
+        AuditLeaf, AuditLeaf.event_id == AuditEvent.id  # type: ignore[arg-type]
+    )
+
+
+def _item(canonical: str, seq: int | None, leaf: bytes | None) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "event": json.loads(canonical),
+        "leaf_hash": b64_encode(leaf) if leaf is not None else None,
+    }
+
+
+def _cursor(value: int) -> str:
+    return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
+
+
+def _uncursor(cursor: str) -> int:
+    try:
+        return int(b64url_decode(cursor).decode())
+    except (EncodingError, ValueError, UnicodeDecodeError):
+        raise errors.BadRequest("cursor is not valid", slug="invalid-cursor") from None
+
+
+async def query(
+    db: AsyncSession, who: Principal, f: EventFilter, *, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Events newest first, keyset-paginated on the event id."""
+    stmt = _scoped(_base(), who, f)
+    if cursor:
+        stmt = stmt.where(AuditEvent.id < _uncursor(cursor))  # type: ignore[arg-type,operator]
+    rows = (await db.execute(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1))).all()  # type: ignore[union-attr]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    await audit.record(db, who.actor, Action.AUDIT_QUERY, "audit_log", None,
+                       detail={"filter": f.as_detail(), "count": len(rows)})
+    items = [_item(c, s, h) for _, c, s, h in rows]
+    return items, (_cursor(rows[-1][0]) if more and rows else None)
+
+
+async def export(
+    maker: async_sessionmaker[AsyncSession], who: Principal, f: EventFilter, fmt: str
+) -> AsyncIterator[bytes]:
+    """Stream matching events in log order (sequenced by seq, then pending by id).
+
+    Reads ``EXPORT_CHUNK`` rows at a time with keyset pagination in short
+    transactions, so memory stays constant whatever the size of the log.
+    """
+    if fmt == "csv":
+        yield (",".join(CSV_COLUMNS) + "\n").encode()
+    last_seq = -1
+    while True:
+        async with maker() as db:
+            rows = (
+                await db.execute(
+                    _scoped(_base(), who, f)
+                    .where(AuditLeaf.seq > last_seq)  # type: ignore[arg-type,operator]
+                    .order_by(AuditLeaf.seq)  # type: ignore[arg-type]
+                    .limit(EXPORT_CHUNK)
+                )
+            ).all()
+        if not rows:
+            break
+        last_seq = rows[-1][2]
+        yield _render(rows, fmt)
+    last_id = 0
+    while True:
+        async with maker() as db:
+            rows = (
+                await db.execute(
+                    _scoped(_base(), who, f)
+                    .where(AuditLeaf.seq.is_(None), AuditEvent.id > last_id)  # type: ignore[union-attr,arg-type,operator]
+                    .order_by(AuditEvent.id)  # type: ignore[arg-type]
+                    .limit(EXPORT_CHUNK)
+                )
+            ).all()
+        if not rows:
+            break
+        last_id = rows[-1][0]
+        yield _render(rows, fmt)
+
+
+def _render(rows: Any, fmt: str) -> bytes:
+    if fmt == "ndjson":
+        return "".join(
+            json.dumps(_item(c, s, h), separators=(",", ":")) + "\n" for _, c, s, h in rows
+        ).encode()
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for _, c, s, h in rows:
+        e = json.loads(c)
+        writer.writerow([
+            s, b64_encode(h) if h is not None else "", e["event_id"], e["ts"], e["actor"],
+            e["actor_agency"], e["role"], e["action"], e["resource_type"], e["resource_id"],
+            e["subject_agency"], e["outcome"], e["request_id"], e["purpose"],
+            json.dumps(e["grant"], separators=(",", ":")) if e["grant"] is not None else "",
+            json.dumps(e["detail"], separators=(",", ":")),
+        ])
+    return buf.getvalue().encode()
+
+
+async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]:
+    stmt = _scoped(_base(), who, EventFilter()).where(AuditLeaf.seq == seq)  # type: ignore[arg-type]
+    row = (await db.execute(stmt)).first()
+    if row is None:
+        raise errors.NotFound(f"no event at seq {seq} visible to the caller")
+    await audit.record(db, who.actor, Action.AUDIT_READ, "audit_event", str(seq))
+    return _item(row[1], row[2], row[3])
+
+
+async def latest_checkpoint(db: AsyncSession) -> AuditCheckpoint:
+    cp = await db.scalar(
+        select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)  # type: ignore[attr-defined]
+    )
+    if cp is None:
+        raise errors.ServiceUnavailable("no checkpoint has been signed yet; retry shortly",
+                                        headers={"Retry-After": "1"})
+    return cp
+
+
+async def _checked_size(db: AsyncSession, size: int) -> None:
+    head = await tree_head(db)
+    if size > head.size:
+        raise errors.Unprocessable(
+            f"tree_size {size} is beyond the log's size {head.size}", slug="beyond-tree"
+        )
+
+
+async def inclusion(db: AsyncSession, who: Principal, seq: int, tree_size: int | None
+                    ) -> dict[str, Any]:
+    size = tree_size if tree_size is not None else (await latest_checkpoint(db)).tree_size
+    if not 0 <= seq < size:
+        raise errors.Unprocessable(f"seq must be in [0, {size})", slug="out-of-range")
+    await _checked_size(db, size)
+    nodes = await load_nodes(db, merkle.inclusion_proof_coords(seq, size))
+    hashes = merkle.inclusion_proof(seq, size, nodes)
+    await audit.record(db, who.actor, Action.AUDIT_PROOF, "audit_log", str(seq),
+                       detail={"kind": "inclusion", "tree_size": size})
+    return {"index": seq, "tree_size": size, "hashes": [b64_encode(h) for h in hashes]}
+
+
+async def consistency(db: AsyncSession, who: Principal, first: int, second: int | None
+                      ) -> dict[str, Any]:
+    size = second if second is not None else (await latest_checkpoint(db)).tree_size
+    if not 0 <= first <= size:
+        raise errors.Unprocessable("need 0 <= first <= second", slug="out-of-range")
+    await _checked_size(db, size)
+    nodes = await load_nodes(db, merkle.consistency_proof_coords(first, size))
+    hashes = merkle.consistency_proof(first, size, nodes)
+    await audit.record(db, who.actor, Action.AUDIT_PROOF, "audit_log", None,
+                       detail={"kind": "consistency", "first": first, "second": size})
+    return {"first": first, "second": size, "hashes": [b64_encode(h) for h in hashes]}
+
+
+async def key_proof(db: AsyncSession, who: Principal, agency_id: str, kid: str
+                    ) -> dict[str, Any]:
+    """The registration event of an agency key, its inclusion proof and the checkpoint."""
+    key = await db.get(AgencyKey, kid)
+    if key is None or key.agency_id != agency_id:
+        raise errors.NotFound("no such key for this agency")
+    row = (
+        await db.execute(
+            select(AuditEvent.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash)
+            .outerjoin(AuditLeaf, AuditLeaf.event_id == AuditEvent.id)  # type: ignore[arg-type]
+            .where(
+                AuditEvent.resource_type == "key",  # type: ignore[arg-type]
+                AuditEvent.resource_id == kid,  # type: ignore[arg-type]
+                AuditEvent.action.in_([Action.KEY_REGISTER, Action.KEY_ROTATE]),  # type: ignore[attr-defined]
+            )
+            .order_by(AuditEvent.id)  # type: ignore[arg-type]
+            .limit(1)
+        )
+    ).first()
+    cp = await latest_checkpoint(db)
+    if row is None or row[1] is None or row[1] >= cp.tree_size:
+        raise errors.Conflict(
+            "the key's registration is not in a signed checkpoint yet; retry shortly",
+            slug="not-yet-logged", headers={"Retry-After": "1"},
+        )
+    canonical, seq, leaf = row
+    nodes = await load_nodes(db, merkle.inclusion_proof_coords(seq, cp.tree_size))
+    hashes = merkle.inclusion_proof(seq, cp.tree_size, nodes)
+    await audit.record(db, who.actor, Action.KEY_PROOF, "key", kid, subject_agency=agency_id)
+    return {
+        "seq": seq,
+        "event": json.loads(canonical),
+        "leaf_hash": b64_encode(leaf),
+        "proof": {"index": seq, "tree_size": cp.tree_size,
+                  "hashes": [b64_encode(h) for h in hashes]},
+        "checkpoint": cp.note,
+    }

@@ -1,0 +1,21 @@
+"""Small dialect-aware statements shared by the services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+async def insert_ignore(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; True when the row was inserted.
+
+    Used where a unique key is the guard (assertion jti, idempotency keys): the
+    conflict is an answer, not an error, and must not abort the transaction.
+    """
+    dialect = session.bind.dialect.name
+    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = ins(model).values(**values).on_conflict_do_nothing()
+    result = await session.execute(stmt)
+    return bool(result.rowcount)  # type: ignore[attr-defined]

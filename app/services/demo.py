@@ -1,0 +1,95 @@
+"""The demo task force: four agencies, their clients and key files.
+
+Seeds a shelter, a legal-aid clinic, a law-enforcement unit and a task-force
+office (auditor and admin clients) with freshly generated keys, and writes each
+member's key file (mode 0600) under ``<data dir>/demo/`` for the CLI and SDK.
+Idempotent: an already seeded database is left as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.crypto import keys
+from app.crypto.encoding import b64url_encode
+from app.models.tables import Agency
+from app.services import agencies
+from app.services.audit import Actor
+
+MEMBERS = (
+    # file name, agency name, kind, role
+    ("shelter", "Harbor House Shelter", "shelter", "caseworker"),
+    ("legal-aid", "Eastside Legal Aid Clinic", "legal_aid", "caseworker"),
+    ("police", "County Human Trafficking Unit", "law_enforcement", "liaison"),
+    ("auditor", "Task Force Oversight Office", "government", "auditor"),
+)
+MARKER = "demo/task-force.json"
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+
+
+async def seed(
+    maker: async_sessionmaker[AsyncSession], data_dir: Path, server_url: str
+) -> dict[str, Any]:
+    marker = data_dir / MARKER
+    if marker.exists():
+        summary: dict[str, Any] = json.loads(marker.read_text())
+        async with maker() as db:
+            first = summary["members"][0]["agency_id"]
+            if await db.get(Agency, first) is not None:
+                return summary
+    system = Actor(client_id=None, agency_id=None, role="system")
+    members: list[dict[str, Any]] = []
+    async with maker() as db, db.begin():
+        for file_name, name, kind, role in MEMBERS:
+            agency_keys = keys.generate_agency_keys()
+            auth = keys.generate_signing_key()
+            agency = await agencies.create(
+                db, system, name=name, kind=kind,
+                enc_key=b64url_encode(agency_keys.enc_public),
+                sign_key=b64url_encode(agency_keys.sig_public),
+            )
+            client = await agencies.create_client(
+                db, system, agency.id, role=role, auth_key=b64url_encode(auth.public)
+            )
+            roles = [(client.client_id, role, auth)]
+            if file_name == "auditor":
+                admin_auth = keys.generate_signing_key()
+                admin = await agencies.create_client(
+                    db, system, agency.id, role="admin", auth_key=b64url_encode(admin_auth.public)
+                )
+                roles.append((admin.client_id, "admin", admin_auth))
+            for client_id, client_role, auth_key in roles:
+                path = data_dir / "demo" / (
+                    f"{file_name}.key.json" if client_role != "admin" else "admin.key.json"
+                )
+                _write_private(
+                    path,
+                    {
+                        "v": 1,
+                        "server": server_url,
+                        "agency_id": agency.id,
+                        "client_id": client_id,
+                        "role": client_role,
+                        "enc_private": b64url_encode(agency_keys.enc_private),
+                        "sig_seed": b64url_encode(agency_keys.sig_seed),
+                        "auth_seed": b64url_encode(auth_key.seed),
+                    },
+                )
+                members.append({"name": name, "kind": kind, "role": client_role,
+                                "agency_id": agency.id, "client_id": client_id,
+                                "key_file": str(path)})
+    summary = {"members": members}
+    marker.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

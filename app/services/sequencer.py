@@ -1,0 +1,238 @@
+"""The audit sequencer: committed events → contiguous log positions → Merkle tree.
+
+Guarantees:
+- Positions (``audit_leaf.seq``) are contiguous from 0 and never reused: a batch
+  takes the tree-state row first (an UPDATE, which locks it on PostgreSQL and
+  takes SQLite's write lock), so integrations are serialized across workers;
+  the leaves, new tree nodes, the new size/root and the removal of the events
+  from ``audit_pending`` commit together or not at all. A crash between batches
+  loses nothing and a retried batch cannot duplicate.
+- Only events whose transaction committed are visible in ``audit_pending``, so
+  a rolled-back action never gets a position, and an event committed late (a
+  lower id committing after a higher one) is still picked up.
+- The tree is stored as perfect-subtree nodes, so proofs read O(log n) rows.
+- One runner per deployment does the work: on PostgreSQL it holds an advisory
+  lock on its own connection, and another worker takes over when it dies; the
+  row lock above keeps even two runners correct.
+- A checkpoint (C2SP signed note) is signed after a batch, at most once per
+  ``checkpoint_interval`` under load; its primary key is the tree size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, delete, insert, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.crypto import checkpoint, merkle
+from app.models.tables import (
+    AuditCheckpoint,
+    AuditEvent,
+    AuditLeaf,
+    AuditNode,
+    AuditPending,
+    AuditTreeState,
+)
+from app.models.types import utcnow
+from app.services.server_keys import ServerKeys
+
+log = logging.getLogger("refgate.sequencer")
+ADVISORY_LOCK_KEY = 0x7265_6667_6174_65  # "refgate"
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    size: int
+    root: bytes
+
+
+async def load_nodes(
+    session: AsyncSession, coords: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """Fetch perfect-subtree hashes in one statement."""
+    if not coords:
+        return {}
+    rows = await session.execute(
+        select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
+            or_(*(and_(AuditNode.level == lv, AuditNode.idx == ix) for lv, ix in coords))  # type: ignore[arg-type]
+        )
+    )
+    return {(lv, ix): h for lv, ix, h in rows}
+
+
+async def tree_head(session: AsyncSession) -> TreeHead:
+    row = (await session.execute(select(AuditTreeState.size, AuditTreeState.root))).one()
+    return TreeHead(size=row[0], root=row[1])
+
+
+async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
+    """Integrate up to ``batch_size`` pending events in the caller's transaction."""
+    locked = (
+        await session.execute(
+            update(AuditTreeState)
+            .where(AuditTreeState.id == 1)  # type: ignore[arg-type]
+            .values(updated_at=utcnow())
+            .returning(AuditTreeState.size)
+        )
+    ).scalar_one()
+    size = int(locked)
+    pending = (
+        await session.execute(
+            select(AuditPending.event_id, AuditEvent.canonical)
+            .join(AuditEvent, AuditEvent.id == AuditPending.event_id)  # type: ignore[arg-type]
+            .order_by(AuditPending.event_id)  # type: ignore[arg-type]
+            .limit(batch_size)
+        )
+    ).all()
+    if not pending:
+        return 0
+    coords = merkle.frontier_coords(size)
+    nodes = await load_nodes(session, coords)
+    frontier = [nodes[c] for c in coords]
+    leaves = [merkle.leaf_hash(canonical.encode("utf-8")) for _, canonical in pending]
+    new_nodes, new_frontier = merkle.append_leaves(size, frontier, leaves)
+    await session.execute(
+        insert(AuditLeaf),
+        [
+            {"seq": size + i, "event_id": event_id, "leaf_hash": leaves[i]}
+            for i, (event_id, _) in enumerate(pending)
+        ],
+    )
+    await session.execute(
+        insert(AuditNode), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes]
+    )
+    await session.execute(
+        delete(AuditPending).where(
+            AuditPending.event_id.in_([event_id for event_id, _ in pending])  # type: ignore[attr-defined]
+        )
+    )
+    await session.execute(
+        update(AuditTreeState)
+        .where(AuditTreeState.id == 1)  # type: ignore[arg-type]
+        .values(size=size + len(pending), root=merkle.root_from_frontier(new_frontier))
+    )
+    return len(pending)
+
+
+async def sign_checkpoint(
+    session: AsyncSession, settings: Settings, server_keys: ServerKeys
+) -> AuditCheckpoint | None:
+    """Sign the current tree head unless a checkpoint for its size exists."""
+    head = await tree_head(session)
+    if await session.get(AuditCheckpoint, head.size) is not None:
+        return None
+    note = checkpoint.sign_checkpoint(
+        settings.audit.log_origin, head.size, head.root, server_keys.log_seed
+    )
+    cp = AuditCheckpoint(tree_size=head.size, root=head.root, note=note)
+    session.add(cp)
+    await session.flush()
+    return cp
+
+
+async def run_once(
+    maker: async_sessionmaker[AsyncSession], settings: Settings, server_keys: ServerKeys
+) -> int:
+    """Integrate everything pending and sign a checkpoint (tests, CLI, shutdown)."""
+    total = 0
+    while True:
+        async with maker() as session, session.begin():
+            n = await integrate_batch(session, settings.audit.batch_size)
+        total += n
+        if n < settings.audit.batch_size:
+            break
+    async with maker() as session, session.begin():
+        await sign_checkpoint(session, settings, server_keys)
+    return total
+
+
+class SequencerRunner:
+    """Background task that runs the sequencer in the one worker holding the lock."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        maker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        server_keys: ServerKeys,
+    ) -> None:
+        self.engine = engine
+        self.maker = maker
+        self.settings = settings
+        self.server_keys = server_keys
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.is_leader = False
+        self.last_checkpoint_at = 0.0
+        self.sequenced_total = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-sequencer")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self.engine.dialect.name == "postgresql":
+                    await self._lead_postgres()
+                else:
+                    self.is_leader = True
+                    await self._loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a lost connection or a failed batch: retry
+                log.warning("sequencer error, retrying", extra={"error": type(exc).__name__})
+            self.is_leader = False
+            await self._sleep(1.0)
+
+    async def _lead_postgres(self) -> None:
+        async with self.engine.connect() as conn:
+            got = (
+                await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            ).scalar_one()
+            await conn.commit()
+            if not got:
+                await self._sleep(2.0)
+                return
+            self.is_leader = True
+            log.info("sequencer leadership acquired")
+            try:
+                await self._loop(lock_conn=conn)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.execute(
+                        text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY}
+                    )
+                    await conn.commit()
+
+    async def _loop(self, lock_conn: object | None = None) -> None:
+        audit = self.settings.audit
+        while not self._stopping.is_set():
+            async with self.maker() as session, session.begin():
+                n = await integrate_batch(session, audit.batch_size)
+            self.sequenced_total += n
+            now = time.monotonic()
+            if now - self.last_checkpoint_at >= audit.checkpoint_interval:
+                async with self.maker() as session, session.begin():
+                    signed = await sign_checkpoint(session, self.settings, self.server_keys)
+                if signed is not None:
+                    self.last_checkpoint_at = now
+            if n < audit.batch_size:
+                await self._sleep(audit.poll_interval)

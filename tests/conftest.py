@@ -1,0 +1,137 @@
+"""Test fixtures: every database test runs against SQLite and PostgreSQL.
+
+Each test gets a fresh, fully migrated database: SQLite copies a migrated
+template file; PostgreSQL clones a migrated template database
+(``CREATE DATABASE … TEMPLATE``). Migrations run once per session, for real.
+
+PostgreSQL comes from ``REFGATE_TEST_POSTGRES_URL`` (an admin URL; default
+``postgresql://postgres@127.0.0.1:5432/postgres``). Where none is reachable its
+tests skip, unless ``REFGATE_REQUIRE_POSTGRES=1`` (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from app.config import AuditSettings, Settings
+from app.main import create_app
+from app.migrate import upgrade
+from tests.taskforce import TaskForce
+
+PG_ADMIN_URL = os.environ.get(
+    "REFGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_PG = os.environ.get("REFGATE_REQUIRE_POSTGRES") == "1"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+def _asyncpg_url(url: str, database: str) -> str:
+    base = _plain(url).rsplit("/", 1)[0]
+    return f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{database}"
+
+
+async def _pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(_plain(PG_ADMIN_URL), timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _pg_reachable() -> bool:
+    try:
+        asyncio.run(_pg_admin("SELECT 1"))
+        return True
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str | None]:
+    if not _pg_reachable():
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required (REFGATE_REQUIRE_POSTGRES=1) but {PG_ADMIN_URL} "
+                        "is not reachable")
+        yield None
+        return
+    name = f"refgate_tpl_{os.getpid()}"
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name}"))
+    asyncio.run(_pg_admin(f"CREATE DATABASE {name}"))
+    upgrade(Settings(env="test", database_url=_asyncpg_url(PG_ADMIN_URL, name)))
+    yield name
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("sqlite-template")
+    upgrade(Settings(env="test", data_dir=data_dir))
+    return data_dir / "refgate.db"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        target = tmp_path / "data" / "refgate.db"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, target)
+        yield f"sqlite+aiosqlite:///{target}"
+        return
+    pg_name: str | None = request.getfixturevalue("pg_template")
+    if pg_name is None:
+        pytest.skip("PostgreSQL is not reachable")
+    name = f"refgate_t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(f"CREATE DATABASE {name} TEMPLATE {pg_name} STRATEGY FILE_COPY"))
+    yield _asyncpg_url(PG_ADMIN_URL, name)
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        env="test",
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        audit=AuditSettings(sequencer_enabled=False, checkpoint_interval=0),
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[object]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+@pytest.fixture
+async def tf(app: object, client: httpx.AsyncClient) -> TaskForce:
+    """A seeded task force: shelter, legal aid, police (LE), an unrelated NGO, auditor, admin."""
+    return await TaskForce.create(app, client)

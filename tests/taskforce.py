@@ -1,0 +1,138 @@
+"""A seeded task force for API tests, with real keys and real OAuth tokens."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from app.client.assertion import client_assertion
+from app.crypto import envelope as env
+from app.crypto import keys
+from app.crypto.encoding import b64url_encode
+from app.services import agencies, sequencer
+from app.services.audit import Actor
+
+SYSTEM = Actor(client_id=None, agency_id=None, role="system")
+
+
+@dataclass
+class Member:
+    name: str
+    kind: str
+    agency_id: str
+    keys: keys.AgencyKeys
+    clients: dict[str, tuple[str, keys.SigningKeys]] = field(default_factory=dict)
+    _tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def enc_kid(self) -> str:
+        return self.keys.enc_kid
+
+
+def rfc3339(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class TaskForce:
+    def __init__(self, app: Any, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.http = client
+        self.members: dict[str, Member] = {}
+
+    @classmethod
+    async def create(cls, app: Any, client: httpx.AsyncClient) -> TaskForce:
+        tf = cls(app, client)
+        await tf.add("shelter", "shelter", ["caseworker", "liaison"])
+        await tf.add("legal", "legal_aid", ["caseworker"])
+        await tf.add("police", "law_enforcement", ["liaison", "caseworker"])
+        await tf.add("ngo", "ngo", ["caseworker"])
+        await tf.add("office", "government", ["auditor", "admin"])
+        return tf
+
+    async def add(self, name: str, kind: str, roles: list[str]) -> Member:
+        agency_keys = keys.generate_agency_keys()
+        async with self.app.state.sessionmaker() as db, db.begin():
+            agency = await agencies.create(
+                db, SYSTEM, name=f"{name} {uuid.uuid4().hex[:6]}", kind=kind,
+                enc_key=b64url_encode(agency_keys.enc_public),
+                sign_key=b64url_encode(agency_keys.sig_public),
+            )
+            member = Member(name=name, kind=kind, agency_id=agency.id, keys=agency_keys)
+            for role in roles:
+                auth = keys.generate_signing_key()
+                c = await agencies.create_client(
+                    db, SYSTEM, agency.id, role=role, auth_key=b64url_encode(auth.public)
+                )
+                member.clients[role] = (c.client_id, auth)
+        self.members[name] = member
+        return member
+
+    def __getitem__(self, name: str) -> Member:
+        return self.members[name]
+
+    async def token(self, name: str, role: str) -> str:
+        member = self.members[name]
+        if role not in member._tokens:
+            client_id, auth = member.clients[role]
+            r = await self.http.post(
+                "/oauth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    "client_assertion": client_assertion(
+                        client_id, auth.seed, "http://test/oauth/token"
+                    ),
+                },
+            )
+            assert r.status_code == 200, r.text
+            member._tokens[role] = r.json()["access_token"]
+        return member._tokens[role]
+
+    async def headers(self, name: str, role: str = "caseworker") -> dict[str, str]:
+        return {"Authorization": f"Bearer {await self.token(name, role)}"}
+
+    def seal(
+        self,
+        sender: str,
+        fields: dict[str, str],
+        consent: dict[str, dict[str, str]],
+        *,
+        recipients: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        days: int = 30,
+        created_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Build an Envelope v1 body: ``consent`` is {field: {member name: purpose}}."""
+        s = self.members[sender]
+        names = recipients or sorted({r for per in consent.values() for r in per})
+        expires = rfc3339(datetime.now(UTC) + timedelta(days=days))
+        consents = [
+            env.Consent(
+                field=f, recipient=self.members[r].agency_id,
+                recipient_kid=self.members[r].enc_kid,
+                recipient_enc_public=self.members[r].keys.enc_public,
+                purpose=purpose, expires_at=expires,
+            )
+            for f, per in consent.items()
+            for r, purpose in per.items()
+        ]
+        return env.seal_envelope(
+            referral_id=str(uuid.uuid4()),
+            sender_agency=s.agency_id,
+            sender_sig_seed=s.keys.sig_seed,
+            sender_enc_public=s.keys.enc_public,
+            recipients=[self.members[n].agency_id for n in names],
+            fields=fields,
+            consents=consents,
+            metadata=metadata or {"services": ["legal"], "urgency": "urgent", "case_ref": "c-1"},
+            created_at=rfc3339(created_at or datetime.now(UTC)),
+        )
+
+    async def sequence(self) -> int:
+        return await sequencer.run_once(
+            self.app.state.sessionmaker, self.app.state.settings, self.app.state.server_keys
+        )
