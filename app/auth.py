@@ -162,9 +162,9 @@ async def require(security_scopes: SecurityScopes, request: Request, db: Db) -> 
     server_keys: ServerKeys = request.app.state.server_keys
     try:
         claims = decode_jws(token, request.app.state.token_verify_key).claims
-        jwt.JWTClaimsRegistry(
-            exp={"essential": True}, sub={"essential": True}, leeway=0
-        ).validate(claims)
+        jwt.JWTClaimsRegistry(exp={"essential": True}, sub={"essential": True}, leeway=0).validate(
+            claims
+        )
     except (JoseError, ValueError):
         raise _unauthorized("invalid_token", "the access token is invalid or expired") from None
     if claims.get("iss") != request.app.state.issuer or server_keys is None:
@@ -173,7 +173,7 @@ async def require(security_scopes: SecurityScopes, request: Request, db: Db) -> 
     row = (
         await db.execute(
             select(ApiClient.status, ApiClient.role, Agency.id, Agency.status, Agency.kind)
-            .join(Agency, Agency.id == ApiClient.agency_id)  # type: ignore[arg-type]
+            .join(Agency, Agency.id == ApiClient.agency_id)
             .where(ApiClient.client_id == client_id)
         )
     ).first()
@@ -196,7 +196,7 @@ async def require(security_scopes: SecurityScopes, request: Request, db: Db) -> 
                 actor=principal.actor,
                 action=Action.ACCESS_DENIED,
                 resource_type="route",
-                resource_id=f"{request.method} {request.scope.get('route').path}"  # type: ignore[union-attr]
+                resource_id=f"{request.method} {request.scope.get('route').path}"
                 if request.scope.get("route")
                 else request.url.path,
                 outcome=Outcome.DENIED,

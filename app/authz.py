@@ -39,21 +39,21 @@ class Relation(StrEnum):
 def active_grant(recipient: str, now: datetime) -> Any:
     """SQL condition: ``referral_grant`` row is an active grant to ``recipient``."""
     return and_(
-        ReferralGrant.recipient == recipient,  # type: ignore[arg-type]
-        ReferralGrant.revoked_at.is_(None),  # type: ignore[union-attr]
-        or_(ReferralGrant.expires_at.is_(None), ReferralGrant.expires_at > now),  # type: ignore[union-attr,operator]
+        ReferralGrant.recipient == recipient,
+        ReferralGrant.revoked_at.is_(None),
+        or_(ReferralGrant.expires_at.is_(None), ReferralGrant.expires_at > now),
     )
 
 
 def _recipient_visibility(who: Principal, now: datetime) -> Any:
     is_recipient = exists().where(
-        ReferralRecipient.referral_id == Referral.id,  # type: ignore[arg-type]
-        ReferralRecipient.recipient == who.agency_id,  # type: ignore[arg-type]
+        ReferralRecipient.referral_id == Referral.id,
+        ReferralRecipient.recipient == who.agency_id,
     )
     if who.agency_kind != LAW_ENFORCEMENT:
         return is_recipient
     return exists().where(
-        ReferralGrant.referral_id == Referral.id,  # type: ignore[arg-type]
+        ReferralGrant.referral_id == Referral.id,
         active_grant(who.agency_id, now),
     )
 
@@ -62,7 +62,7 @@ def visible_referrals(who: Principal, box: str, now: datetime) -> Select[tuple[R
     """Referrals in ``box`` (sent|received) that ``who`` may see."""
     stmt = select(Referral)
     if box == "sent":
-        return stmt.where(Referral.sender_agency == who.agency_id)  # type: ignore[arg-type]
+        return stmt.where(Referral.sender_agency == who.agency_id)
     return stmt.where(_recipient_visibility(who, now))
 
 
@@ -84,8 +84,8 @@ async def relation(
         return Access(referral, Relation.SENDER, {})
     is_recipient = await db.scalar(
         select(ReferralRecipient.recipient).where(
-            ReferralRecipient.referral_id == referral_id,  # type: ignore[arg-type]
-            ReferralRecipient.recipient == who.agency_id,  # type: ignore[arg-type]
+            ReferralRecipient.referral_id == referral_id,
+            ReferralRecipient.recipient == who.agency_id,
         )
     )
     if is_recipient is None:
@@ -93,7 +93,7 @@ async def relation(
     grants = (
         await db.scalars(
             select(ReferralGrant).where(
-                ReferralGrant.referral_id == referral_id,  # type: ignore[arg-type]
+                ReferralGrant.referral_id == referral_id,
                 active_grant(who.agency_id, now),
             )
         )

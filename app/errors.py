@@ -64,9 +64,7 @@ class Unauthorized(AppError):
 
     def __init__(self, detail: str, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
-        self.headers.setdefault(
-            "WWW-Authenticate", 'Bearer realm="refgate", error="invalid_token"'
-        )
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="refgate", error="invalid_token"')
 
 
 class OAuthError(AppError):

@@ -45,9 +45,7 @@ def _depth(value: Any, limit: int) -> None:
 def parse_strict(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
-        value = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant
-        )
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
         _depth(value, MAX_DEPTH)
     except UnicodeDecodeError:
         raise errors.BadRequest("the body is not UTF-8", slug="invalid-json") from None

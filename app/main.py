@@ -32,8 +32,14 @@ log = logging.getLogger("refgate")
 
 
 def _problem(
-    status: int, title: str, detail: str, type_: str, *, headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None, request: Request | None = None,
+    status: int,
+    title: str,
+    detail: str,
+    type_: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+    request: Request | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": type_,
@@ -56,8 +62,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, errors.OAuthError):
             extra.update(error=exc.error, error_description=exc.detail)
         return _problem(
-            status, errors.title_for(status) if isinstance(exc, errors.OAuthError) else exc.title,
-            exc.detail, exc.type, headers=exc.headers, extra=extra, request=request,
+            status,
+            errors.title_for(status) if isinstance(exc, errors.OAuthError) else exc.title,
+            exc.detail,
+            exc.type,
+            headers=exc.headers,
+            extra=extra,
+            request=request,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -68,26 +79,75 @@ def _install_error_handlers(app: FastAPI) -> None:
         ]
         first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
         return _problem(
-            422, "Unprocessable Content",
-            f"{'.'.join(first['loc'])}: {first['msg']}", errors.PROBLEM_BASE + "validation",
-            extra={"errors": problems}, request=request,
+            422,
+            "Unprocessable Content",
+            f"{'.'.join(first['loc'])}: {first['msg']}",
+            errors.PROBLEM_BASE + "validation",
+            extra={"errors": problems},
+            request=request,
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
         return _problem(
-            exc.status_code, errors.title_for(exc.status_code), str(exc.detail),
-            errors.PROBLEM_BASE + slug, headers=getattr(exc, "headers", None), request=request,
+            exc.status_code,
+            errors.title_for(exc.status_code),
+            str(exc.detail),
+            errors.PROBLEM_BASE + slug,
+            headers=getattr(exc, "headers", None),
+            request=request,
         )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
         return _problem(
-            500, "Internal Server Error", "an unexpected error occurred; it has been logged",
-            errors.PROBLEM_BASE + "internal", request=request,
+            500,
+            "Internal Server Error",
+            "an unexpected error occurred; it has been logged",
+            errors.PROBLEM_BASE + "internal",
+            request=request,
         )
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Add the signed-body schemas (parsed from raw JSON, not by FastAPI) and make
+    every error response a problem+json schema."""
+    from pydantic.json_schema import models_json_schema
+
+    from app.models.schemas import EnvelopeIn, GrantUpdate
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        _, defs = models_json_schema(
+            [(EnvelopeIn, "validation"), (GrantUpdate, "validation")],
+            ref_template="#/components/schemas/{model}",
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(defs.get("$defs", {}))
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        schema["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        }
+        problem = {"$ref": "#/components/schemas/Problem"}
+        for route, path in schema.get("paths", {}).items():
+            for operation in path.values():
+                if route.startswith("/v1/"):
+                    operation["security"] = [{"bearer": []}]
+                for status, response in operation.get("responses", {}).items():
+                    if status.startswith(("4", "5")):
+                        response["content"] = {errors.PROBLEM_JSON: {"schema": problem}}
+                        response.setdefault("description", errors.title_for(int(status)))
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -124,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     _install_error_handlers(app)
+    _install_openapi(app)
     for module in (health, oauth, agencies, referrals, audit):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)

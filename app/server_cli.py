@@ -24,9 +24,7 @@ T = TypeVar("T")
 ADMIN_CLI = Actor(client_id="refgate-server", agency_id=None, role="admin")
 
 
-def _in_transaction(
-    settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]
-) -> T:
+def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     async def run() -> T:
         engine = create_engine(settings)
         try:
@@ -52,7 +50,11 @@ def cmd_create_agency(settings: Settings, args: argparse.Namespace) -> int:
     agency = _in_transaction(
         settings,
         lambda db: agencies.create(
-            db, ADMIN_CLI, name=args.name, kind=args.kind, enc_key=args.enc_key,
+            db,
+            ADMIN_CLI,
+            name=args.name,
+            kind=args.kind,
+            enc_key=args.enc_key,
             sign_key=args.sign_key,
         ),
     )
@@ -82,7 +84,9 @@ def _seed_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         engine = create_engine(settings)
         try:
-            return await demo.seed(sessionmaker(engine), settings.data_dir, _server_url(args, settings))
+            return await demo.seed(
+                sessionmaker(engine), settings.data_dir, _server_url(args, settings)
+            )
         finally:
             await engine.dispose()
 
@@ -154,7 +158,9 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="run the gateway (uvicorn)")
     serve_flags(sp)
     sp.add_argument("--workers", type=int, default=1)
-    sp.add_argument("--demo", action="store_true", help="migrate and seed the demo task force first")
+    sp.add_argument(
+        "--demo", action="store_true", help="migrate and seed the demo task force first"
+    )
     sp.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     sp = sub.add_parser("demo", help="migrate and seed the demo task force")
@@ -171,8 +177,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--role", required=True, choices=ROLES)
     sp.add_argument("--auth-key", required=True, help="base64url Ed25519 public key")
     sp.set_defaults(func=cmd_create_client)
-    sub.add_parser("sequence", help="integrate pending audit events now and sign a checkpoint"
-                   ).set_defaults(func=cmd_sequence)
+    sub.add_parser(
+        "sequence", help="integrate pending audit events now and sign a checkpoint"
+    ).set_defaults(func=cmd_sequence)
     return p
 
 

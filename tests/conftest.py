@@ -63,8 +63,10 @@ def _pg_reachable() -> bool:
 def pg_template() -> Iterator[str | None]:
     if not _pg_reachable():
         if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL is required (REFGATE_REQUIRE_POSTGRES=1) but {PG_ADMIN_URL} "
-                        "is not reachable")
+            pytest.fail(
+                f"PostgreSQL is required (REFGATE_REQUIRE_POSTGRES=1) but {PG_ADMIN_URL} "
+                "is not reachable"
+            )
         yield None
         return
     name = f"refgate_tpl_{os.getpid()}"
@@ -88,9 +90,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def database_url(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[str]:
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         target = tmp_path / "data" / "refgate.db"

@@ -16,6 +16,7 @@ from app.crypto.encoding import b64url_encode
 from app.services import agencies, sequencer
 from app.services.audit import Actor
 
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SYSTEM = Actor(client_id=None, agency_id=None, role="system")
 
 
@@ -57,7 +58,10 @@ class TaskForce:
         agency_keys = keys.generate_agency_keys()
         async with self.app.state.sessionmaker() as db, db.begin():
             agency = await agencies.create(
-                db, SYSTEM, name=f"{name} {uuid.uuid4().hex[:6]}", kind=kind,
+                db,
+                SYSTEM,
+                name=f"{name} {uuid.uuid4().hex[:6]}",
+                kind=kind,
                 enc_key=b64url_encode(agency_keys.enc_public),
                 sign_key=b64url_encode(agency_keys.sig_public),
             )
@@ -82,7 +86,7 @@ class TaskForce:
                 "/oauth/token",
                 data={
                     "grant_type": "client_credentials",
-                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    "client_assertion_type": ASSERTION_TYPE,
                     "client_assertion": client_assertion(
                         client_id, auth.seed, "http://test/oauth/token"
                     ),
@@ -112,10 +116,12 @@ class TaskForce:
         expires = rfc3339(datetime.now(UTC) + timedelta(days=days))
         consents = [
             env.Consent(
-                field=f, recipient=self.members[r].agency_id,
+                field=f,
+                recipient=self.members[r].agency_id,
                 recipient_kid=self.members[r].enc_kid,
                 recipient_enc_public=self.members[r].keys.enc_public,
-                purpose=purpose, expires_at=expires,
+                purpose=purpose,
+                expires_at=expires,
             )
             for f, per in consent.items()
             for r, purpose in per.items()

@@ -11,7 +11,9 @@ from tests.taskforce import TaskForce
 def _open(tf: TaskForce, name: str, sender: str, body: dict) -> dict[str, str]:
     m = tf[name]
     return env.open_envelope(
-        body, agency_id=m.agency_id, enc_private=m.keys.enc_private,
+        body,
+        agency_id=m.agency_id,
+        enc_private=m.keys.enc_private,
         sender_sig_public=tf[sender].keys.sig_public,
     )
 
@@ -65,17 +67,23 @@ async def test_consent_is_enforced_field_by_field_and_agency_by_agency(
         ("POST", f"/v1/referrals/{rid}/withdraw"),
         ("POST", f"/v1/referrals/{rid}/revocations"),
     ]:
-        payload = {"status": "accepted"} if path.endswith("status") else (
-            {"revocations": [{"field": "full_name", "recipient": tf["legal"].agency_id}]}
-            if path.endswith("revocations") else None
+        payload = (
+            {"status": "accepted"}
+            if path.endswith("status")
+            else (
+                {"revocations": [{"field": "full_name", "recipient": tf["legal"].agency_id}]}
+                if path.endswith("revocations")
+                else None
+            )
         )
         r = await client.request(method, path, json=payload, headers=ngo_h)
         assert r.status_code == 404, (path, r.text)
         assert r.headers["content-type"] == "application/problem+json"
 
     legal_h = await tf.headers("legal")
-    r = await client.post(f"/v1/referrals/{rid}/status", json={"status": "accepted"},
-                          headers=legal_h)
+    r = await client.post(
+        f"/v1/referrals/{rid}/status", json={"status": "accepted"}, headers=legal_h
+    )
     assert r.status_code == 200, r.text
     sent = (await client.get("/v1/referrals?box=sent", headers=await tf.headers("shelter"))).json()
     statuses = {s["recipient"]: s["status"] for s in sent["items"][0]["statuses"]}

@@ -29,6 +29,8 @@ Three actors, three entry points:
 
 Every failure is an :class:`EnvelopeError` whose ``code`` is one of
 :data:`ERROR_CODES`; nothing here returns partial results or logs content.
+A key argument that is not 32 bytes raises :class:`app.crypto.keys.InvalidKeyError`
+instead: that is the caller's bug, not a property of the envelope.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ class EnvelopeError(ValueError):
     def __init__(self, code: str, message: str) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown envelope error code {code!r}")
-        super().__init__(message)
+        super().__init__(code, message)
         self.code = code
         self.message = message
 
@@ -241,12 +243,18 @@ def _decrypt(field_key: bytes, blob: bytes, referral_id: str, field: str) -> str
 # shape checks (each raises EnvelopeError)
 
 
+def _show(value: object) -> str:
+    """A bounded rendering of client-supplied input for an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _object(value: object, what: str, members: frozenset[str] | None = None) -> Mapping[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise EnvelopeError("malformed", f"{what} must be a JSON object")
     if members is not None and set(value) != members:
         missing = sorted(members - set(value))
-        unknown = sorted(set(value) - members)
+        unknown = [_show(name) for name in sorted(set(value) - members)[:5]]
         raise EnvelopeError(
             "malformed", f"{what}: missing members {missing}, unknown members {unknown}"
         )
@@ -272,6 +280,11 @@ def _binary(value: object, what: str, length: int | None = None) -> bytes:
         return b64url_decode(value, length=length)
     except EncodingError as exc:
         raise EnvelopeError("bad-encoding", f"{what}: {exc}") from exc
+
+
+def _kid(value: object, what: str) -> str:
+    _binary(value, what, KID_SIZE)
+    return str(value)
 
 
 def _agency(value: object, what: str) -> str:
@@ -314,7 +327,7 @@ def _time(value: object, what: str, code: str = "malformed") -> tuple[datetime, 
 def _field_name(value: object) -> str:
     if not isinstance(value, str) or FIELD_NAME_RE.fullmatch(value) is None:
         raise EnvelopeError(
-            "invalid-field", f"field name {value!r} must match {FIELD_NAME_RE.pattern}"
+            "invalid-field", f"field name {_show(value)} must match {FIELD_NAME_RE.pattern}"
         )
     return value
 
@@ -354,7 +367,6 @@ class _Grant:
 class _Manifest:
     referral_id: str
     sender_agency: str
-    sender_kid: str
     recipients: tuple[str, ...]
     fields: Mapping[str, tuple[bytes, bytes]]  # name -> (ciphertext_sha256, commitment)
     grants: Mapping[tuple[str, str], _Grant]  # (field, recipient) -> grant
@@ -366,8 +378,7 @@ def _parse_grant(value: object, index: int) -> _Grant:
     grant = _object(value, what, _GRANT_MEMBERS)
     field = _field_name(grant["field"])
     recipient = _agency(grant["recipient"], f"{what}.recipient")
-    kid = _string(grant["kid"], f"{what}.kid", "bad-encoding")
-    _binary(kid, f"{what}.kid", KID_SIZE)
+    kid = _kid(grant["kid"], f"{what}.kid")
     digest = _binary(grant["wrapped_key_sha256"], f"{what}.wrapped_key_sha256", HASH_SIZE)
     release_ref = grant["release_ref"]
     if release_ref is not None and not (
@@ -389,8 +400,7 @@ def _parse_manifest(value: object) -> _Manifest:
     _object(manifest, "manifest", _MANIFEST_MEMBERS)
     referral_id = _referral_id(manifest["referral_id"])
     sender = _agency(manifest["sender_agency"], "manifest.sender_agency")
-    sender_kid = _string(manifest["sender_kid"], "manifest.sender_kid", "bad-encoding")
-    _binary(sender_kid, "manifest.sender_kid", KID_SIZE)
+    _kid(manifest["sender_kid"], "manifest.sender_kid")
     created = _time(manifest["created_at"], "manifest.created_at")
     _metadata(manifest["metadata"])
 
@@ -450,7 +460,7 @@ def _parse_manifest(value: object) -> _Manifest:
         if (name, sender) not in grants:
             raise EnvelopeError("missing-sender-copy", f"no sender grant for field {name!r}")
 
-    return _Manifest(referral_id, sender, sender_kid, recipients, fields, grants, manifest)
+    return _Manifest(referral_id, sender, recipients, fields, grants, manifest)
 
 
 def _canonical(value: object) -> bytes:
@@ -500,7 +510,7 @@ def _check_signed_manifest(
             "kid-mismatch", "manifest.sender_kid is not the kid of the sender's signing key"
         )
     verify_manifest(manifest, _string(signature, "signature", "bad-encoding"), sender_sig_public)
-    return parsed or _parse_manifest(manifest)
+    return parsed if parsed is not None else _parse_manifest(manifest)
 
 
 # --------------------------------------------------------------------------
@@ -524,10 +534,9 @@ def _parse_wrapped_keys(value: object) -> list[_Wrapped]:
         wrapped = _Wrapped(
             field=_field_name(entry["field"]),
             recipient=_agency(entry["recipient"], f"{what}.recipient"),
-            kid=_string(entry["kid"], f"{what}.kid", "bad-encoding"),
+            kid=_kid(entry["kid"], f"{what}.kid"),
             data=_binary(entry["wrapped_key"], f"{what}.wrapped_key", WRAPPED_KEY_SIZE),
         )
-        _binary(wrapped.kid, f"{what}.kid", KID_SIZE)
         if (wrapped.field, wrapped.recipient) in seen:
             raise EnvelopeError(
                 "malformed",
@@ -1011,7 +1020,7 @@ def open_envelope(
     ciphertexts = _object(envelope.get("ciphertexts", {}), "ciphertexts")
     for name in ciphertexts:
         if name not in manifest.fields:
-            raise EnvelopeError("malformed", f"ciphertexts.{name} is not in the manifest")
+            raise EnvelopeError("malformed", f"ciphertexts[{_show(name)}] is not in the manifest")
     opened: dict[str, str] = {}
     for name in sorted(field_keys):
         if name not in ciphertexts:

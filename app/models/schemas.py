@@ -98,9 +98,7 @@ class AgencyCreate(Model):
 
 class KeyRotation(Model):
     enc_key: str | None = Field(None, min_length=43, max_length=43, pattern=r"^[A-Za-z0-9_-]{43}$")
-    sign_key: str | None = Field(
-        None, min_length=43, max_length=43, pattern=r"^[A-Za-z0-9_-]{43}$"
-    )
+    sign_key: str | None = Field(None, min_length=43, max_length=43, pattern=r"^[A-Za-z0-9_-]{43}$")
 
 
 class ClientCreate(Model):
@@ -126,8 +124,15 @@ class Health(BaseModel):
 Urgency = Literal["routine", "urgent", "emergency"]
 Purpose = Literal["service_provision", "investigation", "prosecution", "safety_planning", "sender"]
 TaskStatus = Literal[
-    "requested", "received", "accepted", "rejected", "in-progress", "on-hold",
-    "completed", "failed", "cancelled",
+    "requested",
+    "received",
+    "accepted",
+    "rejected",
+    "in-progress",
+    "on-hold",
+    "completed",
+    "failed",
+    "cancelled",
 ]
 
 
@@ -252,7 +257,9 @@ class RevocationsDone(Out):
 
 class AuditItem(BaseModel):
     seq: int | None = Field(description="log position; null until the sequencer integrates it")
-    event: dict[str, Any] = Field(description="exactly the object whose RFC 8785 bytes form the leaf")
+    event: dict[str, Any] = Field(
+        description="exactly the object whose RFC 8785 bytes form the leaf"
+    )
     leaf_hash: str | None = Field(description="standard base64 SHA-256(0x00 || canonical event)")
 
 

@@ -34,8 +34,9 @@ async def list_agencies(
     cursor: str | None = Query(None, max_length=64),
 ) -> AgencyList:
     items, next_cursor = await agencies.list_page(db, limit=limit, cursor=cursor)
-    await audit.record(db, who.actor, Action.AGENCY_LIST, "agency", None,
-                       detail={"count": len(items)})
+    await audit.record(
+        db, who.actor, Action.AGENCY_LIST, "agency", None, detail={"count": len(items)}
+    )
     return AgencyList(items=items, next_cursor=next_cursor)
 
 
@@ -49,8 +50,9 @@ async def get_agency(agency_id: str, who: DirectoryReader, db: Db) -> AgencyOut:
     found = await agencies.get(db, agency_id)
     if found is None:
         raise errors.NotFound("no such agency")
-    await audit.record(db, who.actor, Action.AGENCY_READ, "agency", agency_id,
-                       subject_agency=agency_id)
+    await audit.record(
+        db, who.actor, Action.AGENCY_READ, "agency", agency_id, subject_agency=agency_id
+    )
     return found
 
 
@@ -63,7 +65,11 @@ async def get_agency(agency_id: str, who: DirectoryReader, db: Db) -> AgencyOut:
 )
 async def create_agency(body: AgencyCreate, who: Admin, db: Db) -> AgencyOut:
     return await agencies.create(
-        db, who.actor, name=body.name, kind=body.kind, enc_key=body.enc_key,
+        db,
+        who.actor,
+        name=body.name,
+        kind=body.kind,
+        enc_key=body.enc_key,
         sign_key=body.sign_key,
     )
 

@@ -25,8 +25,11 @@ async def audit_reader(who: AnyPrincipal) -> Principal:
         raise errors.Forbidden(
             f"the {who.role} role may not read the audit log",
             audit=audit.PendingEvent(
-                actor=who.actor, action=Action.ACCESS_DENIED, resource_type="audit_log",
-                resource_id=None, outcome=audit.Outcome.DENIED,
+                actor=who.actor,
+                action=Action.ACCESS_DENIED,
+                resource_type="audit_log",
+                resource_id=None,
+                outcome=audit.Outcome.DENIED,
                 detail={"missing_scope": str(Scope.AUDIT_READ)},
             ),
         )
@@ -46,19 +49,32 @@ def event_filter(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> EventFilter:
-    return EventFilter(actor=actor, agency=agency, resource_id=resource_id,
-                       action=str(action) if action else None, outcome=outcome,
-                       since=since, until=until)
+    return EventFilter(
+        actor=actor,
+        agency=agency,
+        resource_id=resource_id,
+        action=str(action) if action else None,
+        outcome=outcome,
+        since=since,
+        until=until,
+    )
 
 
 Filter = Annotated[EventFilter, Depends(event_filter)]
 
 
-@router.get("/events", summary="Query audit events, newest first", response_model=AuditList,
-            responses=ERRORS)
+@router.get(
+    "/events",
+    summary="Query audit events, newest first",
+    response_model=AuditList,
+    responses=ERRORS,
+)
 async def events(
-    who: AuditReader, db: Db, f: Filter,
-    limit: int = Query(100, ge=1, le=1000), cursor: str | None = Query(None, max_length=64),
+    who: AuditReader,
+    db: Db,
+    f: Filter,
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Query(None, max_length=64),
 ) -> AuditList:
     items, next_cursor = await audit_log.query(db, who, f, limit=limit, cursor=cursor)
     return AuditList.model_validate({"items": items, "next_cursor": next_cursor})
@@ -70,19 +86,32 @@ async def events(
     responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}, **ERRORS},
 )
 async def export(
-    request: Request, who: AuditReader, db: Db, f: Filter,
+    request: Request,
+    who: AuditReader,
+    db: Db,
+    f: Filter,
     format: Literal["ndjson", "csv"] = "ndjson",
 ) -> StreamingResponse:
-    await audit.record(db, who.actor, Action.AUDIT_EXPORT, "audit_log", None,
-                       detail={"filter": f.as_detail(), "format": format})
+    await audit.record(
+        db,
+        who.actor,
+        Action.AUDIT_EXPORT,
+        "audit_log",
+        None,
+        detail={"filter": f.as_detail(), "format": format},
+    )
     media = "application/x-ndjson" if format == "ndjson" else "text/csv"
     return StreamingResponse(
         audit_log.export(request.app.state.sessionmaker, who, f, format), media_type=media
     )
 
 
-@router.get("/events/{seq}", summary="One sequenced event and its leaf hash",
-            response_model=AuditItem, responses=errors.responses(401, 403, 404, 422))
+@router.get(
+    "/events/{seq}",
+    summary="One sequenced event and its leaf hash",
+    response_model=AuditItem,
+    responses=errors.responses(401, 403, 404, 422),
+)
 async def event(seq: int, who: AuditReader, db: Db) -> AuditItem:
     return AuditItem.model_validate(await audit_log.event_at(db, who, seq))
 
@@ -95,24 +124,43 @@ async def event(seq: int, who: AuditReader, db: Db) -> AuditItem:
 )
 async def checkpoint(who: AuditReader, db: Db) -> PlainTextResponse:
     cp = await audit_log.latest_checkpoint(db)
-    await audit.record(db, who.actor, Action.AUDIT_CHECKPOINT, "audit_log", None,
-                       detail={"tree_size": cp.tree_size})
+    await audit.record(
+        db,
+        who.actor,
+        Action.AUDIT_CHECKPOINT,
+        "audit_log",
+        None,
+        detail={"tree_size": cp.tree_size},
+    )
     return PlainTextResponse(cp.note)
 
 
-@router.get("/proof/inclusion", summary="RFC 9162 inclusion proof of one event",
-            response_model=InclusionProof, responses=errors.responses(401, 403, 422, 503))
+@router.get(
+    "/proof/inclusion",
+    summary="RFC 9162 inclusion proof of one event",
+    response_model=InclusionProof,
+    responses=errors.responses(401, 403, 422, 503),
+)
 async def inclusion(
-    who: AuditReader, db: Db, seq: int = Query(ge=0),
+    who: AuditReader,
+    db: Db,
+    seq: int = Query(ge=0),
     tree_size: int | None = Query(None, ge=1),
 ) -> InclusionProof:
     return InclusionProof.model_validate(await audit_log.inclusion(db, who, seq, tree_size))
 
 
-@router.get("/proof/consistency", summary="RFC 9162 consistency proof between two tree sizes",
-            response_model=ConsistencyProof, responses=errors.responses(401, 403, 422, 503))
+@router.get(
+    "/proof/consistency",
+    summary="RFC 9162 consistency proof between two tree sizes",
+    response_model=ConsistencyProof,
+    responses=errors.responses(401, 403, 422, 503),
+)
 async def consistency(
-    who: AuditReader, db: Db, first: int = Query(ge=0), second: int | None = Query(None, ge=0),
+    who: AuditReader,
+    db: Db,
+    first: int = Query(ge=0),
+    second: int | None = Query(None, ge=0),
 ) -> ConsistencyProof:
     return ConsistencyProof.model_validate(await audit_log.consistency(db, who, first, second))
 

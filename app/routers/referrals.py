@@ -81,7 +81,13 @@ async def list_referrals(
     cursor: str | None = Query(None, max_length=256),
 ) -> ReferralList:
     items, next_cursor = await referrals.list_page(
-        db, who, box=box, status=status, urgency=urgency, since=since, limit=limit,
+        db,
+        who,
+        box=box,
+        status=status,
+        urgency=urgency,
+        since=since,
+        limit=limit,
         cursor=cursor,
     )
     return ReferralList(items=items, next_cursor=next_cursor)
@@ -103,9 +109,7 @@ async def get_referral(referral_id: str, who: Reader, db: Db) -> JSONResponse:
     response_model=StatusOut,
     responses=errors.responses(*READ_ERRORS, 409),
 )
-async def post_status(
-    referral_id: str, body: StatusUpdate, who: StatusWriter, db: Db
-) -> StatusOut:
+async def post_status(referral_id: str, body: StatusUpdate, who: StatusWriter, db: Db) -> StatusOut:
     return await referrals.update_status(
         db, who, referral_id, status=body.status, reason=body.reason, note=body.note
     )
@@ -128,9 +132,7 @@ async def withdraw(referral_id: str, who: Caseworker, db: Db) -> list[StatusOut]
     responses=errors.responses(400, 401, 403, 404, 409, 415, 422),
     openapi_extra=_body_doc(GrantUpdate),
 )
-async def add_grants(
-    referral_id: str, request: Request, who: Caseworker, db: Db
-) -> GrantsChanged:
+async def add_grants(referral_id: str, request: Request, who: Caseworker, db: Db) -> GrantsChanged:
     body = await json_object(request)
     changed = await referrals.add_grants(
         db, who, referral_id, body, settings=request.app.state.settings
@@ -144,11 +146,7 @@ async def add_grants(
     response_model=RevocationsDone,
     responses=errors.responses(*READ_ERRORS),
 )
-async def revoke(
-    referral_id: str, body: Revocations, who: Caseworker, db: Db
-) -> RevocationsDone:
+async def revoke(referral_id: str, body: Revocations, who: Caseworker, db: Db) -> RevocationsDone:
     pairs = [(r.field, r.recipient) for r in body.revocations]
     revoked_at = await referrals.revoke(db, who, referral_id, pairs)
-    return RevocationsDone(
-        referral_id=referral_id, revoked=body.revocations, revoked_at=revoked_at
-    )
+    return RevocationsDone(referral_id=referral_id, revoked=body.revocations, revoked_at=revoked_at)

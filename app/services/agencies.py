@@ -22,7 +22,15 @@ from app.models.types import utcnow
 from app.services import audit
 from app.services.audit import Action, Actor
 
-KINDS = ("social_service", "shelter", "legal_aid", "medical", "law_enforcement", "ngo", "government")
+KINDS = (
+    "social_service",
+    "shelter",
+    "legal_aid",
+    "medical",
+    "law_enforcement",
+    "ngo",
+    "government",
+)
 ROLES = ("caseworker", "liaison", "auditor", "admin")
 
 
@@ -39,14 +47,14 @@ def to_out(agency: Agency, agency_keys: Sequence[AgencyKey]) -> AgencyOut:
     return AgencyOut(
         id=agency.id,
         name=agency.name,
-        kind=agency.kind,  # type: ignore[arg-type]
-        status=agency.status,  # type: ignore[arg-type]
+        kind=agency.kind,
+        status=agency.status,
         keys=[
             KeyOut(
                 kid=k.kid,
-                use=k.use,  # type: ignore[arg-type]
+                use=k.use,
                 public_key=k.public_key,
-                status=k.status,  # type: ignore[arg-type]
+                status=k.status,
                 created_at=k.created_at,
             )
             for k in sorted(agency_keys, key=lambda k: (k.use, k.created_at))
@@ -57,7 +65,7 @@ def to_out(agency: Agency, agency_keys: Sequence[AgencyKey]) -> AgencyOut:
 async def _keys_of(db: AsyncSession, agency_ids: Sequence[str]) -> dict[str, list[AgencyKey]]:
     out: dict[str, list[AgencyKey]] = {a: [] for a in agency_ids}
     if agency_ids:
-        rows = await db.scalars(select(AgencyKey).where(AgencyKey.agency_id.in_(agency_ids)))  # type: ignore[attr-defined]
+        rows = await db.scalars(select(AgencyKey).where(AgencyKey.agency_id.in_(agency_ids)))
         for k in rows:
             out[k.agency_id].append(k)
     return out
@@ -73,9 +81,9 @@ async def get(db: AsyncSession, agency_id: str) -> AgencyOut | None:
 async def list_page(
     db: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[AgencyOut], str | None]:
-    stmt = select(Agency).order_by(Agency.id).limit(limit + 1)  # type: ignore[arg-type]
+    stmt = select(Agency).order_by(Agency.id).limit(limit + 1)
     if cursor:
-        stmt = stmt.where(Agency.id > cursor)  # type: ignore[arg-type]
+        stmt = stmt.where(Agency.id > cursor)
     rows = list(await db.scalars(stmt))
     more = len(rows) > limit
     rows = rows[:limit]
@@ -117,7 +125,12 @@ async def create(
     db.add(agency)
     await db.flush()
     await audit.record(
-        db, actor, Action.AGENCY_CREATE, "agency", agency.id, subject_agency=agency.id,
+        db,
+        actor,
+        Action.AGENCY_CREATE,
+        "agency",
+        agency.id,
+        subject_agency=agency.id,
         detail={"kind": kind},
     )
     k1 = await _register_key(db, actor, agency.id, "enc", enc, Action.KEY_REGISTER)
@@ -147,9 +160,9 @@ async def rotate_keys(
         await db.execute(
             update(AgencyKey)
             .where(
-                AgencyKey.agency_id == agency_id,  # type: ignore[arg-type]
-                AgencyKey.use == use,  # type: ignore[arg-type]
-                AgencyKey.status == "current",  # type: ignore[arg-type]
+                AgencyKey.agency_id == agency_id,
+                AgencyKey.use == use,
+                AgencyKey.status == "current",
             )
             .values(status="retired", retired_at=now)
         )
@@ -164,7 +177,12 @@ async def set_status(db: AsyncSession, actor: Actor, agency_id: str, status: str
     agency.status = status
     await db.flush()
     await audit.record(
-        db, actor, Action.AGENCY_SUSPEND, "agency", agency_id, subject_agency=agency_id,
+        db,
+        actor,
+        Action.AGENCY_SUSPEND,
+        "agency",
+        agency_id,
+        subject_agency=agency_id,
         detail={"from": previous, "to": status},
     )
     return to_out(agency, (await _keys_of(db, [agency_id]))[agency_id])
@@ -188,7 +206,12 @@ async def create_client(
     db.add(client)
     await db.flush()
     await audit.record(
-        db, actor, Action.CLIENT_CREATE, "client", client.client_id, subject_agency=agency_id,
+        db,
+        actor,
+        Action.CLIENT_CREATE,
+        "client",
+        client.client_id,
+        subject_agency=agency_id,
         detail={"role": role, "auth_kid": client.auth_kid},
     )
     return ClientOut.model_validate(client, from_attributes=True)
@@ -198,8 +221,8 @@ async def current_keys(db: AsyncSession, agency_ids: Sequence[str]) -> dict[tupl
     """{(agency_id, use): current kid} for the given agencies."""
     rows = await db.execute(
         select(AgencyKey.agency_id, AgencyKey.use, AgencyKey.kid).where(
-            AgencyKey.agency_id.in_(agency_ids),  # type: ignore[attr-defined]
-            AgencyKey.status == "current",  # type: ignore[arg-type]
+            AgencyKey.agency_id.in_(agency_ids),
+            AgencyKey.status == "current",
         )
     )
     return {(a, u): k for a, u, k in rows}

@@ -30,7 +30,7 @@ from app.models.types import utcnow
 
 
 class Action(StrEnum):
-    TOKEN_ISSUE = "token:issue"
+    TOKEN_ISSUE = "token:issue"  # noqa: S105 (an action name, not a secret)
     AGENCY_LIST = "agency:list"
     AGENCY_READ = "agency:read"
     AGENCY_CREATE = "agency:create"
@@ -153,11 +153,15 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
         return
     rows = [_row(p) for p in events]
     ids = (
-        await session.execute(
-            insert(AuditEvent).returning(AuditEvent.id, sort_by_parameter_order=True),  # type: ignore[arg-type]
-            rows,
+        (
+            await session.execute(
+                insert(AuditEvent).returning(AuditEvent.id, sort_by_parameter_order=True),
+                rows,
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     await session.execute(insert(AuditPending), [{"event_id": i} for i in ids])
 
 

@@ -32,9 +32,22 @@ from app.services.sequencer import load_nodes, tree_head
 
 EXPORT_CHUNK = 1000
 CSV_COLUMNS = (
-    "seq", "leaf_hash", "event_id", "ts", "actor", "actor_agency", "role", "action",
-    "resource_type", "resource_id", "subject_agency", "outcome", "request_id", "purpose",
-    "grant", "detail",
+    "seq",
+    "leaf_hash",
+    "event_id",
+    "ts",
+    "actor",
+    "actor_agency",
+    "role",
+    "action",
+    "resource_type",
+    "resource_id",
+    "subject_agency",
+    "outcome",
+    "request_id",
+    "purpose",
+    "grant",
+    "detail",
 )
 
 
@@ -49,39 +62,49 @@ class EventFilter:
     until: datetime | None = None
 
     def as_detail(self) -> dict[str, Any]:
-        return {k: (v.isoformat() if isinstance(v, datetime) else v)
-                for k, v in vars(self).items() if v is not None}
+        return {
+            k: (v.isoformat() if isinstance(v, datetime) else v)
+            for k, v in vars(self).items()
+            if v is not None
+        }
 
 
 def _scoped(stmt: Select[Any], who: Principal, f: EventFilter) -> Select[Any]:
     if Scope.AUDIT_READ not in who.scopes:
         stmt = stmt.where(
-            or_(AuditEvent.actor_agency == who.agency_id,  # type: ignore[arg-type]
-                AuditEvent.subject_agency == who.agency_id)  # type: ignore[arg-type]
+            or_(
+                AuditEvent.actor_agency == who.agency_id,
+                AuditEvent.subject_agency == who.agency_id,
+            )
         )
     if f.actor:
-        stmt = stmt.where(AuditEvent.actor == f.actor)  # type: ignore[arg-type]
+        stmt = stmt.where(AuditEvent.actor == f.actor)
     if f.agency:
         stmt = stmt.where(
-            or_(AuditEvent.actor_agency == f.agency,  # type: ignore[arg-type]
-                AuditEvent.subject_agency == f.agency)  # type: ignore[arg-type]
+            or_(
+                AuditEvent.actor_agency == f.agency,
+                AuditEvent.subject_agency == f.agency,
+            )
         )
     if f.resource_id:
-        stmt = stmt.where(AuditEvent.resource_id == f.resource_id)  # type: ignore[arg-type]
+        stmt = stmt.where(AuditEvent.resource_id == f.resource_id)
     if f.action:
-        stmt = stmt.where(AuditEvent.action == f.action)  # type: ignore[arg-type]
+        stmt = stmt.where(AuditEvent.action == f.action)
     if f.outcome:
-        stmt = stmt.where(AuditEvent.outcome == f.outcome)  # type: ignore[arg-type]
+        stmt = stmt.where(AuditEvent.outcome == f.outcome)
     if f.since:
-        stmt = stmt.where(AuditEvent.ts >= f.since)  # type: ignore[arg-type]
+        stmt = stmt.where(AuditEvent.ts >= f.since)
     if f.until:
-        stmt = stmt.where(AuditEvent.ts < f.until)  # type: ignore[arg-type]
+        stmt = stmt.where(AuditEvent.ts < f.until)
     return stmt
 
 
 def _base() -> Select[Any]:
-    return select(AuditEvent.id, AuditEvent.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash).outerjoin(
-        AuditLeaf, AuditLeaf.event_id == AuditEvent.id  # type: ignore[arg-type]
+    return select(
+        AuditEvent.id, AuditEvent.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash
+    ).outerjoin(
+        AuditLeaf,
+        AuditLeaf.event_id == AuditEvent.id,
     )
 
 
@@ -110,12 +133,18 @@ async def query(
     """Events newest first, keyset-paginated on the event id."""
     stmt = _scoped(_base(), who, f)
     if cursor:
-        stmt = stmt.where(AuditEvent.id < _uncursor(cursor))  # type: ignore[arg-type,operator]
-    rows = (await db.execute(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1))).all()  # type: ignore[union-attr]
+        stmt = stmt.where(AuditEvent.id < _uncursor(cursor))
+    rows = (await db.execute(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1))).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    await audit.record(db, who.actor, Action.AUDIT_QUERY, "audit_log", None,
-                       detail={"filter": f.as_detail(), "count": len(rows)})
+    await audit.record(
+        db,
+        who.actor,
+        Action.AUDIT_QUERY,
+        "audit_log",
+        None,
+        detail={"filter": f.as_detail(), "count": len(rows)},
+    )
     items = [_item(c, s, h) for _, c, s, h in rows]
     return items, (_cursor(rows[-1][0]) if more and rows else None)
 
@@ -136,8 +165,8 @@ async def export(
             rows = (
                 await db.execute(
                     _scoped(_base(), who, f)
-                    .where(AuditLeaf.seq > last_seq)  # type: ignore[arg-type,operator]
-                    .order_by(AuditLeaf.seq)  # type: ignore[arg-type]
+                    .where(AuditLeaf.seq > last_seq)
+                    .order_by(AuditLeaf.seq)
                     .limit(EXPORT_CHUNK)
                 )
             ).all()
@@ -151,8 +180,8 @@ async def export(
             rows = (
                 await db.execute(
                     _scoped(_base(), who, f)
-                    .where(AuditLeaf.seq.is_(None), AuditEvent.id > last_id)  # type: ignore[union-attr,arg-type,operator]
-                    .order_by(AuditEvent.id)  # type: ignore[arg-type]
+                    .where(AuditLeaf.seq.is_(None), AuditEvent.id > last_id)
+                    .order_by(AuditEvent.id)
                     .limit(EXPORT_CHUNK)
                 )
             ).all()
@@ -171,18 +200,31 @@ def _render(rows: Any, fmt: str) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     for _, c, s, h in rows:
         e = json.loads(c)
-        writer.writerow([
-            s, b64_encode(h) if h is not None else "", e["event_id"], e["ts"], e["actor"],
-            e["actor_agency"], e["role"], e["action"], e["resource_type"], e["resource_id"],
-            e["subject_agency"], e["outcome"], e["request_id"], e["purpose"],
-            json.dumps(e["grant"], separators=(",", ":")) if e["grant"] is not None else "",
-            json.dumps(e["detail"], separators=(",", ":")),
-        ])
+        writer.writerow(
+            [
+                s,
+                b64_encode(h) if h is not None else "",
+                e["event_id"],
+                e["ts"],
+                e["actor"],
+                e["actor_agency"],
+                e["role"],
+                e["action"],
+                e["resource_type"],
+                e["resource_id"],
+                e["subject_agency"],
+                e["outcome"],
+                e["request_id"],
+                e["purpose"],
+                json.dumps(e["grant"], separators=(",", ":")) if e["grant"] is not None else "",
+                json.dumps(e["detail"], separators=(",", ":")),
+            ]
+        )
     return buf.getvalue().encode()
 
 
 async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]:
-    stmt = _scoped(_base(), who, EventFilter()).where(AuditLeaf.seq == seq)  # type: ignore[arg-type]
+    stmt = _scoped(_base(), who, EventFilter()).where(AuditLeaf.seq == seq)
     row = (await db.execute(stmt)).first()
     if row is None:
         raise errors.NotFound(f"no event at seq {seq} visible to the caller")
@@ -192,11 +234,12 @@ async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]
 
 async def latest_checkpoint(db: AsyncSession) -> AuditCheckpoint:
     cp = await db.scalar(
-        select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)  # type: ignore[attr-defined]
+        select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
     )
     if cp is None:
-        raise errors.ServiceUnavailable("no checkpoint has been signed yet; retry shortly",
-                                        headers={"Retry-After": "1"})
+        raise errors.ServiceUnavailable(
+            "no checkpoint has been signed yet; retry shortly", headers={"Retry-After": "1"}
+        )
     return cp
 
 
@@ -208,34 +251,47 @@ async def _checked_size(db: AsyncSession, size: int) -> None:
         )
 
 
-async def inclusion(db: AsyncSession, who: Principal, seq: int, tree_size: int | None
-                    ) -> dict[str, Any]:
+async def inclusion(
+    db: AsyncSession, who: Principal, seq: int, tree_size: int | None
+) -> dict[str, Any]:
     size = tree_size if tree_size is not None else (await latest_checkpoint(db)).tree_size
     if not 0 <= seq < size:
         raise errors.Unprocessable(f"seq must be in [0, {size})", slug="out-of-range")
     await _checked_size(db, size)
     nodes = await load_nodes(db, merkle.inclusion_proof_coords(seq, size))
     hashes = merkle.inclusion_proof(seq, size, nodes)
-    await audit.record(db, who.actor, Action.AUDIT_PROOF, "audit_log", str(seq),
-                       detail={"kind": "inclusion", "tree_size": size})
+    await audit.record(
+        db,
+        who.actor,
+        Action.AUDIT_PROOF,
+        "audit_log",
+        str(seq),
+        detail={"kind": "inclusion", "tree_size": size},
+    )
     return {"index": seq, "tree_size": size, "hashes": [b64_encode(h) for h in hashes]}
 
 
-async def consistency(db: AsyncSession, who: Principal, first: int, second: int | None
-                      ) -> dict[str, Any]:
+async def consistency(
+    db: AsyncSession, who: Principal, first: int, second: int | None
+) -> dict[str, Any]:
     size = second if second is not None else (await latest_checkpoint(db)).tree_size
     if not 0 <= first <= size:
         raise errors.Unprocessable("need 0 <= first <= second", slug="out-of-range")
     await _checked_size(db, size)
     nodes = await load_nodes(db, merkle.consistency_proof_coords(first, size))
     hashes = merkle.consistency_proof(first, size, nodes)
-    await audit.record(db, who.actor, Action.AUDIT_PROOF, "audit_log", None,
-                       detail={"kind": "consistency", "first": first, "second": size})
+    await audit.record(
+        db,
+        who.actor,
+        Action.AUDIT_PROOF,
+        "audit_log",
+        None,
+        detail={"kind": "consistency", "first": first, "second": size},
+    )
     return {"first": first, "second": size, "hashes": [b64_encode(h) for h in hashes]}
 
 
-async def key_proof(db: AsyncSession, who: Principal, agency_id: str, kid: str
-                    ) -> dict[str, Any]:
+async def key_proof(db: AsyncSession, who: Principal, agency_id: str, kid: str) -> dict[str, Any]:
     """The registration event of an agency key, its inclusion proof and the checkpoint."""
     key = await db.get(AgencyKey, kid)
     if key is None or key.agency_id != agency_id:
@@ -243,13 +299,13 @@ async def key_proof(db: AsyncSession, who: Principal, agency_id: str, kid: str
     row = (
         await db.execute(
             select(AuditEvent.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash)
-            .outerjoin(AuditLeaf, AuditLeaf.event_id == AuditEvent.id)  # type: ignore[arg-type]
+            .outerjoin(AuditLeaf, AuditLeaf.event_id == AuditEvent.id)
             .where(
-                AuditEvent.resource_type == "key",  # type: ignore[arg-type]
-                AuditEvent.resource_id == kid,  # type: ignore[arg-type]
-                AuditEvent.action.in_([Action.KEY_REGISTER, Action.KEY_ROTATE]),  # type: ignore[attr-defined]
+                AuditEvent.resource_type == "key",
+                AuditEvent.resource_id == kid,
+                AuditEvent.action.in_([Action.KEY_REGISTER, Action.KEY_ROTATE]),
             )
-            .order_by(AuditEvent.id)  # type: ignore[arg-type]
+            .order_by(AuditEvent.id)
             .limit(1)
         )
     ).first()
@@ -257,7 +313,8 @@ async def key_proof(db: AsyncSession, who: Principal, agency_id: str, kid: str
     if row is None or row[1] is None or row[1] >= cp.tree_size:
         raise errors.Conflict(
             "the key's registration is not in a signed checkpoint yet; retry shortly",
-            slug="not-yet-logged", headers={"Retry-After": "1"},
+            slug="not-yet-logged",
+            headers={"Retry-After": "1"},
         )
     canonical, seq, leaf = row
     nodes = await load_nodes(db, merkle.inclusion_proof_coords(seq, cp.tree_size))
@@ -267,7 +324,10 @@ async def key_proof(db: AsyncSession, who: Principal, agency_id: str, kid: str
         "seq": seq,
         "event": json.loads(canonical),
         "leaf_hash": b64_encode(leaf),
-        "proof": {"index": seq, "tree_size": cp.tree_size,
-                  "hashes": [b64_encode(h) for h in hashes]},
+        "proof": {
+            "index": seq,
+            "tree_size": cp.tree_size,
+            "hashes": [b64_encode(h) for h in hashes],
+        },
         "checkpoint": cp.note,
     }

@@ -18,4 +18,4 @@ async def insert_ignore(session: AsyncSession, model: Any, values: dict[str, Any
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = ins(model).values(**values).on_conflict_do_nothing()
     result = await session.execute(stmt)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)

@@ -56,7 +56,10 @@ async def seed(
             agency_keys = keys.generate_agency_keys()
             auth = keys.generate_signing_key()
             agency = await agencies.create(
-                db, system, name=name, kind=kind,
+                db,
+                system,
+                name=name,
+                kind=kind,
                 enc_key=b64url_encode(agency_keys.enc_public),
                 sign_key=b64url_encode(agency_keys.sig_public),
             )
@@ -71,8 +74,10 @@ async def seed(
                 )
                 roles.append((admin.client_id, "admin", admin_auth))
             for client_id, client_role, auth_key in roles:
-                path = data_dir / "demo" / (
-                    f"{file_name}.key.json" if client_role != "admin" else "admin.key.json"
+                path = (
+                    data_dir
+                    / "demo"
+                    / (f"{file_name}.key.json" if client_role != "admin" else "admin.key.json")
                 )
                 _write_private(
                     path,
@@ -87,9 +92,16 @@ async def seed(
                         "auth_seed": b64url_encode(auth_key.seed),
                     },
                 )
-                members.append({"name": name, "kind": kind, "role": client_role,
-                                "agency_id": agency.id, "client_id": client_id,
-                                "key_file": str(path)})
+                members.append(
+                    {
+                        "name": name,
+                        "kind": kind,
+                        "role": client_role,
+                        "agency_id": agency.id,
+                        "client_id": client_id,
+                        "key_file": str(path),
+                    }
+                )
     summary = {"members": members}
     marker.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

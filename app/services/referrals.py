@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,14 +82,15 @@ async def _directory(
     db: AsyncSession, agency_ids: Sequence[str]
 ) -> tuple[dict[str, Agency], dict[tuple[str, str], AgencyKey]]:
     agencies = {
-        a.id: a for a in await db.scalars(select(Agency).where(Agency.id.in_(agency_ids)))  # type: ignore[attr-defined]
+        a.id: a
+        for a in await db.scalars(select(Agency).where(Agency.id.in_(agency_ids)))
     }
     current = {
         (k.agency_id, k.use): k
         for k in await db.scalars(
             select(AgencyKey).where(
-                AgencyKey.agency_id.in_(agency_ids),  # type: ignore[attr-defined]
-                AgencyKey.status == "current",  # type: ignore[arg-type]
+                AgencyKey.agency_id.in_(agency_ids),
+                AgencyKey.status == "current",
             )
         )
     }
@@ -104,13 +104,13 @@ def _sender_sig_key(current: Mapping[tuple[str, str], AgencyKey], agency_id: str
     return b64url_decode(key.public_key, length=32)
 
 
-def _check_recipients(
-    recipients: Sequence[str], agencies: Mapping[str, Agency]
-) -> None:
+def _check_recipients(recipients: Sequence[str], agencies: Mapping[str, Agency]) -> None:
     for r in recipients:
         agency = agencies.get(r)
         if agency is None:
-            raise errors.Unprocessable(f"recipient {r} is unknown", slug="envelope/unknown-recipient")
+            raise errors.Unprocessable(
+                f"recipient {r} is unknown", slug="envelope/unknown-recipient"
+            )
         if agency.status != "active":
             raise errors.Unprocessable(
                 f"recipient {r} is suspended", slug="envelope/suspended-recipient"
@@ -217,8 +217,9 @@ async def create(
         )
     recipients = manifest.get("recipients")
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
-        raise errors.Unprocessable("manifest.recipients must be a list of ids",
-                                   slug="envelope/malformed")
+        raise errors.Unprocessable(
+            "manifest.recipients must be a list of ids", slug="envelope/malformed"
+        )
     if len(recipients) > settings.referrals.max_recipients:
         raise errors.Unprocessable(
             f"at most {settings.referrals.max_recipients} recipients",
@@ -317,7 +318,7 @@ async def create(
         sender_agency=who.agency_id,
         created_at=created_at,
         metadata=metadata,
-        statuses=statuses,  # type: ignore[arg-type]
+        statuses=statuses,
     ).model_dump(mode="json")
     if idempotency_key is not None:
         db.add(
@@ -357,11 +358,11 @@ async def _statuses(
     if not referral_ids:
         return out
     stmt = select(ReferralRecipient).where(
-        ReferralRecipient.referral_id.in_(referral_ids)  # type: ignore[attr-defined]
+        ReferralRecipient.referral_id.in_(referral_ids)
     )
     if only is not None:
-        stmt = stmt.where(ReferralRecipient.recipient == only)  # type: ignore[arg-type]
-    for row in await db.scalars(stmt.order_by(ReferralRecipient.recipient)):  # type: ignore[arg-type]
+        stmt = stmt.where(ReferralRecipient.recipient == only)
+    for row in await db.scalars(stmt.order_by(ReferralRecipient.recipient)):
         out[row.referral_id].append(_status_out(row))
     return out
 
@@ -369,7 +370,7 @@ async def _statuses(
 def _status_out(row: ReferralRecipient) -> StatusOut:
     return StatusOut(
         recipient=row.recipient,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         reason=row.reason,
         note=row.note,
         updated_at=row.updated_at,
@@ -390,27 +391,25 @@ async def list_page(
     now = utcnow()
     stmt = visible_referrals(who, box, now)
     if urgency:
-        stmt = stmt.where(Referral.urgency == urgency)  # type: ignore[arg-type]
+        stmt = stmt.where(Referral.urgency == urgency)
     if since:
-        stmt = stmt.where(Referral.received_at >= since)  # type: ignore[arg-type]
+        stmt = stmt.where(Referral.received_at >= since)
     if status:
         status_match = select(ReferralRecipient.referral_id).where(
-            ReferralRecipient.referral_id == Referral.id,  # type: ignore[arg-type]
-            ReferralRecipient.status == status,  # type: ignore[arg-type]
+            ReferralRecipient.referral_id == Referral.id,
+            ReferralRecipient.status == status,
         )
         if box == "received":
-            status_match = status_match.where(ReferralRecipient.recipient == who.agency_id)  # type: ignore[arg-type]
+            status_match = status_match.where(ReferralRecipient.recipient == who.agency_id)
         stmt = stmt.where(status_match.exists())
     if cursor:
         ts, last_id = _decode_cursor(cursor)
-        stmt = stmt.where(tuple_(Referral.received_at, Referral.id) < tuple_(ts, last_id))  # type: ignore[arg-type]
-    stmt = stmt.order_by(Referral.received_at.desc(), Referral.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
+        stmt = stmt.where(tuple_(Referral.received_at, Referral.id) < tuple_(ts, last_id))
+    stmt = stmt.order_by(Referral.received_at.desc(), Referral.id.desc()).limit(limit + 1)
     rows = list((await db.scalars(stmt)).all())
     more = len(rows) > limit
     rows = rows[:limit]
-    statuses = await _statuses(
-        db, [r.id for r in rows], None if box == "sent" else who.agency_id
-    )
+    statuses = await _statuses(db, [r.id for r in rows], None if box == "sent" else who.agency_id)
     items = [
         ReferralSummary(
             referral_id=r.id,
@@ -423,7 +422,11 @@ async def list_page(
         for r in rows
     ]
     await audit.record(
-        db, who.actor, Action.REFERRAL_LIST, "referral", None,
+        db,
+        who.actor,
+        Action.REFERRAL_LIST,
+        "referral",
+        None,
         detail={"box": box, "count": len(items)},
     )
     next_cursor = _encode_cursor(rows[-1].received_at, rows[-1].id) if more else None
@@ -445,20 +448,20 @@ async def read(db: AsyncSession, who: Principal, referral_id: str) -> dict[str, 
     access = await _require(db, who, referral_id, Action.REFERRAL_READ)
     referral = access.referral
     fields_q = select(ReferralField.field, ReferralField.ciphertext).where(
-        ReferralField.referral_id == referral_id  # type: ignore[arg-type]
+        ReferralField.referral_id == referral_id
     )
-    keys_q = select(WrappedKey).where(WrappedKey.referral_id == referral_id)  # type: ignore[arg-type]
+    keys_q = select(WrappedKey).where(WrappedKey.referral_id == referral_id)
     if access.relation is Relation.RECIPIENT:
         readable = sorted(access.fields)
-        fields_q = fields_q.where(ReferralField.field.in_(readable))  # type: ignore[attr-defined]
+        fields_q = fields_q.where(ReferralField.field.in_(readable))
         keys_q = keys_q.where(
-            WrappedKey.recipient == who.agency_id,  # type: ignore[arg-type]
-            WrappedKey.field.in_(readable),  # type: ignore[attr-defined]
+            WrappedKey.recipient == who.agency_id,
+            WrappedKey.field.in_(readable),
         )
     ciphertexts = {f: c for f, c in (await db.execute(fields_q)).all()}
     wrapped = [
         {"field": w.field, "recipient": w.recipient, "kid": w.kid, "wrapped_key": w.wrapped_key}
-        for w in await db.scalars(keys_q.order_by(WrappedKey.field, WrappedKey.recipient))  # type: ignore[arg-type]
+        for w in await db.scalars(keys_q.order_by(WrappedKey.field, WrappedKey.recipient))
     ]
     only = None if access.relation is Relation.SENDER else who.agency_id
     statuses = (await _statuses(db, [referral_id], only))[referral_id]
@@ -502,10 +505,14 @@ async def update_status(
     access = await _require(db, who, referral_id, Action.REFERRAL_STATUS)
     if access.relation is not Relation.RECIPIENT:
         raise errors.Forbidden(
-            "only a recipient posts status; the sender withdraws", slug="not-a-recipient",
+            "only a recipient posts status; the sender withdraws",
+            slug="not-a-recipient",
             audit=PendingEvent(
-                actor=who.actor, action=Action.REFERRAL_STATUS, resource_type="referral",
-                resource_id=referral_id, outcome=Outcome.DENIED,
+                actor=who.actor,
+                action=Action.REFERRAL_STATUS,
+                resource_type="referral",
+                resource_id=referral_id,
+                outcome=Outcome.DENIED,
                 subject_agency=access.referral.sender_agency,
                 detail={"reason": "sender cannot post recipient status"},
             ),
@@ -513,16 +520,23 @@ async def update_status(
     if note is not None:
         try:
             if len(b64url_decode(note)) > MAX_NOTE_BYTES:
-                raise errors.Unprocessable(f"note is limited to {MAX_NOTE_BYTES} bytes",
-                                           slug="invalid-note")
+                raise errors.Unprocessable(
+                    f"note is limited to {MAX_NOTE_BYTES} bytes", slug="invalid-note"
+                )
         except EncodingError:
-            raise errors.Unprocessable("note must be base64url of a sealed box",
-                                       slug="invalid-note") from None
+            raise errors.Unprocessable(
+                "note must be base64url of a sealed box", slug="invalid-note"
+            ) from None
     row = await db.get(ReferralRecipient, (referral_id, who.agency_id), with_for_update=True)
-    assert row is not None  # relation() found it
+    if row is None:  # deleted between relation() and here
+        raise _not_found(who, Action.REFERRAL_STATUS, referral_id)
     if status == row.status and reason == row.reason:
         await audit.record(
-            db, who.actor, Action.REFERRAL_STATUS, "referral", referral_id,
+            db,
+            who.actor,
+            Action.REFERRAL_STATUS,
+            "referral",
+            referral_id,
             subject_agency=access.referral.sender_agency,
             detail={"from": row.status, "to": status, "unchanged": True},
         )
@@ -539,7 +553,11 @@ async def update_status(
     row.status, row.reason, row.note, row.updated_at = status, reason, note, utcnow()
     await db.flush()
     await audit.record(
-        db, who.actor, Action.REFERRAL_STATUS, "referral", referral_id,
+        db,
+        who.actor,
+        Action.REFERRAL_STATUS,
+        "referral",
+        referral_id,
         subject_agency=access.referral.sender_agency,
         detail={"from": previous, "to": status, "reason": reason, "note": note is not None},
     )
@@ -552,10 +570,14 @@ async def _require_sender(
     access = await _require(db, who, referral_id, action)
     if access.relation is not Relation.SENDER:
         raise errors.Forbidden(
-            "only the sending agency may do this", slug="not-the-sender",
+            "only the sending agency may do this",
+            slug="not-the-sender",
             audit=PendingEvent(
-                actor=who.actor, action=action, resource_type="referral",
-                resource_id=referral_id, outcome=Outcome.DENIED,
+                actor=who.actor,
+                action=action,
+                resource_type="referral",
+                resource_id=referral_id,
+                outcome=Outcome.DENIED,
                 subject_agency=access.referral.sender_agency,
                 detail={"reason": "not the sender"},
             ),
@@ -571,20 +593,29 @@ async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[S
         referral.withdrawn_at = now
         await db.execute(
             update(ReferralRecipient)
-            .where(ReferralRecipient.referral_id == referral_id)  # type: ignore[arg-type]
+            .where(ReferralRecipient.referral_id == referral_id)
             .values(status="cancelled", updated_at=now)
         )
         await db.flush()
     await audit.record(
-        db, who.actor, Action.REFERRAL_WITHDRAW, "referral", referral_id,
-        subject_agency=who.agency_id, detail={"unchanged": not first},
+        db,
+        who.actor,
+        Action.REFERRAL_WITHDRAW,
+        "referral",
+        referral_id,
+        subject_agency=who.agency_id,
+        detail={"unchanged": not first},
     )
     return (await _statuses(db, [referral_id], None))[referral_id]
 
 
 async def add_grants(
-    db: AsyncSession, who: Principal, referral_id: str, body: Mapping[str, Any],
-    *, settings: Settings,
+    db: AsyncSession,
+    who: Principal,
+    referral_id: str,
+    body: Mapping[str, Any],
+    *,
+    settings: Settings,
 ) -> list[dict[str, Any]]:
     referral = await _require_sender(db, who, referral_id, Action.GRANT_ADD)
     if referral.withdrawn_at is not None:
@@ -593,8 +624,9 @@ async def add_grants(
     new_manifest = body.get("manifest") if isinstance(body, Mapping) else None
     recipients = new_manifest.get("recipients") if isinstance(new_manifest, dict) else None
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
-        raise errors.Unprocessable("manifest.recipients must be a list of ids",
-                                   slug="envelope/malformed")
+        raise errors.Unprocessable(
+            "manifest.recipients must be a list of ids", slug="envelope/malformed"
+        )
     agencies, current = await _directory(db, [who.agency_id, *recipients])
     try:
         changed = env.check_grant_update(
@@ -604,19 +636,20 @@ async def add_grants(
         raise _invalid(exc) from None
     added = [r for r in recipients if r not in old_manifest["recipients"]]
     _check_recipients(added, agencies)
-    _check_recipients([g["recipient"] for g in changed if g["recipient"] != who.agency_id],
-                      agencies)
+    _check_recipients(
+        [g["recipient"] for g in changed if g["recipient"] != who.agency_id], agencies
+    )
     _check_grant_kids(changed, current)
     now = utcnow()
     pairs = [(g["field"], g["recipient"]) for g in changed]
-    pair_in = tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(pairs)  # type: ignore[arg-type]
+    pair_in = tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(pairs)
     await db.execute(
-        delete(ReferralGrant).where(ReferralGrant.referral_id == referral_id, pair_in)  # type: ignore[arg-type]
+        delete(ReferralGrant).where(ReferralGrant.referral_id == referral_id, pair_in)
     )
     await db.execute(
         delete(WrappedKey).where(
-            WrappedKey.referral_id == referral_id,  # type: ignore[arg-type]
-            tuple_(WrappedKey.field, WrappedKey.recipient).in_(pairs),  # type: ignore[arg-type]
+            WrappedKey.referral_id == referral_id,
+            tuple_(WrappedKey.field, WrappedKey.recipient).in_(pairs),
         )
     )
     await db.execute(insert(ReferralGrant), _grant_rows(referral_id, changed, now, settings))
@@ -625,8 +658,15 @@ async def add_grants(
         await db.execute(
             insert(ReferralRecipient),
             [
-                {"referral_id": referral_id, "recipient": r, "received_at": now,
-                 "status": "requested", "reason": None, "note": None, "updated_at": now}
+                {
+                    "referral_id": referral_id,
+                    "recipient": r,
+                    "received_at": now,
+                    "status": "requested",
+                    "reason": None,
+                    "note": None,
+                    "updated_at": now,
+                }
                 for r in added
             ],
         )
@@ -634,7 +674,12 @@ async def add_grants(
     referral.signature = body["signature"]
     await db.flush()
     await audit.record(
-        db, who.actor, Action.GRANT_ADD, "referral", referral_id, subject_agency=who.agency_id,
+        db,
+        who.actor,
+        Action.GRANT_ADD,
+        "referral",
+        referral_id,
+        subject_agency=who.agency_id,
         detail={
             "grants": [
                 {"field": g["field"], "recipient": g["recipient"], "purpose": g["purpose"]}
@@ -659,11 +704,11 @@ async def revoke(
     found = {
         (f, r)
         for f, r in await db.execute(
-                select(ReferralGrant.field, ReferralGrant.recipient).where(
-                    ReferralGrant.referral_id == referral_id,  # type: ignore[arg-type]
-                    tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(unique),  # type: ignore[arg-type]
-                )
+            select(ReferralGrant.field, ReferralGrant.recipient).where(
+                ReferralGrant.referral_id == referral_id,
+                tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(unique),
             )
+        )
     }
     missing = [p for p in unique if p not in found]
     if missing:
@@ -673,24 +718,26 @@ async def revoke(
     now = utcnow()
     await db.execute(
         delete(WrappedKey).where(
-            WrappedKey.referral_id == referral_id,  # type: ignore[arg-type]
-            tuple_(WrappedKey.field, WrappedKey.recipient).in_(unique),  # type: ignore[arg-type]
+            WrappedKey.referral_id == referral_id,
+            tuple_(WrappedKey.field, WrappedKey.recipient).in_(unique),
         )
     )
     await db.execute(
         update(ReferralGrant)
         .where(
-            ReferralGrant.referral_id == referral_id,  # type: ignore[arg-type]
-            tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(unique),  # type: ignore[arg-type]
-            ReferralGrant.revoked_at.is_(None),  # type: ignore[union-attr]
+            ReferralGrant.referral_id == referral_id,
+            tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(unique),
+            ReferralGrant.revoked_at.is_(None),
         )
         .values(revoked_at=now)
     )
     await audit.record(
-        db, who.actor, Action.CONSENT_REVOKE, "referral", referral_id,
+        db,
+        who.actor,
+        Action.CONSENT_REVOKE,
+        "referral",
+        referral_id,
         subject_agency=who.agency_id,
         detail={"revocations": [{"field": f, "recipient": r} for f, r in unique]},
     )
     return now
-
-

@@ -61,7 +61,7 @@ async def load_nodes(
         return {}
     rows = await session.execute(
         select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
-            or_(*(and_(AuditNode.level == lv, AuditNode.idx == ix) for lv, ix in coords))  # type: ignore[arg-type]
+            or_(*(and_(AuditNode.level == lv, AuditNode.idx == ix) for lv, ix in coords))
         )
     )
     return {(lv, ix): h for lv, ix, h in rows}
@@ -77,7 +77,7 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
     locked = (
         await session.execute(
             update(AuditTreeState)
-            .where(AuditTreeState.id == 1)  # type: ignore[arg-type]
+            .where(AuditTreeState.id == 1)
             .values(updated_at=utcnow())
             .returning(AuditTreeState.size)
         )
@@ -86,8 +86,8 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
     pending = (
         await session.execute(
             select(AuditPending.event_id, AuditEvent.canonical)
-            .join(AuditEvent, AuditEvent.id == AuditPending.event_id)  # type: ignore[arg-type]
-            .order_by(AuditPending.event_id)  # type: ignore[arg-type]
+            .join(AuditEvent, AuditEvent.id == AuditPending.event_id)
+            .order_by(AuditPending.event_id)
             .limit(batch_size)
         )
     ).all()
@@ -110,12 +110,12 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
     )
     await session.execute(
         delete(AuditPending).where(
-            AuditPending.event_id.in_([event_id for event_id, _ in pending])  # type: ignore[attr-defined]
+            AuditPending.event_id.in_([event_id for event_id, _ in pending])
         )
     )
     await session.execute(
         update(AuditTreeState)
-        .where(AuditTreeState.id == 1)  # type: ignore[arg-type]
+        .where(AuditTreeState.id == 1)
         .values(size=size + len(pending), root=merkle.root_from_frontier(new_frontier))
     )
     return len(pending)
@@ -205,7 +205,9 @@ class SequencerRunner:
     async def _lead_postgres(self) -> None:
         async with self.engine.connect() as conn:
             got = (
-                await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                await conn.execute(
+                    text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
+                )
             ).scalar_one()
             await conn.commit()
             if not got:

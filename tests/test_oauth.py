@@ -1,0 +1,151 @@
+"""OAuth 2.0 client credentials with private_key_jwt: issuance and every refusal."""
+
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import OKPKey
+
+from app.client.assertion import client_assertion
+from app.crypto import keys
+from app.crypto.encoding import b64url_encode
+from tests.taskforce import TaskForce
+
+AUD = "http://test/oauth/token"
+TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def _signed(seed: bytes, claims: dict[str, object], alg: str = "EdDSA") -> str:
+    key = OKPKey.import_key(
+        {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": b64url_encode(keys.sig_public_from_seed(seed)),
+            "d": b64url_encode(seed),
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return jwt.encode({"alg": alg}, claims, key, algorithms=[alg])
+
+
+async def _token(client: httpx.AsyncClient, assertion: str) -> httpx.Response:
+    return await client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": TYPE,
+            "client_assertion": assertion,
+        },
+    )
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "Ed25519"])
+async def test_token_issued_for_both_jws_algorithm_names(
+    client: httpx.AsyncClient, tf: TaskForce, alg: str
+) -> None:
+    client_id, auth = tf["shelter"].clients["caseworker"]
+    r = await _token(client, client_assertion(client_id, auth.seed, AUD, alg=alg))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 600
+    assert "referrals:send" in body["scope"].split()
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    key = OKPKey.import_key(jwks["keys"][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        claims = jwt.decode(body["access_token"], key, algorithms=["EdDSA"]).claims
+    assert claims["sub"] == client_id
+    assert claims["agency"] == tf["shelter"].agency_id
+    assert claims["role"] == "caseworker"
+
+
+def _claims(client_id: str, **over: object) -> dict[str, object]:
+    now = int(time.time())
+    base: dict[str, object] = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": AUD,
+        "iat": now,
+        "exp": now + 60,
+        "jti": str(uuid.uuid4()),
+    }
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+async def test_every_bad_assertion_is_invalid_client(
+    client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    client_id, auth = tf["shelter"].clients["caseworker"]
+    other = keys.generate_signing_key()
+    now = int(time.time())
+    cases = {
+        "expired": _signed(auth.seed, _claims(client_id, exp=now - 120)),
+        "too far ahead": _signed(auth.seed, _claims(client_id, exp=now + 3600)),
+        "future iat": _signed(auth.seed, _claims(client_id, iat=now + 600)),
+        "wrong audience": _signed(auth.seed, _claims(client_id, aud="https://evil/oauth/token")),
+        "unknown client": _signed(auth.seed, _claims("no-such-client")),
+        "bad signature": _signed(other.seed, _claims(client_id)),
+        "no jti": _signed(auth.seed, _claims(client_id, jti=None)),
+        "iss differs from sub": _signed(auth.seed, _claims(client_id, iss="someone")),
+        "not a jwt": "not.a.jwt",
+    }
+    for name, assertion in cases.items():
+        r = await _token(client, assertion)
+        assert r.status_code == 401, name
+        assert r.json()["error"] == "invalid_client", name
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "www-authenticate" in r.headers
+
+
+async def test_replayed_assertion_is_refused(client: httpx.AsyncClient, tf: TaskForce) -> None:
+    client_id, auth = tf["shelter"].clients["caseworker"]
+    assertion = client_assertion(client_id, auth.seed, AUD)
+    assert (await _token(client, assertion)).status_code == 200
+    r = await _token(client, assertion)
+    assert r.status_code == 401
+    assert r.json()["error"] == "invalid_client"
+
+
+async def test_suspended_agency_gets_no_token_and_its_tokens_stop_working(
+    client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    headers = await tf.headers("ngo")
+    assert (await client.get("/v1/agencies", headers=headers)).status_code == 200
+    r = await client.post(
+        f"/v1/agencies/{tf['ngo'].agency_id}/suspend", headers=await tf.headers("office", "admin")
+    )
+    assert r.status_code == 200
+    assert r.json()["status"] == "suspended"
+    client_id, auth = tf["ngo"].clients["caseworker"]
+    r = await _token(client, client_assertion(client_id, auth.seed, AUD))
+    assert r.status_code == 401
+    assert r.json()["error"] == "invalid_client"
+    assert (await client.get("/v1/agencies", headers=headers)).status_code == 401
+
+
+async def test_token_endpoint_rejects_other_grants_and_bodies(client: httpx.AsyncClient) -> None:
+    r = await client.post("/oauth/token", data={"grant_type": "password"})
+    assert r.status_code == 400
+    assert r.json()["error"] == "unsupported_grant_type"
+    r = await client.post("/oauth/token", json={"grant_type": "client_credentials"})
+    assert r.status_code == 400
+    assert r.json()["error"] == "invalid_request"
+    r = await client.post("/oauth/token", data={"grant_type": "client_credentials"})
+    assert r.status_code == 401
+    assert r.json()["error"] == "invalid_client"
+
+
+async def test_v1_needs_a_valid_bearer_token(client: httpx.AsyncClient, tf: TaskForce) -> None:
+    for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Basic x"}):
+        r = await client.get("/v1/agencies", headers=headers)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.headers["content-type"] == "application/problem+json"
