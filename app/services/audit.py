@@ -51,6 +51,11 @@ class Action(StrEnum):
     AUDIT_READ = "audit:read"
     AUDIT_PROOF = "audit:proof"
     AUDIT_CHECKPOINT = "audit:checkpoint"
+    WEBHOOK_CREATE = "webhook:create"
+    WEBHOOK_READ = "webhook:read"
+    WEBHOOK_DELETE = "webhook:delete"
+    WEBHOOK_ROTATE = "webhook:rotate"
+    WEBHOOK_REPLAY = "webhook:replay"
     RETENTION_PURGE = "retention:purge"
     ACCESS_DENIED = "access:denied"
 
@@ -155,14 +160,14 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
     ids = (
         (
             await session.execute(
-                insert(AuditEvent).returning(AuditEvent.id, sort_by_parameter_order=True),
+                insert(AuditEvent.__table__).returning(AuditEvent.id, sort_by_parameter_order=True),
                 rows,
             )
         )
         .scalars()
         .all()
     )
-    await session.execute(insert(AuditPending), [{"event_id": i} for i in ids])
+    await session.execute(insert(AuditPending.__table__), [{"event_id": i} for i in ids])
 
 
 async def record(

@@ -252,7 +252,7 @@ async def create(
 
     metadata: dict[str, Any] = manifest["metadata"]
     await db.execute(
-        insert(Referral),
+        insert(Referral.__table__),
         [
             {
                 "id": referral_id,
@@ -271,11 +271,11 @@ async def create(
     )
     ciphertexts: dict[str, str] = body["ciphertexts"]
     await db.execute(
-        insert(ReferralField),
+        insert(ReferralField.__table__),
         [{"referral_id": referral_id, "field": f, "ciphertext": c} for f, c in ciphertexts.items()],
     )
     await db.execute(
-        insert(ReferralRecipient),
+        insert(ReferralRecipient.__table__),
         [
             {
                 "referral_id": referral_id,
@@ -289,8 +289,8 @@ async def create(
             for r in recipients
         ],
     )
-    await db.execute(insert(ReferralGrant), _grant_rows(referral_id, grants, now, settings))
-    await db.execute(insert(WrappedKey), _wrapped_rows(referral_id, body["wrapped_keys"]))
+    await db.execute(insert(ReferralGrant.__table__), _grant_rows(referral_id, grants, now, settings))
+    await db.execute(insert(WrappedKey.__table__), _wrapped_rows(referral_id, body["wrapped_keys"]))
     await audit.record(
         db,
         who.actor,
@@ -652,11 +652,11 @@ async def add_grants(
             tuple_(WrappedKey.field, WrappedKey.recipient).in_(pairs),
         )
     )
-    await db.execute(insert(ReferralGrant), _grant_rows(referral_id, changed, now, settings))
-    await db.execute(insert(WrappedKey), _wrapped_rows(referral_id, body["wrapped_keys"]))
+    await db.execute(insert(ReferralGrant.__table__), _grant_rows(referral_id, changed, now, settings))
+    await db.execute(insert(WrappedKey.__table__), _wrapped_rows(referral_id, body["wrapped_keys"]))
     if added:
         await db.execute(
-            insert(ReferralRecipient),
+            insert(ReferralRecipient.__table__),
             [
                 {
                     "referral_id": referral_id,

@@ -99,14 +99,14 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
     leaves = [merkle.leaf_hash(canonical.encode("utf-8")) for _, canonical in pending]
     new_nodes, new_frontier = merkle.append_leaves(size, frontier, leaves)
     await session.execute(
-        insert(AuditLeaf),
+        insert(AuditLeaf.__table__),
         [
             {"seq": size + i, "event_id": event_id, "leaf_hash": leaves[i]}
             for i, (event_id, _) in enumerate(pending)
         ],
     )
     await session.execute(
-        insert(AuditNode), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes]
+        insert(AuditNode.__table__), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes]
     )
     await session.execute(
         delete(AuditPending).where(
