@@ -106,12 +106,11 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
         ],
     )
     await session.execute(
-        insert(AuditNode.__table__), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes]
+        insert(AuditNode.__table__),
+        [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes],
     )
     await session.execute(
-        delete(AuditPending).where(
-            AuditPending.event_id.in_([event_id for event_id, _ in pending])
-        )
+        delete(AuditPending).where(AuditPending.event_id.in_([event_id for event_id, _ in pending]))
     )
     await session.execute(
         update(AuditTreeState)
