@@ -28,14 +28,24 @@ class ServerKeys:
 
 
 def _load_or_create(path: Path) -> bytes:
-    if path.exists():
-        return b64url_decode(path.read_text().strip(), length=32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seed = keys.generate_signing_key().seed
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(b64url_encode(seed) + "\n")
-    return seed
+    """Read a key file, or create it (0600, in a 0700 directory) exactly once.
+
+    Two workers starting together race on O_EXCL: the loser reads the winner's key.
+    """
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        seed = keys.generate_signing_key().seed
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(b64url_encode(seed) + "\n")
+        try:
+            os.link(tmp, path)  # atomic: fails if another worker won
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return b64url_decode(path.read_text().strip(), length=32)
 
 
 def load_server_keys(settings: Settings) -> ServerKeys:
