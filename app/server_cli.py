@@ -15,7 +15,7 @@ from app import errors
 from app.config import Settings, get_settings
 from app.db import create_engine, sessionmaker
 from app.migrate import upgrade
-from app.services import agencies, demo, sequencer
+from app.services import agencies, demo, retention, sequencer
 from app.services.agencies import KINDS, ROLES
 from app.services.audit import Actor
 from app.services.server_keys import load_server_keys
@@ -147,6 +147,18 @@ def cmd_sequence(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> retention.PurgeReport:
+        engine = create_engine(settings)
+        try:
+            return await retention.run(engine, settings, dry_run=args.dry_run, actor=ADMIN_CLI)
+        finally:
+            await engine.dispose()
+
+    _print(asyncio.run(run()).as_dict())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refgate-server", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,11 +192,34 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "sequence", help="integrate pending audit events now and sign a checkpoint"
     ).set_defaults(func=cmd_sequence)
+    sp = sub.add_parser(
+        "purge",
+        help="delete ciphertexts and wrapped keys past their retention period, and the "
+        "wrapped keys of expired consents; prints the counts",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
+    sp.set_defaults(func=cmd_purge)
     return p
 
 
+KEY_FLAGS = ("--enc-key", "--sign-key", "--auth-key")
+
+
+def _join_key_values(argv: list[str]) -> list[str]:
+    """base64url keys may start with "-", which argparse takes for an option:
+    rewrite ``--auth-key VALUE`` as ``--auth-key=VALUE``."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in KEY_FLAGS:
+            out.append(f"{arg}={next(it, '')}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_join_key_values(sys.argv[1:] if argv is None else argv))
     settings = get_settings()
     try:
         code: int = args.func(settings, args)

@@ -122,7 +122,7 @@ class KeyFile:
         unknown = set(changes) - set(SETTINGS)
         if unknown:
             raise KeyFileError(f"unknown key file settings {sorted(unknown)}")
-        return replace(self, **changes)
+        return replace(self, **changes)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ serialization
 
@@ -180,7 +180,11 @@ class KeyFile:
                 raw[name] = b64url_decode(private.get(name), length=keys.KEY_SIZE)  # type: ignore[arg-type]
             except EncodingError:
                 raise KeyFileError(f"{name} must be base64url of 32 bytes") from None
-        return cls(**raw, **settings)
+        return cls(
+            enc_private=raw["enc_private"], sig_seed=raw["sig_seed"], auth_seed=raw["auth_seed"],
+            server=settings["server"], agency_id=settings["agency_id"],
+            client_id=settings["client_id"], role=settings["role"],
+        )
 
     def save(
         self,

@@ -1,0 +1,512 @@
+"""``refgate``: the command-line client of a refgate gateway (on the SDK).
+
+Global flags come before the command: ``--key-file PATH`` (or
+``REFGATE_KEY_FILE``), ``--server URL`` (overrides the key file's),
+``--json`` (machine-readable output), ``--passphrase-env VAR`` (the name of
+the environment variable holding a sealed key file's passphrase; without it
+the passphrase is prompted for on a terminal), ``--log-key KEY`` (or
+``REFGATE_LOG_KEY``: the audit log's verifier key, pinned for key
+transparency; without it the server's key is trusted on first use, per run).
+
+Exit codes: 0 ok, 1 usage or input error, 2 the server refused (4xx),
+3 verification failure (signature, hash, commitment, key transparency, audit
+log), 4 network error or server failure (5xx). Errors go to stderr with the
+problem's title and detail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import httpx
+
+from app.client.keyfile import (
+    KeyFile,
+    KeyFileError,
+    PassphraseRequired,
+    update_settings,
+)
+from app.client.sdk import RefgateClient, RefgateError, VerificationError
+from app.crypto.passphrase import PassphraseError
+
+EXIT_OK = 0
+EXIT_USAGE = 1
+EXIT_REFUSED = 2
+EXIT_VERIFY = 3
+EXIT_NETWORK = 4
+
+DEFAULT_STATE_FILE = Path("~/.refgate/audit-state.json")
+
+
+class UsageError(Exception):
+    """The command line or its input is wrong (exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------- output
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[TextIO], object]) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        human(sys.stdout)
+
+
+def _table(out: TextIO, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+# ---------------------------------------------------------------- input parsing
+
+
+def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{what} must look like name=value, got {item!r}")
+        if name in out:
+            raise UsageError(f"{what} {name!r} given twice")
+        out[name] = value
+    return out
+
+
+def _consents(values: Sequence[str] | None) -> dict[str, dict[str, str]]:
+    """``field:agency-id:purpose`` items -> ``{field: {agency id: purpose}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in values or []:
+        field, sep, rest = item.partition(":")
+        agency, sep2, purpose = rest.rpartition(":")
+        if not (sep and sep2 and field and agency and purpose):
+            raise UsageError(f"--consent must look like field:AGENCY_ID:purpose, got {item!r}")
+        if agency in out.setdefault(field, {}):
+            raise UsageError(f"consent for {field!r} to {agency} given twice")
+        out[field][agency] = purpose
+    return out
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes:
+    if args.passphrase_env:
+        value = os.environ.get(args.passphrase_env)
+        if not value:
+            raise UsageError(f"the environment variable {args.passphrase_env} is empty or unset")
+        return value.encode()
+    if not sys.stdin.isatty():
+        raise UsageError("a passphrase is needed: give --passphrase-env VAR (no terminal to ask)")
+    value = getpass.getpass("Key file passphrase: ")
+    if confirm and getpass.getpass("Repeat the passphrase: ") != value:
+        raise UsageError("the passphrases differ")
+    if not value:
+        raise UsageError("the passphrase must not be empty")
+    return value.encode()
+
+
+def _user_path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _key_path(args: argparse.Namespace) -> Path:
+    value = args.key_file or os.environ.get("REFGATE_KEY_FILE")
+    if not value:
+        raise UsageError("no key file: give --key-file PATH or set REFGATE_KEY_FILE")
+    return Path(value).expanduser()
+
+
+def _load_key(args: argparse.Namespace) -> KeyFile:
+    path = _key_path(args)
+    try:
+        return KeyFile.load(path)
+    except PassphraseRequired:
+        return KeyFile.load(path, _passphrase(args))
+
+
+def _client(args: argparse.Namespace) -> RefgateClient:
+    log_key = args.log_key or os.environ.get("REFGATE_LOG_KEY") or None
+    return RefgateClient(_load_key(args), base_url=args.server, log_key=log_key)
+
+
+# ---------------------------------------------------------------- local commands
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path = Path(args.out).expanduser() if args.out else _key_path(args)
+    kf = KeyFile.generate(server=args.server, agency_id=args.agency_id,
+                          client_id=args.client_id, role=args.role)
+    passphrase = _passphrase(args, confirm=True) if args.passphrase else None
+    kf.save(path, passphrase=passphrase)
+    pub = kf.public_keys()
+    data = {"key_file": str(path), "sealed": passphrase is not None, "enc_key": pub.enc_key,
+            "sign_key": pub.sign_key, "auth_key": pub.auth_key}
+
+    def human(out: TextIO) -> None:
+        out.write(f"Wrote {path} (mode 0600{', sealed with a passphrase' if passphrase else ''}).\n"
+                  "Keep it private: it holds the agency's private keys.\n\n"
+                  "Public keys to register:\n"
+                  f"  encryption  (X25519)   {pub.enc_key}\n"
+                  f"  signing     (Ed25519)  {pub.sign_key}\n"
+                  f"  client auth (Ed25519)  {pub.auth_key}\n\n"
+                  "A task-force administrator registers them:\n"
+                  # "=" because a base64url key may begin with "-", which argparse
+                  # would take for an option
+                  f'  refgate-server create-agency --name "AGENCY NAME" --kind KIND '
+                  f"--enc-key={pub.enc_key} --sign-key={pub.sign_key}\n"
+                  f"  refgate-server create-client --agency AGENCY_ID --role "
+                  f"{args.role or 'caseworker'} --auth-key={pub.auth_key}\n\n"
+                  "Then record the ids they print in the key file:\n"
+                  f"  refgate --key-file {path} configure --agency-id AGENCY_ID "
+                  f"--client-id CLIENT_ID --server {args.server or 'https://REFGATE_URL'}\n")
+
+    _emit(args, data, human)
+    return EXIT_OK
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    changes = {name: value for name, value in (
+        ("server", args.set_server or args.server), ("agency_id", args.agency_id),
+        ("client_id", args.client_id), ("role", args.role),
+    ) if value is not None}
+    if not changes:
+        raise UsageError("nothing to configure: give --agency-id, --client-id, --server or --role")
+    path = _key_path(args)
+    settings = update_settings(path, **changes)
+    _emit(args, {"key_file": str(path), **settings}, lambda out: out.write(
+        "".join(f"{k:<10} {v if v is not None else '-'}\n" for k, v in settings.items())
+    ))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- server commands
+
+
+async def cmd_token(rc: RefgateClient, args: argparse.Namespace) -> int:
+    token = await rc.access_token()
+    _emit(args, {"access_token": token, "token_type": "Bearer"},
+          lambda out: out.write(token + "\n"))
+    return EXIT_OK
+
+
+async def cmd_agencies(rc: RefgateClient, args: argparse.Namespace) -> int:
+    items = await rc.agencies()
+
+    def human(out: TextIO) -> None:
+        _table(out, ["ID", "KIND", "STATUS", "NAME"],
+               [(a["id"], a["kind"], a["status"], a["name"]) for a in items])
+
+    _emit(args, items, human)
+    return EXIT_OK
+
+
+def _send_input(args: argparse.Namespace) -> dict[str, Any]:
+    if args.from_file:
+        if args.to or args.field or args.consent:
+            raise UsageError("--from-file excludes --to, --field and --consent")
+        try:
+            data = json.loads(Path(args.from_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {args.from_file}: {exc}") from None
+        if not isinstance(data, dict) or not {"recipients", "fields", "consent"} <= set(data):
+            raise UsageError("the file must hold {recipients, fields, consent[, metadata]}")
+        metadata = dict(data.get("metadata") or {})
+        recipients = list(data["recipients"])
+        fields, consent = data["fields"], data["consent"]
+    else:
+        fields = _pairs(args.field, "--field")
+        consent = _consents(args.consent)
+        recipients = list(args.to or [])
+        metadata = {}
+    if not isinstance(fields, dict) or not fields:
+        raise UsageError("a referral needs at least one field (--field name=value)")
+    for recipient in (r for per in consent.values() for r in per):
+        if recipient not in recipients:
+            recipients.append(recipient)
+    if not recipients:
+        raise UsageError("a referral needs at least one recipient (--to AGENCY_ID)")
+    if args.urgency:
+        metadata["urgency"] = args.urgency
+    if args.service:
+        metadata["services"] = list(args.service)
+    if args.case_ref:
+        metadata["case_ref"] = args.case_ref
+    return {"recipients": recipients, "fields": fields, "consent": consent,
+            "metadata": metadata}
+
+
+async def cmd_send(rc: RefgateClient, args: argparse.Namespace) -> int:
+    data = _send_input(args)
+    summary = await rc.send_referral(
+        data["recipients"], data["fields"], data["consent"], data["metadata"],
+        expires_in_days=args.days, release_ref=args.release_ref,
+    )
+    _emit(args, summary, lambda out: out.write(
+        f"sent referral {summary['referral_id']} to {len(summary['statuses'])} agencies\n"
+    ))
+    return EXIT_OK
+
+
+async def cmd_inbox(rc: RefgateClient, args: argparse.Namespace) -> int:
+    query = rc.sent if args.sent else rc.inbox
+    page = await query(status=args.status, urgency=args.urgency, limit=args.limit,
+                       cursor=args.cursor)
+
+    def human(out: TextIO) -> None:
+        rows = []
+        for item in page.items:
+            meta = item.get("metadata") or {}
+            statuses = ", ".join(
+                f"{s['status']}" if not args.sent else f"{s['recipient'][:8]}:{s['status']}"
+                for s in item.get("statuses") or []
+            )
+            rows.append((item["referral_id"], item["created_at"],
+                         "" if args.sent else item["sender_agency"],
+                         meta.get("urgency", ""), ",".join(meta.get("services") or []),
+                         statuses))
+        _table(out, ["REFERRAL", "CREATED", "FROM", "URGENCY", "SERVICES", "STATUS"], rows)
+        if page.next_cursor:
+            out.write(f"more: --cursor {page.next_cursor}\n")
+
+    _emit(args, {"items": page.items, "next_cursor": page.next_cursor}, human)
+    return EXIT_OK
+
+
+async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
+    opened = await rc.open_referral(args.referral_id)
+    data = {"referral_id": opened.referral_id, "sender_agency": opened.sender_agency,
+            "created_at": opened.manifest["created_at"], "metadata": opened.metadata,
+            "fields": opened.fields, "statuses": opened.statuses, "notes": opened.notes,
+            "unreadable_notes": list(opened.unreadable_notes)}
+
+    def human(out: TextIO) -> None:
+        out.write(f"referral  {opened.referral_id}\nfrom      {opened.sender_agency}\n"
+                  f"created   {opened.manifest['created_at']}\n")
+        for key, value in opened.metadata.items():
+            out.write(f"{key:<9} {','.join(value) if isinstance(value, list) else value}\n")
+        out.write("\nfields (signature, hashes and commitments verified):\n")
+        for name, text in sorted(opened.fields.items()):
+            out.write(f"  {name}: {text}\n")
+        if not opened.fields:
+            out.write("  (none shared with this agency)\n")
+        out.write("\nstatus:\n")
+        for s in opened.statuses:
+            extra = f" reason={s['reason']}" if s.get("reason") else ""
+            note = opened.notes.get(s["recipient"])
+            if note is not None:
+                extra += f" note: {note}"
+            elif s["recipient"] in opened.unreadable_notes:
+                extra += " note: (does not open with this agency's key)"
+            out.write(f"  {s['recipient']}  {s['status']}  {s['updated_at']}{extra}\n")
+
+    _emit(args, data, human)
+    return EXIT_OK
+
+
+async def cmd_status(rc: RefgateClient, args: argparse.Namespace) -> int:
+    result = await rc.update_status(args.referral_id, args.state, reason=args.reason,
+                                    note=args.note)
+    _emit(args, result, lambda out: out.write(
+        f"{args.referral_id}: {result['status']}\n"
+    ))
+    return EXIT_OK
+
+
+async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
+    consent = _consents(args.consent)
+    if not consent:
+        raise UsageError("give at least one --consent field:AGENCY_ID:purpose")
+    result = await rc.grant(args.referral_id, consent, expires_in_days=args.days,
+                            release_ref=args.release_ref)
+    _emit(args, result, lambda out: out.write("".join(
+        f"granted {g['field']} to {g['recipient']} for {g['purpose']} until {g['expires_at']}\n"
+        for g in result.get("grants", [])
+    )))
+    return EXIT_OK
+
+
+async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
+    if len(args.field) != len(args.recipient):
+        raise UsageError("give one --recipient for each --field")
+    pairs = list(zip(args.field, args.recipient, strict=True))
+    result = await rc.revoke(args.referral_id, pairs)
+    _emit(args, result, lambda out: out.write("".join(
+        f"revoked {f} for {r}\n" for f, r in pairs
+    )))
+    return EXIT_OK
+
+
+async def cmd_withdraw(rc: RefgateClient, args: argparse.Namespace) -> int:
+    statuses = await rc.withdraw(args.referral_id)
+    _emit(args, statuses, lambda out: out.write(
+        f"withdrew {args.referral_id}: {len(statuses)} recipients cancelled\n"
+    ))
+    return EXIT_OK
+
+
+# ----- audit verify: implemented in app.client.audit_verify (imported when used)
+
+
+async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
+    from app.client.audit_verify import main_verify
+
+    code = await main_verify(
+        rc,
+        state_file=args.state_file,
+        checkpoint_file=args.checkpoint_file,
+        full=args.full,
+        log_key=args.audit_log_key or args.log_key or os.environ.get("REFGATE_LOG_KEY") or None,
+        out=sys.stdout,
+    )
+    return EXIT_OK if code == 0 else EXIT_VERIFY
+
+
+# ---------------------------------------------------------------- wiring
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="refgate", description="Client of a refgate referral gateway.",
+                epilog="exit codes: 0 ok, 1 usage/input, 2 refused (4xx), 3 verification "
+                       "failed, 4 network/5xx")
+    p.add_argument("--key-file", help="agency key file (default: $REFGATE_KEY_FILE)")
+    p.add_argument("--server", help="gateway URL (overrides the key file's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--passphrase-env", metavar="VAR",
+                   help="environment variable holding the key file passphrase")
+    p.add_argument("--log-key", help="audit log verifier key to pin (default: $REFGATE_LOG_KEY, "
+                                     "else trust the server's on first use)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sp = sub.add_parser("keygen", help="create a key file with fresh agency and client keys")
+    sp.add_argument("--out", help="where to write it (default: --key-file)")
+    sp.add_argument("--passphrase", action="store_true", help="seal it with a passphrase")
+    sp.add_argument("--agency-id")
+    sp.add_argument("--client-id")
+    sp.add_argument("--role", choices=["caseworker", "liaison", "auditor", "admin"])
+    sp.set_defaults(local=cmd_keygen)
+
+    sp = sub.add_parser("configure", help="set the server, agency id and client id of a key file")
+    sp.add_argument("--agency-id")
+    sp.add_argument("--client-id")
+    sp.add_argument("--server", dest="set_server")
+    sp.add_argument("--role", choices=["caseworker", "liaison", "auditor", "admin"])
+    sp.set_defaults(local=cmd_configure)
+
+    sub.add_parser("token", help="print an access token").set_defaults(remote=cmd_token)
+    sub.add_parser("agencies", help="list the directory").set_defaults(remote=cmd_agencies)
+
+    sp = sub.add_parser("send", help="encrypt and send a referral")
+    sp.add_argument("--to", action="append", metavar="AGENCY_ID", help="recipient (repeatable)")
+    sp.add_argument("--field", action="append", metavar="NAME=VALUE")
+    sp.add_argument("--consent", action="append", metavar="FIELD:AGENCY_ID:PURPOSE")
+    sp.add_argument("--urgency", choices=["routine", "urgent", "emergency"])
+    sp.add_argument("--service", action="append", help="service category (repeatable)")
+    sp.add_argument("--case-ref", help="your opaque case reference")
+    sp.add_argument("--days", type=int, default=90, help="consent lifetime (default 90)")
+    sp.add_argument("--release-ref", help="reference of the signed release form")
+    sp.add_argument("--from-file", metavar="JSON",
+                    help="{recipients, fields, consent, metadata} instead of the flags")
+    sp.set_defaults(remote=cmd_send)
+
+    sp = sub.add_parser("inbox", help="list received (or --sent) referrals")
+    sp.add_argument("--sent", action="store_true")
+    sp.add_argument("--status")
+    sp.add_argument("--urgency", choices=["routine", "urgent", "emergency"])
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--cursor")
+    sp.set_defaults(remote=cmd_inbox)
+
+    sp = sub.add_parser("show", help="verify and decrypt a referral")
+    sp.add_argument("referral_id")
+    sp.set_defaults(remote=cmd_show)
+
+    sp = sub.add_parser("status", help="post this agency's status on a referral")
+    sp.add_argument("referral_id")
+    sp.add_argument("state", choices=["received", "accepted", "rejected", "in-progress",
+                                      "on-hold", "completed", "failed"])
+    sp.add_argument("--reason", help="reason code (required for rejected)")
+    sp.add_argument("--note", help="note for the sender (encrypted to the sender)")
+    sp.set_defaults(remote=cmd_status)
+
+    sp = sub.add_parser("grant", help="widen consent on a referral you sent")
+    sp.add_argument("referral_id")
+    sp.add_argument("--consent", action="append", metavar="FIELD:AGENCY_ID:PURPOSE")
+    sp.add_argument("--days", type=int, default=90)
+    sp.add_argument("--release-ref")
+    sp.set_defaults(remote=cmd_grant)
+
+    sp = sub.add_parser("revoke", help="revoke consent for a field and recipient")
+    sp.add_argument("referral_id")
+    sp.add_argument("--field", action="append", required=True)
+    sp.add_argument("--recipient", action="append", required=True, metavar="AGENCY_ID")
+    sp.set_defaults(remote=cmd_revoke)
+
+    sp = sub.add_parser("withdraw", help="withdraw a referral you sent")
+    sp.add_argument("referral_id")
+    sp.set_defaults(remote=cmd_withdraw)
+
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    sp = audit_sub.add_parser("verify", help="verify checkpoints, proofs and (--full) every event")
+    sp.add_argument("--checkpoint-file", type=_user_path,
+                    help="an earlier checkpoint the log must extend")
+    sp.add_argument("--state-file", type=_user_path, default=str(DEFAULT_STATE_FILE),
+                    help=f"pinned log key and last checkpoint (default {DEFAULT_STATE_FILE})")
+    sp.add_argument("--full", action="store_true", help="also rebuild the tree from every event")
+    sp.add_argument("--log-key", dest="audit_log_key", help="log verifier key to pin")
+    sp.set_defaults(remote=cmd_audit_verify)
+    return p
+
+
+async def _run_remote(
+    rc: RefgateClient,
+    args: argparse.Namespace,
+    handler: Callable[[RefgateClient, argparse.Namespace], Awaitable[int]],
+) -> int:
+    async with rc:
+        return await handler(rc, args)
+
+
+def _fail(code: int, message: str) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if hasattr(args, "local"):
+            code: int = args.local(args)
+            return code
+        # The key file is opened before the event loop starts: Argon2id and a
+        # passphrase prompt block.
+        return asyncio.run(_run_remote(_client(args), args, args.remote))
+    except RefgateError as exc:
+        code = EXIT_NETWORK if exc.status >= 500 else EXIT_REFUSED
+        return _fail(code, f"error: {exc.status} {exc.title}: {exc.detail}")
+    except VerificationError as exc:
+        return _fail(EXIT_VERIFY, f"verification failed: {exc}")
+    except httpx.TransportError as exc:
+        return _fail(EXIT_NETWORK, f"error: cannot reach the server: {exc or type(exc).__name__}")
+    except (UsageError, KeyFileError, PassphraseError, ValueError) as exc:
+        return _fail(EXIT_USAGE, f"error: {exc}")
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

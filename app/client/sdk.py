@@ -1,0 +1,872 @@
+"""The refgate Python SDK: ``RefgateClient`` (async, httpx).
+
+What the SDK guarantees, trusting only the key file and the audit log's
+verifier key (never the server):
+
+* **Sending** encrypts on the client (``app.crypto.envelope.seal_envelope``)
+  to each recipient's *current* X25519 key, and only after checking that the
+  key's kid is the hash of the key served and that the key's registration is
+  in the audit log (key transparency, below). A server that swaps a key in the
+  directory is caught before anything is encrypted to it.
+* **Opening** (``open_referral``) verifies the sender's manifest signature with
+  the sender's signing key (itself checked against the log), every ciphertext
+  hash and every key commitment before returning any plaintext; any failure
+  raises :class:`VerificationError` and nothing is returned.
+* **Widening consent** (``grant``) re-verifies the referral as stored (the
+  sender's signature, hashes, commitments) before wrapping a field key for
+  anyone, and applies the same key checks as sending.
+
+Key transparency. ``GET /v1/agencies/{id}/keys/{kid}/proof`` returns the
+key's ``key:register``/``key:rotate`` event, its leaf hash, an RFC 9162
+inclusion proof and the signed checkpoint. The SDK checks the checkpoint's
+signature with the log verifier key, that the leaf hash is
+``merkle.leaf_hash(canonical_json(event))``, that the event binds this kid
+and use to this agency, and the inclusion proof against the signed root. It
+also remembers the newest checkpoint it has verified and requires every later
+one to be consistent with it (a consistency proof, or equal roots at equal
+sizes), so a server cannot show this client two different logs. The server
+answers 409 (or 503 before its first checkpoint) with ``Retry-After`` until the
+key's event is in a checkpoint; the SDK retries for up to
+``key_proof_timeout`` seconds. Verified keys are cached per client instance.
+
+The log verifier key should be pinned (``log_key=``: published out of band by
+the task force). Without it the SDK fetches ``GET /v1/audit/log-key`` once and
+trusts it for the life of the client (trust on first use): that protects
+against a key swapped *later*, not against a server that lies from the start.
+``trusted_log_key`` exposes the key in use so that an application can persist
+it. ``verify_keys=False`` turns key transparency off: it exists for tests that
+run no sequencer, never for production.
+
+Authentication is OAuth 2.0 client credentials with ``private_key_jwt``
+(RFC 7523): :class:`PrivateKeyJWT` is an ``httpx.Auth`` that posts a fresh
+single-use Ed25519 assertion (``app.client.assertion.client_assertion``,
+audience ``{base_url}/oauth/token``) to the token endpoint, caches the access
+token, refreshes it shortly before it expires and, once, when the server
+answers 401 ``invalid_token``. It is our own class rather than Authlib's
+``AsyncOAuth2Client`` because Authlib 1.9 deprecates its httpx integration:
+importing ``authlib.integrations.httpx_client`` emits an
+``AuthlibDeprecationWarning`` (it asks for the separate ``httpx2`` package),
+which the test suite's ``filterwarnings = error`` turns into a failure, and
+the integration is slated for removal. The flow is small, and the assertion
+is built with joserfc, as Authlib's own ``PrivateKeyJWT`` would build it.
+
+Lists: ``inbox``, ``sent`` and ``audit_events`` return one :class:`Page`
+(``items``, ``next_cursor``); pass ``cursor=page.next_cursor`` for the next
+one. ``agencies`` follows the cursors itself (the directory is small).
+
+Errors::
+
+    RefgateSDKError
+    ├── RefgateError          the server refused (problem+json): .status, .problem
+    └── VerificationError     something served does not verify (signature, hash,
+        │                     commitment, note, checkpoint)
+        └── KeyTransparencyError   a directory key is not the one the audit log shows
+
+Invalid arguments (an unknown field name, a consent for an unlisted
+recipient) raise ``ValueError`` (``EnvelopeError`` is one); network failures
+are ``httpx.TransportError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+)
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import httpx
+
+from app import __version__
+from app.client.assertion import client_assertion
+from app.client.keyfile import KeyFile
+from app.crypto import envelope as env
+from app.crypto import keys, merkle
+from app.crypto.canonical import CanonicalizationError, canonical_json
+from app.crypto.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_verifier_key
+from app.crypto.encoding import EncodingError, b64_decode, b64url_decode
+
+__all__ = [
+    "KeyTransparencyError",
+    "OpenedReferral",
+    "Page",
+    "PrivateKeyJWT",
+    "RefgateClient",
+    "RefgateError",
+    "RefgateSDKError",
+    "VerificationError",
+]
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+KEY_EVENTS = frozenset({"key:register", "key:rotate"})
+_RETRYABLE = frozenset({502, 503, 504})
+
+
+class RefgateSDKError(Exception):
+    """Base class of every error the SDK raises on purpose."""
+
+
+class RefgateError(RefgateSDKError):
+    """The server answered with an error; ``problem`` is its RFC 9457 body."""
+
+    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+        self.status = status
+        self.problem = dict(problem)
+        super().__init__(f"{status} {self.title}: {self.detail}")
+
+    @property
+    def title(self) -> str:
+        return str(self.problem.get("title") or "error")
+
+    @property
+    def detail(self) -> str:
+        return str(self.problem.get("detail") or self.problem.get("error_description") or "")
+
+    @property
+    def type(self) -> str | None:
+        value = self.problem.get("type")
+        return value if isinstance(value, str) else None
+
+
+class VerificationError(RefgateSDKError):
+    """Data served by the server failed a cryptographic check; nothing was used."""
+
+
+class KeyTransparencyError(VerificationError):
+    """An agency key could not be proven to be the one the audit log registered."""
+
+
+def _problem_of(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    return {"title": response.reason_phrase, "status": response.status_code,
+            "detail": response.text[:300]}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise RefgateError(response.status_code, _problem_of(response))
+
+
+def _retry_after(response: httpx.Response, cap: float) -> float:
+    try:
+        value = float(response.headers.get("Retry-After", "1"))
+    except ValueError:
+        value = 1.0
+    return max(0.05, min(value, cap))
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _expect(value: object, kind: type, what: str) -> Any:
+    if not isinstance(value, kind):
+        raise VerificationError(f"the server's answer is malformed: {what}")
+    return value
+
+
+# ---------------------------------------------------------------- authentication
+
+
+class PrivateKeyJWT(httpx.Auth):
+    """``httpx.Auth`` for OAuth 2.0 client credentials with ``private_key_jwt`` (RFC 7523).
+
+    The token is fetched on first use, refreshed ``refresh_margin`` seconds
+    (at most half its lifetime) before it expires, and fetched again once if a
+    request comes back 401 ``invalid_token``. Concurrent requests share one
+    token fetch. Async only.
+    """
+
+    requires_response_body = False
+
+    def __init__(
+        self, client_id: str, auth_seed: bytes, token_url: str, *, refresh_margin: float = 60.0
+    ) -> None:
+        self.client_id = client_id
+        self._seed = auth_seed
+        self.token_url = token_url
+        self._margin = refresh_margin
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+
+    def _fresh(self) -> bool:
+        return self._token is not None and time.monotonic() < self._refresh_at
+
+    def token_request(self) -> httpx.Request:
+        """A token request carrying a fresh single-use assertion."""
+        return httpx.Request(
+            "POST",
+            self.token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": client_assertion(self.client_id, self._seed, self.token_url),
+            },
+            headers={"Accept": "application/json"},
+        )
+
+    async def _accept(self, response: httpx.Response) -> str:
+        await response.aread()
+        _raise_for(response)
+        body = response.json()
+        token = body.get("access_token") if isinstance(body, dict) else None
+        lifetime = body.get("expires_in") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not isinstance(lifetime, int) or lifetime <= 0:
+            raise RefgateError(response.status_code, {
+                "title": "Bad token response",
+                "detail": "the token endpoint answered without access_token/expires_in",
+            })
+        self._token = token
+        self._refresh_at = time.monotonic() + lifetime - min(self._margin, lifetime / 2)
+        return token
+
+    async def token(self, send: Callable[[httpx.Request], Awaitable[httpx.Response]]) -> str:
+        """The current access token, fetched with ``send`` if it is missing or expiring."""
+        async with self._lock:
+            if not self._fresh():
+                await self._accept(await send(self.token_request()))
+            return str(self._token)
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        raise RuntimeError("PrivateKeyJWT works with httpx.AsyncClient only")
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        async with self._lock:
+            if not self._fresh():
+                await self._accept((yield self.token_request()))
+            used = self._token
+        request.headers["Authorization"] = f"Bearer {used}"
+        response = yield request
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if response.status_code == 401 and "invalid_token" in challenge:
+            async with self._lock:
+                if self._token == used:
+                    self._token = None
+                    await self._accept((yield self.token_request()))
+                request.headers["Authorization"] = f"Bearer {self._token}"
+            yield request
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list; ``next_cursor`` is None on the last page."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class OpenedReferral:
+    """A referral whose signature, hashes and commitments all verified.
+
+    ``fields`` holds exactly the fields addressed to the caller. For the
+    sender, ``notes`` maps a recipient to its decrypted status note; notes
+    that do not open with the sender's key are listed in ``unreadable_notes``
+    (a recipient's bad note must not hide the referral from its sender).
+    """
+
+    manifest: dict[str, Any]
+    fields: dict[str, str]
+    statuses: list[dict[str, Any]]
+    notes: dict[str, str] = field(default_factory=dict)
+    unreadable_notes: tuple[str, ...] = ()
+
+    @property
+    def referral_id(self) -> str:
+        return str(self.manifest["referral_id"])
+
+    @property
+    def sender_agency(self) -> str:
+        return str(self.manifest["sender_agency"])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.manifest["metadata"])
+
+
+# ---------------------------------------------------------------- the client
+
+
+class RefgateClient:
+    """An agency's client of one refgate gateway. Use as ``async with RefgateClient(...)``.
+
+    ``key`` needs ``client_id`` and ``agency_id``; ``base_url`` defaults to the
+    key file's ``server``. ``transport`` lets tests run against an in-process
+    app (``httpx.ASGITransport(app=app)``). See the module docstring for
+    ``log_key`` and ``verify_keys``.
+    """
+
+    def __init__(
+        self,
+        key: KeyFile,
+        *,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        log_key: str | None = None,
+        verify_keys: bool = True,
+        timeout: float = 30.0,
+        key_proof_timeout: float = 15.0,
+    ) -> None:
+        url = (base_url or key.server or "").rstrip("/")
+        if not url:
+            raise ValueError("no server URL: pass base_url or set it in the key file")
+        if not key.client_id or not key.agency_id:
+            raise ValueError(
+                "the key file has no client_id/agency_id yet: run refgate configure"
+            )
+        if log_key is not None:
+            try:
+                parse_verifier_key(log_key.strip())
+            except CheckpointError as exc:
+                raise ValueError(f"log_key is not a note verifier key: {exc}") from None
+        self.key = key
+        self.base_url = url
+        self.agency_id: str = key.agency_id
+        self.client_id: str = key.client_id
+        self.verify_keys = verify_keys
+        self._log_key = log_key.strip() if log_key else None
+        self._key_proof_timeout = key_proof_timeout
+        self._auth = PrivateKeyJWT(key.client_id, key.auth_seed, f"{url}/oauth/token")
+        self._http = httpx.AsyncClient(
+            base_url=url,
+            transport=transport,
+            auth=self._auth,
+            timeout=timeout,
+            headers={"User-Agent": f"refgate-sdk/{__version__}", "Accept": "application/json"},
+        )
+        self._verified: dict[tuple[str, str, str], bytes] = {}
+        self._seen: Checkpoint | None = None
+        self._checkpoint_lock = asyncio.Lock()
+
+    @classmethod
+    def from_key_file(
+        cls, path: Path, *, passphrase: bytes | None = None, **kwargs: Any
+    ) -> RefgateClient:
+        """Load a key file and build a client. Blocking: a sealed file runs Argon2id."""
+        return cls(KeyFile.load(path, passphrase), **kwargs)
+
+    async def __aenter__(self) -> RefgateClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The authenticated ``httpx.AsyncClient`` (``base_url`` set, tokens refreshed)."""
+        return self._http
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _request(
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        response = await self._http.request(method, path, json=json, params=clean,
+                                            headers=headers)
+        _raise_for(response)
+        return response
+
+    async def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        return (await self._request("GET", path, params=params)).json()
+
+    async def _post_json(self, path: str, body: Any, **kwargs: Any) -> Any:
+        return (await self._request("POST", path, json=body, **kwargs)).json()
+
+    async def access_token(self) -> str:
+        """A valid access token (cached until shortly before it expires)."""
+        return await self._auth.token(lambda request: self._http.send(request, auth=None))
+
+    # ------------------------------------------------------------ directory
+
+    async def agencies(self) -> list[dict[str, Any]]:
+        """The whole task-force directory (follows the cursors)."""
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = await self._get_json("/v1/agencies", {"limit": 500, "cursor": cursor})
+            out.extend(page["items"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return out
+
+    async def agency(self, agency_id: str) -> dict[str, Any]:
+        """One directory entry (unverified: keys are checked when they are used)."""
+        entry: dict[str, Any] = await self._get_json(f"/v1/agencies/{agency_id}")
+        return entry
+
+    async def agency_key(
+        self, agency_id: str, use: Literal["enc", "sig"], kid: str | None = None,
+        *, entry: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bytes]:
+        """(kid, raw public key) of an agency: its current key, or the one with ``kid``.
+
+        Checks that the kid is the hash of the key served and, unless the
+        client was built with ``verify_keys=False``, that the audit log
+        registered this kid for this agency and use (key transparency).
+        Raises :class:`KeyTransparencyError` otherwise. ``entry`` is the
+        directory entry if the caller already fetched it.
+        """
+        if kid is not None and (agency_id, use, kid) in self._verified:
+            return kid, self._verified[(agency_id, use, kid)]
+        if entry is None:
+            entry = await self.agency(agency_id)
+        if entry.get("id") != agency_id:
+            raise KeyTransparencyError(f"the directory did not answer for agency {agency_id}")
+        candidates = [
+            k for k in _expect(entry.get("keys"), list, "keys")
+            if isinstance(k, dict) and k.get("use") == use
+            and (k.get("kid") == kid if kid is not None else k.get("status") == "current")
+        ]
+        if len(candidates) != 1:
+            which = f"key {kid}" if kid else "current key"
+            raise KeyTransparencyError(
+                f"agency {agency_id} has no single {use} {which} in the directory"
+            )
+        served = candidates[0]
+        if served.get("status") == "revoked":
+            raise KeyTransparencyError(f"agency {agency_id}'s {use} key {kid} was revoked")
+        try:
+            public = b64url_decode(served.get("public_key"), length=keys.KEY_SIZE)  # type: ignore[arg-type]
+        except EncodingError:
+            raise KeyTransparencyError(f"agency {agency_id}'s {use} key is malformed") from None
+        if served.get("kid") != keys.kid(public):
+            raise KeyTransparencyError(
+                f"agency {agency_id}'s {use} key does not hash to its kid {served.get('kid')}"
+            )
+        actual = keys.kid(public)
+        if (agency_id, use, actual) not in self._verified:
+            if self.verify_keys:
+                await self._verify_key_logged(agency_id, use, actual)
+            self._verified[(agency_id, use, actual)] = public
+        return actual, public
+
+    async def trusted_log_key(self) -> str:
+        """The log verifier key in use: the pinned one, else the server's (trust on first use)."""
+        if self._log_key is None:
+            fetched = await self.log_key()
+            try:
+                parse_verifier_key(fetched)
+            except CheckpointError as exc:
+                raise KeyTransparencyError(f"the server's log key is malformed: {exc}") from None
+            self._log_key = fetched
+        return self._log_key
+
+    async def _key_proof(self, agency_id: str, kid: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self._key_proof_timeout
+        path = f"/v1/agencies/{agency_id}/keys/{kid}/proof"
+        while True:
+            response = await self._http.get(path)
+            remaining = deadline - time.monotonic()
+            if response.status_code not in (409, 503) or remaining <= 0:
+                _raise_for(response)
+                body: dict[str, Any] = _expect(response.json(), dict, "key proof")
+                return body
+            await asyncio.sleep(min(_retry_after(response, cap=1.0), remaining))
+
+    async def _verify_key_logged(self, agency_id: str, use: str, kid: str) -> None:
+        try:
+            proof = await self._key_proof(agency_id, kid)
+        except RefgateError as exc:
+            raise KeyTransparencyError(
+                f"no key transparency proof for agency {agency_id}'s {use} key {kid}: {exc}"
+            ) from exc
+        what = f"agency {agency_id}'s {use} key {kid}"
+        cp = await self._open_checkpoint(proof.get("checkpoint"), what)
+        event = _expect(proof.get("event"), dict, "key proof event")
+        try:
+            leaf = merkle.leaf_hash(canonical_json(event))
+            served_leaf = b64_decode(proof.get("leaf_hash"), length=merkle.HASH_SIZE)  # type: ignore[arg-type]
+            inclusion = _expect(proof.get("proof"), dict, "inclusion proof")
+            hashes = [b64_decode(h, length=merkle.HASH_SIZE)
+                      for h in _expect(inclusion.get("hashes"), list, "proof hashes")]
+        except (CanonicalizationError, EncodingError, AttributeError) as exc:
+            raise KeyTransparencyError(f"{what}: malformed proof ({exc})") from None
+        if served_leaf != leaf:
+            raise KeyTransparencyError(f"{what}: the event does not hash to its leaf")
+        detail = event.get("detail")
+        if not (
+            event.get("action") in KEY_EVENTS
+            and event.get("outcome") == "ok"
+            and event.get("resource_type") == "key"
+            and event.get("resource_id") == kid
+            and isinstance(detail, dict)
+            and detail.get("agency") == agency_id
+            and detail.get("use") == use
+            and detail.get("kid") == kid
+        ):
+            raise KeyTransparencyError(
+                f"{what}: the logged event does not register this key for this agency"
+            )
+        seq = proof.get("seq")
+        if not (
+            isinstance(seq, int) and inclusion.get("index") == seq
+            and inclusion.get("tree_size") == cp.size
+            and merkle.verify_inclusion(leaf, seq, cp.size, hashes, cp.root)
+        ):
+            raise KeyTransparencyError(f"{what}: the inclusion proof does not verify")
+
+    async def _open_checkpoint(self, note: object, what: str) -> Checkpoint:
+        if not isinstance(note, str):
+            raise KeyTransparencyError(f"{what}: no checkpoint in the proof")
+        try:
+            cp = open_checkpoint(note, await self.trusted_log_key())
+        except CheckpointError as exc:
+            raise KeyTransparencyError(f"{what}: checkpoint does not verify: {exc}") from None
+        await self._observe(cp)
+        return cp
+
+    async def _observe(self, cp: Checkpoint) -> None:
+        """Require ``cp`` to be consistent with the newest checkpoint seen before."""
+        async with self._checkpoint_lock:
+            seen = self._seen
+            if seen is None:
+                self._seen = cp
+                return
+            if seen.size == cp.size:
+                if seen.root != cp.root:
+                    raise KeyTransparencyError(
+                        f"the log forked: two different roots for tree size {cp.size}"
+                    )
+                return
+            old, new = (seen, cp) if seen.size < cp.size else (cp, seen)
+            proof = await self.consistency_proof(old.size, new.size)
+            try:
+                hashes = [b64_decode(h, length=merkle.HASH_SIZE) for h in proof["hashes"]]
+            except (EncodingError, KeyError, TypeError):
+                raise KeyTransparencyError("malformed consistency proof") from None
+            if not merkle.verify_consistency(old.size, new.size, hashes, old.root, new.root):
+                raise KeyTransparencyError(
+                    f"the log at size {new.size} does not extend the one at size {old.size}"
+                )
+            if cp.size > seen.size:
+                self._seen = cp
+
+    # ------------------------------------------------------------ referrals
+
+    async def _recipient_keys(self, recipients: Iterable[str]) -> dict[str, tuple[str, bytes]]:
+        """Each recipient's verified current encryption key; refuses an inactive agency."""
+        out: dict[str, tuple[str, bytes]] = {}
+        for recipient in dict.fromkeys(recipients):
+            entry = await self.agency(recipient)
+            if entry.get("status") != "active":
+                raise ValueError(f"recipient {recipient} is not active ({entry.get('status')})")
+            out[recipient] = await self.agency_key(recipient, "enc", entry=entry)
+        return out
+
+    async def _consents(
+        self, recipients: Iterable[str], consent: Mapping[str, Mapping[str, str]],
+        expires_at: str, release_ref: str | None,
+    ) -> list[env.Consent]:
+        enc_keys = await self._recipient_keys(recipients)
+        out: list[env.Consent] = []
+        for field_name, per in consent.items():
+            for recipient, purpose in per.items():
+                kid, public = enc_keys[recipient]
+                out.append(env.Consent(
+                    field=field_name, recipient=recipient, recipient_kid=kid,
+                    recipient_enc_public=public, purpose=purpose, expires_at=expires_at,
+                    release_ref=release_ref,
+                ))
+        return out
+
+    async def send_referral(
+        self,
+        recipients: list[str],
+        fields: Mapping[str, str],
+        consent: Mapping[str, Mapping[str, str]],
+        metadata: Mapping[str, Any],
+        *,
+        expires_in_days: int = 90,
+        release_ref: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Encrypt and send a referral; returns the server's summary (``referral_id``, statuses).
+
+        ``consent`` is ``{field: {recipient agency id: purpose}}``; every
+        consent expires ``expires_in_days`` from now (the server may cap it).
+        Each recipient's current encryption key is verified first (module
+        docstring). The POST is retried on a network error or 502/503/504
+        with the same body and ``Idempotency-Key`` (one is generated when none
+        is given), so a retry never creates a second referral.
+        """
+        if not recipients:
+            raise ValueError("a referral needs at least one recipient")
+        if expires_in_days < 1:
+            raise ValueError("expires_in_days must be at least 1")
+        unlisted = {r for per in consent.values() for r in per} - set(recipients)
+        if unlisted:
+            raise ValueError(f"consent names agencies that are not recipients: {sorted(unlisted)}")
+        now = datetime.now(UTC)
+        consents = await self._consents(
+            recipients, consent, _rfc3339(now + timedelta(days=expires_in_days)), release_ref
+        )
+        body = env.seal_envelope(
+            referral_id=str(uuid.uuid4()),
+            sender_agency=self.agency_id,
+            sender_sig_seed=self.key.sig_seed,
+            sender_enc_public=self.key.enc_public,
+            recipients=list(recipients),
+            fields=dict(fields),
+            consents=consents,
+            metadata=dict(metadata),
+            created_at=_rfc3339(now),
+        )
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        for attempt in range(3):
+            try:
+                response = await self._http.post("/v1/referrals", json=body, headers=headers)
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+            else:
+                if response.status_code not in _RETRYABLE or attempt == 2:
+                    _raise_for(response)
+                    result: dict[str, Any] = response.json()
+                    return result
+            await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def inbox(
+        self, status: str | None = None, urgency: str | None = None,
+        since: datetime | str | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> Page:
+        """One page of received referrals, newest first (metadata and statuses only)."""
+        return await self._referral_page("received", status, urgency, since, limit, cursor)
+
+    async def sent(
+        self, status: str | None = None, urgency: str | None = None,
+        since: datetime | str | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> Page:
+        """One page of sent referrals, newest first, with every recipient's status."""
+        return await self._referral_page("sent", status, urgency, since, limit, cursor)
+
+    async def _referral_page(
+        self, box: str, status: str | None, urgency: str | None, since: datetime | str | None,
+        limit: int, cursor: str | None,
+    ) -> Page:
+        params = {"box": box, "status": status, "urgency": urgency, "limit": limit,
+                  "cursor": cursor,
+                  "since": _rfc3339(since) if isinstance(since, datetime) else since}
+        body = await self._get_json("/v1/referrals", params)
+        return Page(items=body["items"], next_cursor=body.get("next_cursor"))
+
+    async def _sender_sig_public(self, manifest: Mapping[str, Any]) -> bytes:
+        sender, kid = manifest.get("sender_agency"), manifest.get("sender_kid")
+        if not isinstance(sender, str) or not isinstance(kid, str):
+            raise VerificationError("the referral's manifest names no sender or sender_kid")
+        own = keys.sig_public_from_seed(self.key.sig_seed)
+        if sender == self.agency_id and kid == keys.kid(own):
+            return own
+        return (await self.agency_key(sender, "sig", kid))[1]
+
+    async def _read_verified(self, referral_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+        envelope = await self._get_json(f"/v1/referrals/{referral_id}")
+        if not isinstance(envelope, dict) or not isinstance(envelope.get("manifest"), dict):
+            raise VerificationError("the server's answer is not an envelope")
+        if envelope["manifest"].get("referral_id") != referral_id:
+            raise VerificationError("the server answered with another referral")
+        sig_public = await self._sender_sig_public(envelope["manifest"])
+        try:
+            opened = env.open_envelope(
+                envelope, agency_id=self.agency_id, enc_private=self.key.enc_private,
+                sender_sig_public=sig_public,
+            )
+        except env.EnvelopeError as exc:
+            raise VerificationError(f"referral {referral_id} does not verify: {exc}") from exc
+        return envelope, opened
+
+    async def open_referral(self, referral_id: str) -> OpenedReferral:
+        """Fetch, verify and decrypt a referral (see the module docstring)."""
+        envelope, opened = await self._read_verified(referral_id)
+        statuses = list(envelope.get("statuses") or [])
+        notes: dict[str, str] = {}
+        unreadable: list[str] = []
+        if envelope["manifest"]["sender_agency"] == self.agency_id:
+            for s in statuses:
+                if isinstance(s, dict) and isinstance(s.get("note"), str):
+                    try:
+                        notes[s["recipient"]] = env.open_note(s["note"], self.key.enc_private)
+                    except env.EnvelopeError:
+                        unreadable.append(str(s.get("recipient")))
+        return OpenedReferral(
+            manifest=envelope["manifest"], fields=opened, statuses=statuses, notes=notes,
+            unreadable_notes=tuple(unreadable),
+        )
+
+    async def update_status(
+        self, referral_id: str, status: str, reason: str | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        """Post this recipient's status; ``note`` is sealed to the sender's current enc key.
+
+        With a note, the referral's manifest signature is verified first so
+        that the sender it names (whose key the note is sealed to) is the one
+        that signed it.
+        """
+        sealed: str | None = None
+        if note is not None:
+            envelope = await self._get_json(f"/v1/referrals/{referral_id}")
+            manifest = _expect(envelope.get("manifest"), dict, "manifest")
+            try:
+                env.verify_manifest(
+                    manifest, envelope.get("signature"), await self._sender_sig_public(manifest)
+                )
+            except env.EnvelopeError as exc:
+                raise VerificationError(f"referral {referral_id} does not verify: {exc}") from exc
+            _, sender_enc = await self.agency_key(manifest["sender_agency"], "enc")
+            sealed = env.seal_note(note, sender_enc)
+        result: dict[str, Any] = await self._post_json(
+            f"/v1/referrals/{referral_id}/status",
+            {"status": status, "reason": reason, "note": sealed},
+        )
+        return result
+
+    def read_note(self, note: str) -> str:
+        """Decrypt a status note addressed to this agency (raises VerificationError)."""
+        try:
+            return env.open_note(note, self.key.enc_private)
+        except env.EnvelopeError as exc:
+            raise VerificationError(f"the note does not open: {exc}") from exc
+
+    async def grant(
+        self,
+        referral_id: str,
+        consent: Mapping[str, Mapping[str, str]],
+        *,
+        expires_in_days: int = 90,
+        release_ref: str | None = None,
+    ) -> dict[str, Any]:
+        """Widen consent on a referral this agency sent: ``{field: {recipient: purpose}}``.
+
+        The referral as stored is verified first (signature, hashes,
+        commitments) and each recipient's key as in :meth:`send_referral`.
+        A new recipient is added to the referral.
+        """
+        if expires_in_days < 1:
+            raise ValueError("expires_in_days must be at least 1")
+        envelope, _ = await self._read_verified(referral_id)
+        if envelope["manifest"]["sender_agency"] != self.agency_id:
+            raise ValueError("only the sending agency can widen consent")
+        expires = _rfc3339(datetime.now(UTC) + timedelta(days=expires_in_days))
+        body = env.add_grants(
+            envelope, sender_agency=self.agency_id, sender_sig_seed=self.key.sig_seed,
+            sender_enc_private=self.key.enc_private,
+            consents=await self._consents(
+                [r for per in consent.values() for r in per], consent, expires, release_ref
+            ),
+        )
+        result: dict[str, Any] = await self._post_json(f"/v1/referrals/{referral_id}/grants", body)
+        return result
+
+    async def revoke(
+        self, referral_id: str, pairs: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        """Revoke consent for (field, recipient) pairs: the server deletes those wrapped keys."""
+        result: dict[str, Any] = await self._post_json(
+            f"/v1/referrals/{referral_id}/revocations",
+            {"revocations": [{"field": f, "recipient": r} for f, r in pairs]},
+        )
+        return result
+
+    async def withdraw(self, referral_id: str) -> list[dict[str, Any]]:
+        """Withdraw a referral this agency sent; returns every recipient's (cancelled) status."""
+        result: list[dict[str, Any]] = await self._post_json(
+            f"/v1/referrals/{referral_id}/withdraw", None
+        )
+        return result
+
+    # ------------------------------------------------------------ audit
+
+    async def audit_events(
+        self,
+        *,
+        actor: str | None = None,
+        agency: str | None = None,
+        resource_id: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """One page of audit events, newest first (``{seq, event, leaf_hash}`` items)."""
+        params = {"actor": actor, "agency": agency, "resource_id": resource_id,
+                  "action": action, "outcome": outcome, "limit": limit, "cursor": cursor,
+                  "since": _rfc3339(since) if isinstance(since, datetime) else since,
+                  "until": _rfc3339(until) if isinstance(until, datetime) else until}
+        body = await self._get_json("/v1/audit/events", params)
+        return Page(items=body["items"], next_cursor=body.get("next_cursor"))
+
+    async def audit_event(self, seq: int) -> dict[str, Any]:
+        """One sequenced event ``{seq, event, leaf_hash}``."""
+        result: dict[str, Any] = await self._get_json(f"/v1/audit/events/{seq}")
+        return result
+
+    async def checkpoint(self) -> str:
+        """The latest signed checkpoint note, as served (verify it with ``open_checkpoint``)."""
+        return (await self._request("GET", "/v1/audit/checkpoint")).text
+
+    async def verified_checkpoint(self) -> Checkpoint:
+        """The latest checkpoint, verified with the trusted log key and against earlier ones."""
+        return await self._open_checkpoint(await self.checkpoint(), "the latest checkpoint")
+
+    async def log_key(self) -> str:
+        """The log verifier key the server publishes (not a trust anchor by itself)."""
+        return (await self._request("GET", "/v1/audit/log-key")).text.strip()
+
+    async def inclusion_proof(self, seq: int, tree_size: int | None = None) -> dict[str, Any]:
+        """``{index, tree_size, hashes}`` (standard base64) for the event at ``seq``."""
+        result: dict[str, Any] = await self._get_json(
+            "/v1/audit/proof/inclusion", {"seq": seq, "tree_size": tree_size}
+        )
+        return result
+
+    async def consistency_proof(self, first: int, second: int | None = None) -> dict[str, Any]:
+        """``{first, second, hashes}`` (standard base64) between two tree sizes."""
+        result: dict[str, Any] = await self._get_json(
+            "/v1/audit/proof/consistency", {"first": first, "second": second}
+        )
+        return result
+
+    async def export(
+        self, format: Literal["ndjson", "csv"] = "ndjson", **filters: str | None
+    ) -> AsyncIterator[bytes]:
+        """Stream matching audit events in log order as NDJSON or CSV chunks."""
+        params = {k: v for k, v in {"format": format, **filters}.items() if v is not None}
+        async with self._http.stream("GET", "/v1/audit/export", params=params) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for(response)
+            async for chunk in response.aiter_bytes():
+                yield chunk
