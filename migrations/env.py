@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import app.models.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import app.models.webhook_tables  # noqa: F401
 from app.config import get_settings
 from app.db import create_engine
 

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.config import AuditSettings, Settings
+from app.config import AuditSettings, Settings, WebhookSettings
 from app.main import create_app
 from app.migrate import upgrade
 from tests.taskforce import TaskForce
@@ -114,6 +114,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         database_url=database_url,
         audit=AuditSettings(sequencer_enabled=False, checkpoint_interval=0),
+        webhooks=WebhookSettings(dispatcher_enabled=False),
     )
 
 

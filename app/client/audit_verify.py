@@ -26,6 +26,7 @@ and, where there is one, the log position (``at seq N``).
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import tempfile
@@ -194,7 +195,7 @@ async def _check_extends(run: _Run, label: str, old: Checkpoint, new: Checkpoint
         )
         return
     if old.size == new.size:
-        if old.root != new.root:
+        if not hmac.compare_digest(old.root, new.root):
             run.fail(
                 f"fork: the {label} and the server's checkpoint both have size {new.size} "
                 f"but different roots ({b64_encode(old.root)} vs {b64_encode(new.root)})"
@@ -310,7 +311,7 @@ async def _check_events(run: _Run, cp: Checkpoint) -> None:
                     served_leaf = b64_decode(served, length=merkle.HASH_SIZE)
                 except (EncodingError, TypeError):
                     served_leaf = b""
-                if served_leaf != leaf and first_leaf_mismatch is None:
+                if not hmac.compare_digest(served_leaf, leaf) and first_leaf_mismatch is None:
                     first_leaf_mismatch = seq
                     run.fail("event does not match its served leaf hash (event rewritten)", seq)
                 if seq < cp.size:
@@ -329,7 +330,7 @@ async def _check_events(run: _Run, cp: Checkpoint) -> None:
                 expected,
             )
             return
-        if root_at_size is not None and root_at_size == cp.root:
+        if root_at_size is not None and hmac.compare_digest(root_at_size, cp.root):
             run.say(f"ok: {cp.size} events rebuild the signed root; {expected} events checked")
             return
         if first_leaf_mismatch is not None:
@@ -404,11 +405,13 @@ async def verify_log(
 ) -> VerifyReport:
     """Verify the audit log served at ``http`` (see the module docstring).
 
-    ``http`` must have its ``base_url`` set to the gateway and an
-    ``Authorization`` header of a client allowed to read the whole log (the
-    auditor role; an agency-scoped caller sees only its own events, which
-    the full check reports as gaps). Never raises for a failed check: the
-    report's ``failures`` list the ``FAIL:`` lines that were printed.
+    ``http`` must have its ``base_url`` set to the gateway and authenticate
+    its requests (an ``Authorization`` header, or an ``httpx.Auth`` that sets
+    one). Checkpoints and proofs are open to any caller with an audit scope;
+    ``full`` needs the auditor role, since an agency-scoped caller's export
+    holds only its own events, which the full check reports as gaps. Never
+    raises for a failed check: the report's ``failures`` list the ``FAIL:``
+    lines that were printed.
     """
     report = VerifyReport()
     run = _Run(http, out, report)
@@ -444,9 +447,9 @@ async def main_verify(
     """Entry point of ``refgate audit verify``; returns the process exit code.
 
     Contract with the SDK: ``client.http`` is the SDK's authenticated
-    ``httpx.AsyncClient`` (``base_url`` = the gateway, ``Authorization:
-    Bearer <token>`` already set, token valid for the whole run). Exit code 0
-    only if every check held, 1 otherwise.
+    ``httpx.AsyncClient`` (``base_url`` = the gateway; a bearer token set as a
+    header or refreshed by an ``httpx.Auth``). Exit code 0 only if every check
+    held, 1 otherwise.
     """
     report = await verify_log(
         client.http, state_file=state_file, checkpoint_file=checkpoint_file, full=full,

@@ -34,6 +34,7 @@ from app.client.keyfile import (
     PassphraseRequired,
     update_settings,
 )
+from app.client import webhook_listen
 from app.client.sdk import RefgateClient, RefgateError, VerificationError
 from app.crypto.passphrase import PassphraseError
 
@@ -469,6 +470,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--full", action="store_true", help="also rebuild the tree from every event")
     sp.add_argument("--log-key", dest="audit_log_key", help="log verifier key to pin")
     sp.set_defaults(remote=cmd_audit_verify)
+    wh = sub.add_parser("webhook", help="webhook tools").add_subparsers(
+        dest="webhook_command", required=True, parser_class=_Parser
+    )
+    sp = wh.add_parser("listen", help="receive, verify and print webhooks locally")
+    sp.add_argument("--port", type=int, default=8787)
+    sp.add_argument("--secret", required=True, help="the whsec_ secret shown when subscribing")
+    sp.set_defaults(local=lambda a: webhook_listen.listen(a.port, a.secret, sys.stdout))
     return p
 
 

@@ -38,7 +38,8 @@ from app.models.tables import (
     WrappedKey,
 )
 from app.models.types import utcnow
-from app.services import audit
+from app.models.webhook_schemas import EventType
+from app.services import audit, webhooks
 from app.services.audit import Action, Outcome, PendingEvent
 
 TERMINAL = frozenset({"rejected", "completed", "failed", "cancelled"})
@@ -213,7 +214,16 @@ async def create(
     sender = manifest.get("sender_agency")
     if sender != who.agency_id:
         raise errors.Forbidden(
-            "manifest.sender_agency must be the caller's agency", slug="envelope/sender-mismatch"
+            "manifest.sender_agency must be the caller's agency",
+            slug="envelope/sender-mismatch",
+            audit=PendingEvent(
+                actor=who.actor,
+                action=Action.REFERRAL_CREATE,
+                resource_type="referral",
+                resource_id=str(manifest.get("referral_id"))[:128],
+                outcome=Outcome.DENIED,
+                detail={"reason": "sender_mismatch"},
+            ),
         )
     recipients = manifest.get("recipients")
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
@@ -307,6 +317,15 @@ async def create(
                 if g["recipient"] != who.agency_id
             ],
             "urgency": metadata.get("urgency"),
+        },
+    )
+    await webhooks.enqueue(
+        db,
+        EventType.REFERRAL_RECEIVED,
+        referral_id,
+        {
+            r: {"sender_agency": who.agency_id, "urgency": metadata.get("urgency")}
+            for r in recipients
         },
     )
     statuses = [
@@ -531,6 +550,11 @@ async def update_status(
     if row is None:  # deleted between relation() and here
         raise _not_found(who, Action.REFERRAL_STATUS, referral_id)
     if status == row.status and reason == row.reason:
+        # Idempotent: the same status again changes nothing, except a new note.
+        note_changed = note is not None and note != row.note
+        if note_changed:
+            row.note, row.updated_at = note, utcnow()
+            await db.flush()
         await audit.record(
             db,
             who.actor,
@@ -538,7 +562,8 @@ async def update_status(
             "referral",
             referral_id,
             subject_agency=access.referral.sender_agency,
-            detail={"from": row.status, "to": status, "unchanged": True},
+            detail={"from": status, "to": status, "unchanged": not note_changed,
+                    "note": note_changed},
         )
         return _status_out(row)
     if status == "cancelled":
@@ -560,6 +585,19 @@ async def update_status(
         referral_id,
         subject_agency=access.referral.sender_agency,
         detail={"from": previous, "to": status, "reason": reason, "note": note is not None},
+    )
+    await webhooks.enqueue(
+        db,
+        EventType.REFERRAL_STATUS_CHANGED,
+        referral_id,
+        {
+            access.referral.sender_agency: {
+                "recipient": who.agency_id,
+                "status": status,
+                "previous_status": previous,
+                "reason": reason,
+            }
+        },
     )
     return _status_out(row)
 
@@ -606,7 +644,15 @@ async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[S
         subject_agency=who.agency_id,
         detail={"unchanged": not first},
     )
-    return (await _statuses(db, [referral_id], None))[referral_id]
+    statuses = (await _statuses(db, [referral_id], None))[referral_id]
+    if first:
+        await webhooks.enqueue(
+            db,
+            EventType.REFERRAL_CANCELLED,
+            referral_id,
+            {s.recipient: {"sender_agency": who.agency_id} for s in statuses},
+        )
+    return statuses
 
 
 async def add_grants(
@@ -688,6 +734,18 @@ async def add_grants(
             "new_recipients": added,
         },
     )
+    await webhooks.enqueue(
+        db,
+        EventType.GRANT_ADDED,
+        referral_id,
+        {
+            r: {
+                "sender_agency": who.agency_id,
+                "fields": sorted(g["field"] for g in changed if g["recipient"] == r),
+            }
+            for r in {g["recipient"] for g in changed} - {who.agency_id}
+        },
+    )
     return changed
 
 
@@ -739,5 +797,15 @@ async def revoke(
         referral_id,
         subject_agency=who.agency_id,
         detail={"revocations": [{"field": f, "recipient": r} for f, r in unique]},
+    )
+    await webhooks.enqueue(
+        db,
+        EventType.CONSENT_REVOKED,
+        referral_id,
+        {
+            r: {"sender_agency": who.agency_id, "fields": sorted(f for f, rr in unique if rr == r)}
+            for r in {r for _, r in unique}
+        },
+        visible_only=False,
     )
     return now

@@ -53,7 +53,7 @@ BEGIN
   FOREACH t IN ARRAY ARRAY[
     'agency', 'agency_key', 'api_client', 'used_assertion',
     'referral', 'referral_field', 'referral_recipient', 'referral_grant', 'wrapped_key',
-    'idempotency_record', 'webhook', 'webhook_delivery']
+    'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit']
   LOOP
     IF to_regclass(format('public.%I', t)) IS NULL THEN
       RAISE NOTICE 'grants.sql: no table %, skipped', t;
@@ -129,7 +129,7 @@ BEGIN
        'audit_pending', 'audit_tree_state', 'alembic_version',
        'agency', 'agency_key', 'api_client', 'used_assertion',
        'referral', 'referral_field', 'referral_recipient', 'referral_grant', 'wrapped_key',
-       'idempotency_record', 'webhook', 'webhook_delivery');
+       'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit');
   IF unknown IS NOT NULL THEN
     RAISE WARNING 'grants.sql: refgate_app has no privileges on tables not listed here: %', unknown;
   END IF;

@@ -1,0 +1,207 @@
+"""Retention: delete what consent and the retention periods no longer allow.
+
+A referral is purged when one of these held for its period
+(``settings.retention``):
+
+- *withdrawn*: the sender withdrew it ``withdrawn_days`` ago;
+- *closed*: every recipient is ``completed``, ``failed`` or ``rejected``, the
+  last of them for ``closed_days``;
+- *expired*: no recipient holds an active grant any more, and the last grant
+  expired or was revoked ``expired_days`` ago.
+
+Purging deletes the referral's ciphertexts (``referral_field``) and every
+wrapped key (the sender's too) and sets ``referral.purged_at``. The referral
+row, its metadata, statuses, grants (as records of consent) and the audit log
+stay. Independently of any period, the wrapped key of every expired grant is
+deleted: an expired consent leaves no path to the field key on the server.
+
+Each purge that deleted something is one ``retention:purge`` audit event with
+the counts and the referral ids, in the same transaction as the deletions.
+
+On SQLite the deletions run with ``secure_delete`` (freed pages are zeroed) and
+the WAL is checkpointed and truncated afterwards, so the bytes leave the
+database files. On PostgreSQL deleted tuples are reclaimed by (auto)vacuum;
+the rows are gone from every query and every dump at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.config import Settings
+from app.db import sessionmaker
+from app.models.tables import Referral, ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
+from app.models.types import utcnow
+from app.services import audit
+from app.services.audit import Action, Actor
+
+CLOSED = ("completed", "failed", "rejected")
+
+
+@dataclass
+class PurgeReport:
+    dry_run: bool
+    referrals: int = 0
+    withdrawn: int = 0
+    closed: int = 0
+    expired: int = 0
+    fields: int = 0
+    wrapped_keys: int = 0
+    expired_grant_keys: int = 0
+    referral_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _live() -> Any:
+    return Referral.purged_at.is_(None)
+
+
+async def _withdrawn(db: AsyncSession, cutoff: datetime, limit: int) -> list[str]:
+    rows = await db.scalars(
+        select(Referral.id)
+        .where(_live(), Referral.withdrawn_at.is_not(None), Referral.withdrawn_at <= cutoff)
+        .order_by(Referral.withdrawn_at)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def _closed(db: AsyncSession, cutoff: datetime, limit: int) -> list[str]:
+    open_ = func.sum(case((ReferralRecipient.status.in_(CLOSED), 0), else_=1))
+    last = func.max(ReferralRecipient.updated_at)
+    rows = await db.scalars(
+        select(ReferralRecipient.referral_id)
+        .join(Referral, Referral.id == ReferralRecipient.referral_id)
+        .where(_live(), Referral.withdrawn_at.is_(None))
+        .group_by(ReferralRecipient.referral_id)
+        .having(open_ == 0, last <= cutoff)
+        .order_by(last)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def _expired(db: AsyncSession, now: datetime, cutoff: datetime, limit: int) -> list[str]:
+    g = ReferralGrant
+    active = and_(g.revoked_at.is_(None), or_(g.expires_at.is_(None), g.expires_at > now))
+    ended = func.max(func.coalesce(g.revoked_at, g.expires_at))
+    rows = await db.scalars(
+        select(g.referral_id)
+        .join(Referral, Referral.id == g.referral_id)
+        .where(_live(), g.recipient != Referral.sender_agency)
+        .group_by(g.referral_id)
+        .having(func.sum(case((active, 1), else_=0)) == 0, ended <= cutoff)
+        .order_by(ended)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+def _expired_key_condition(now: datetime) -> Any:
+    """SQL condition: a wrapped key whose grant expired or was revoked."""
+    g = ReferralGrant
+    return exists().where(
+        g.referral_id == WrappedKey.referral_id,
+        g.field == WrappedKey.field,
+        g.recipient == WrappedKey.recipient,
+        or_(g.revoked_at.is_not(None), and_(g.expires_at.is_not(None), g.expires_at <= now)),
+    )
+
+
+async def _count(db: AsyncSession, table: Any, condition: Any) -> int:
+    return int(await db.scalar(select(func.count()).select_from(table).where(condition)) or 0)
+
+
+async def purge(
+    db: AsyncSession,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    dry_run: bool = False,
+    actor: Actor | None = None,
+) -> PurgeReport:
+    """Purge in the caller's transaction (flush only); ``dry_run`` changes nothing."""
+    now = now or utcnow()
+    cfg = settings.retention
+    report = PurgeReport(dry_run=dry_run)
+    chosen: dict[str, str] = {}
+    limit = cfg.batch_size
+    for reason, ids in (
+        ("withdrawn", await _withdrawn(db, now - timedelta(days=cfg.withdrawn_days), limit)),
+        ("closed", await _closed(db, now - timedelta(days=cfg.closed_days), limit)),
+        ("expired", await _expired(db, now, now - timedelta(days=cfg.expired_days), limit)),
+    ):
+        for rid in ids:
+            if len(chosen) < limit:
+                chosen.setdefault(rid, reason)
+    ids = sorted(chosen)
+    report.referral_ids = ids
+    report.referrals = len(ids)
+    for reason in chosen.values():
+        setattr(report, reason, getattr(report, reason) + 1)
+    if (await db.connection()).dialect.name == "sqlite" and not dry_run:
+        await db.execute(text("PRAGMA secure_delete = ON"))
+    stale_keys = _expired_key_condition(now)
+    if dry_run:
+        if ids:
+            report.fields = await _count(db, ReferralField, ReferralField.referral_id.in_(ids))
+            report.wrapped_keys = await _count(db, WrappedKey, WrappedKey.referral_id.in_(ids))
+        report.expired_grant_keys = await _count(
+            db, WrappedKey, and_(stale_keys, WrappedKey.referral_id.not_in(ids))
+        )
+        return report
+    if ids:
+        report.fields = (
+            await db.execute(delete(ReferralField).where(ReferralField.referral_id.in_(ids)))
+        ).rowcount
+        report.wrapped_keys = (
+            await db.execute(delete(WrappedKey).where(WrappedKey.referral_id.in_(ids)))
+        ).rowcount
+        await db.execute(
+            update(Referral)
+            .where(Referral.id.in_(ids))
+            .values(purged_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    report.expired_grant_keys = (
+        await db.execute(delete(WrappedKey).where(stale_keys))
+    ).rowcount
+    if report.referrals or report.expired_grant_keys:
+        detail = report.as_dict()
+        detail.pop("dry_run")
+        await audit.record(
+            db, actor or Actor.system(), Action.RETENTION_PURGE, "retention", None, detail=detail
+        )
+    return report
+
+
+async def run(
+    engine: AsyncEngine,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    dry_run: bool = False,
+    actor: Actor | None = None,
+) -> PurgeReport:
+    """One purge in its own transaction (the periodic job and ``refgate-server purge``)."""
+    async with sessionmaker(engine)() as db, db.begin():
+        report = await purge(db, settings, now, dry_run=dry_run, actor=actor)
+    if engine.dialect.name == "sqlite" and not dry_run and (
+        report.referrals or report.expired_grant_keys
+    ):
+        await checkpoint_sqlite(engine)
+    return report
+
+
+async def checkpoint_sqlite(engine: AsyncEngine) -> None:
+    """Copy the WAL into the database file and truncate it, so that the pages the
+    purge zeroed replace the old ones and no older frame keeps the deleted bytes."""
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
