@@ -168,7 +168,10 @@ async def export(
         # which closing the session ends (nothing is written)
         if db.bind.dialect.name == "postgresql":
             await db.connection(
-                execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+                execution_options={
+                    "isolation_level": "REPEATABLE READ",
+                    "postgresql_readonly": True,
+                }
             )
         for stmt in (sequenced, pending):
             result = await db.stream(stmt.execution_options(yield_per=EXPORT_CHUNK))

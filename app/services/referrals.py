@@ -82,10 +82,7 @@ def _not_found(who: Principal, action: Action, referral_id: str) -> errors.NotFo
 async def _directory(
     db: AsyncSession, agency_ids: Sequence[str]
 ) -> tuple[dict[str, Agency], dict[tuple[str, str], AgencyKey]]:
-    agencies = {
-        a.id: a
-        for a in await db.scalars(select(Agency).where(Agency.id.in_(agency_ids)))
-    }
+    agencies = {a.id: a for a in await db.scalars(select(Agency).where(Agency.id.in_(agency_ids)))}
     current = {
         (k.agency_id, k.use): k
         for k in await db.scalars(
@@ -174,6 +171,23 @@ def _wrapped_rows(referral_id: str, wrapped: Sequence[Mapping[str, Any]]) -> lis
             "wrapped_key": w["wrapped_key"],
         }
         for w in wrapped
+    ]
+
+
+def _recipient_rows(
+    referral_id: str, recipients: Sequence[str], now: datetime
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "referral_id": referral_id,
+            "recipient": r,
+            "received_at": now,
+            "status": "requested",
+            "reason": None,
+            "note": None,
+            "updated_at": now,
+        }
+        for r in recipients
     ]
 
 
@@ -285,21 +299,11 @@ async def create(
         [{"referral_id": referral_id, "field": f, "ciphertext": c} for f, c in ciphertexts.items()],
     )
     await db.execute(
-        insert(ReferralRecipient.__table__),
-        [
-            {
-                "referral_id": referral_id,
-                "recipient": r,
-                "received_at": now,
-                "status": "requested",
-                "reason": None,
-                "note": None,
-                "updated_at": now,
-            }
-            for r in recipients
-        ],
+        insert(ReferralRecipient.__table__), _recipient_rows(referral_id, recipients, now)
     )
-    await db.execute(insert(ReferralGrant.__table__), _grant_rows(referral_id, grants, now, settings))
+    await db.execute(
+        insert(ReferralGrant.__table__), _grant_rows(referral_id, grants, now, settings)
+    )
     await db.execute(insert(WrappedKey.__table__), _wrapped_rows(referral_id, body["wrapped_keys"]))
     await audit.record(
         db,
@@ -376,9 +380,7 @@ async def _statuses(
     out: dict[str, list[StatusOut]] = {r: [] for r in referral_ids}
     if not referral_ids:
         return out
-    stmt = select(ReferralRecipient).where(
-        ReferralRecipient.referral_id.in_(referral_ids)
-    )
+    stmt = select(ReferralRecipient).where(ReferralRecipient.referral_id.in_(referral_ids))
     if only is not None:
         stmt = stmt.where(ReferralRecipient.recipient == only)
     for row in await db.scalars(stmt.order_by(ReferralRecipient.recipient)):
@@ -562,8 +564,12 @@ async def update_status(
             "referral",
             referral_id,
             subject_agency=access.referral.sender_agency,
-            detail={"from": status, "to": status, "unchanged": not note_changed,
-                    "note": note_changed},
+            detail={
+                "from": status,
+                "to": status,
+                "unchanged": not note_changed,
+                "note": note_changed,
+            },
         )
         return _status_out(row)
     if status == "cancelled":
@@ -689,32 +695,20 @@ async def add_grants(
     now = utcnow()
     pairs = [(g["field"], g["recipient"]) for g in changed]
     pair_in = tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(pairs)
-    await db.execute(
-        delete(ReferralGrant).where(ReferralGrant.referral_id == referral_id, pair_in)
-    )
+    await db.execute(delete(ReferralGrant).where(ReferralGrant.referral_id == referral_id, pair_in))
     await db.execute(
         delete(WrappedKey).where(
             WrappedKey.referral_id == referral_id,
             tuple_(WrappedKey.field, WrappedKey.recipient).in_(pairs),
         )
     )
-    await db.execute(insert(ReferralGrant.__table__), _grant_rows(referral_id, changed, now, settings))
+    await db.execute(
+        insert(ReferralGrant.__table__), _grant_rows(referral_id, changed, now, settings)
+    )
     await db.execute(insert(WrappedKey.__table__), _wrapped_rows(referral_id, body["wrapped_keys"]))
     if added:
         await db.execute(
-            insert(ReferralRecipient.__table__),
-            [
-                {
-                    "referral_id": referral_id,
-                    "recipient": r,
-                    "received_at": now,
-                    "status": "requested",
-                    "reason": None,
-                    "note": None,
-                    "updated_at": now,
-                }
-                for r in added
-            ],
+            insert(ReferralRecipient.__table__), _recipient_rows(referral_id, added, now)
         )
     referral.manifest_json = canonical_json(new_manifest).decode("utf-8")
     referral.signature = body["signature"]

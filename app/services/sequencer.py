@@ -20,14 +20,12 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, insert, or_, select, text, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -41,6 +39,7 @@ from app.models.tables import (
     AuditTreeState,
 )
 from app.models.types import utcnow
+from app.services.leader import LeaderRunner
 from app.services.server_keys import ServerKeys
 
 log = logging.getLogger("refgate.sequencer")
@@ -152,8 +151,11 @@ async def run_once(
     return total
 
 
-class SequencerRunner:
-    """Background task that runs the sequencer in the one worker holding the lock."""
+class SequencerRunner(LeaderRunner):
+    """Integrates pending events and signs checkpoints, in the one leader worker."""
+
+    name = "audit-sequencer"
+    lock_key = ADVISORY_LOCK_KEY
 
     def __init__(
         self,
@@ -162,78 +164,25 @@ class SequencerRunner:
         settings: Settings,
         server_keys: ServerKeys,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.maker = maker
         self.settings = settings
         self.server_keys = server_keys
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self.is_leader = False
         self.last_checkpoint_at = 0.0
         self.sequenced_total = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-sequencer")
+    def idle_seconds(self) -> float:
+        return self.settings.audit.poll_interval
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                if self.engine.dialect.name == "postgresql":
-                    await self._lead_postgres()
-                else:
-                    self.is_leader = True
-                    await self._loop()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a lost connection or a failed batch: retry
-                log.warning("sequencer error, retrying", extra={"error": type(exc).__name__})
-            self.is_leader = False
-            await self._sleep(1.0)
-
-    async def _lead_postgres(self) -> None:
-        async with self.engine.connect() as conn:
-            got = (
-                await conn.execute(
-                    text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
-                )
-            ).scalar_one()
-            await conn.commit()
-            if not got:
-                await self._sleep(2.0)
-                return
-            self.is_leader = True
-            log.info("sequencer leadership acquired")
-            try:
-                await self._loop(lock_conn=conn)
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.execute(
-                        text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY}
-                    )
-                    await conn.commit()
-
-    async def _loop(self, lock_conn: object | None = None) -> None:
+    async def step(self) -> bool:
         audit = self.settings.audit
-        while not self._stopping.is_set():
+        async with self.maker() as session, session.begin():
+            n = await integrate_batch(session, audit.batch_size)
+        self.sequenced_total += n
+        now = time.monotonic()
+        if now - self.last_checkpoint_at >= audit.checkpoint_interval:
             async with self.maker() as session, session.begin():
-                n = await integrate_batch(session, audit.batch_size)
-            self.sequenced_total += n
-            now = time.monotonic()
-            if now - self.last_checkpoint_at >= audit.checkpoint_interval:
-                async with self.maker() as session, session.begin():
-                    signed = await sign_checkpoint(session, self.settings, self.server_keys)
-                if signed is not None:
-                    self.last_checkpoint_at = now
-            if n < audit.batch_size:
-                await self._sleep(audit.poll_interval)
+                signed = await sign_checkpoint(session, self.settings, self.server_keys)
+            if signed is not None:
+                self.last_checkpoint_at = now
+        return n == audit.batch_size

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -51,7 +50,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, exists, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import delete, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import __version__, errors
@@ -73,6 +72,7 @@ from app.models.webhook_schemas import (
 from app.models.webhook_tables import Webhook, WebhookDelivery
 from app.services import audit, retention
 from app.services.audit import Action, Outcome, PendingEvent
+from app.services.leader import LeaderRunner
 
 log = logging.getLogger("refgate.webhooks")
 ADVISORY_LOCK_KEY = 0x7265_6667_7768_6B  # "refgwhk", distinct from the sequencer's
@@ -261,9 +261,7 @@ async def enqueue(
                 "id": _message_id(),
                 "webhook_id": hook_id,
                 "event_type": str(event),
-                "payload": _payload(
-                    event, ts, {**targets[agency_id], "referral_id": referral_id}
-                ),
+                "payload": _payload(event, ts, {**targets[agency_id], "referral_id": referral_id}),
                 "status": "pending",
                 "attempts": 0,
                 "next_attempt_at": now,
@@ -553,22 +551,26 @@ async def _claim(
         if (await db.connection()).dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True)
         ids = (
-            await db.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id.in_(due.scalar_subquery()),
-                    WebhookDelivery.status == "pending",
-                    WebhookDelivery.next_attempt_at <= now,
+            (
+                await db.execute(
+                    update(WebhookDelivery)
+                    .where(
+                        WebhookDelivery.id.in_(due.scalar_subquery()),
+                        WebhookDelivery.status == "pending",
+                        WebhookDelivery.next_attempt_at <= now,
+                    )
+                    .values(
+                        attempts=WebhookDelivery.attempts + 1,
+                        last_attempt_at=now,
+                        next_attempt_at=now + _lease(settings),
+                    )
+                    .returning(WebhookDelivery.id)
+                    .execution_options(synchronize_session=False)
                 )
-                .values(
-                    attempts=WebhookDelivery.attempts + 1,
-                    last_attempt_at=now,
-                    next_attempt_at=now + _lease(settings),
-                )
-                .returning(WebhookDelivery.id)
-                .execution_options(synchronize_session=False)
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         if not ids:
             return []
         rows = await db.execute(
@@ -589,9 +591,7 @@ async def _claim(
         return [_Claimed(*row) for row in rows]
 
 
-async def _send(
-    http: httpx.AsyncClient, settings: WebhookSettings, item: _Claimed
-) -> _Result:
+async def _send(http: httpx.AsyncClient, settings: WebhookSettings, item: _Claimed) -> _Result:
     try:
         target = await check_target(item.url, settings)
     except TargetRefused as exc:
@@ -655,8 +655,7 @@ async def _record(
                 report.dead += 1
             else:
                 values.update(
-                    next_attempt_at=now
-                    + timedelta(seconds=backoff(r.claimed.attempts, settings))
+                    next_attempt_at=now + timedelta(seconds=backoff(r.claimed.attempts, settings))
                 )
                 report.retrying += 1
             # Only the attempt that was claimed may settle the row (a replay or a
@@ -704,9 +703,11 @@ def http_client(settings: WebhookSettings) -> httpx.AsyncClient:
     )
 
 
-class WebhookRunner:
-    """Background task: delivers webhooks and runs the periodic retention purge,
-    in the one worker holding the advisory lock."""
+class WebhookRunner(LeaderRunner):
+    """Delivers webhooks and runs the periodic retention purge, in the one leader worker."""
+
+    name = "webhook-dispatcher"
+    lock_key = ADVISORY_LOCK_KEY
 
     def __init__(
         self,
@@ -714,79 +715,28 @@ class WebhookRunner:
         maker: async_sessionmaker[AsyncSession],
         settings: Settings,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.maker = maker
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self.is_leader = False
-        self.next_purge_at = 0.0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+        self.http = http_client(settings.webhooks)
+        # The first purge waits one interval: a restart loop must not purge in a loop.
+        self.next_purge_at = time.monotonic() + settings.retention.interval
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
+        await self.http.aclose()
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    def idle_seconds(self) -> float:
+        return self.settings.webhooks.poll_interval
 
-    async def _run(self) -> None:
-        # The first purge waits one interval: a restart loop must not purge in a loop.
-        self.next_purge_at = time.monotonic() + self.settings.retention.interval
-        async with http_client(self.settings.webhooks) as http:
-            while not self._stopping.is_set():
-                try:
-                    if self.engine.dialect.name == "postgresql":
-                        await self._lead_postgres(http)
-                    else:
-                        self.is_leader = True
-                        await self._loop(http)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a lost connection or a failed batch: retry
-                    log.warning("dispatcher error, retrying", extra={"error": type(exc).__name__})
-                self.is_leader = False
-                await self._sleep(1.0)
-
-    async def _lead_postgres(self, http: httpx.AsyncClient) -> None:
-        async with self.engine.connect() as conn:
-            got = (
-                await conn.execute(
-                    text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
-                )
-            ).scalar_one()
-            await conn.commit()
-            if not got:
-                await self._sleep(2.0)
-                return
-            self.is_leader = True
-            log.info("webhook dispatcher leadership acquired")
+    async def step(self) -> bool:
+        report = await dispatch_once(self.maker, self.settings, self.http)
+        if time.monotonic() >= self.next_purge_at:
+            self.next_purge_at = time.monotonic() + self.settings.retention.interval
             try:
-                await self._loop(http)
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.execute(
-                        text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY}
-                    )
-                    await conn.commit()
-
-    async def _loop(self, http: httpx.AsyncClient) -> None:
-        cfg = self.settings.webhooks
-        while not self._stopping.is_set():
-            report = await dispatch_once(self.maker, self.settings, http)
-            if time.monotonic() >= self.next_purge_at:
-                self.next_purge_at = time.monotonic() + self.settings.retention.interval
-                try:
-                    done = await retention.run(self.engine, self.settings)
-                    if done.referrals or done.expired_grant_keys:
-                        log.info("retention purge", extra=done.as_dict())
-                except Exception as exc:  # the purge retries at the next interval
-                    log.warning("retention purge failed", extra={"error": type(exc).__name__})
-            if report.claimed < cfg.batch_size:
-                await self._sleep(cfg.poll_interval)
+                done = await retention.run(self.engine, self.settings)
+                if done.referrals or done.expired_grant_keys:
+                    log.info("retention purge", extra=done.as_dict())
+            except Exception as exc:  # the purge retries at the next interval
+                log.warning("retention purge failed", extra={"error": type(exc).__name__})
+        return report.claimed == self.settings.webhooks.batch_size
