@@ -6,11 +6,12 @@ is cached; tests call ``get_settings.cache_clear()`` or build ``Settings`` direc
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +37,90 @@ class AuditSettings(BaseModel):
     checkpoint_interval: float = Field(1.0, ge=0, le=3600)
 
 
+class WebhookSettings(BaseModel):
+    """Push delivery. The default retry schedule (30 s doubling, capped at 6 h, 12
+    attempts) keeps trying for about 14 hours before a delivery is dead-lettered."""
+
+    dispatcher_enabled: bool = True
+    allow_private_targets: bool = Field(
+        False,
+        description="allow http:// and URLs resolving to private, loopback or link-local "
+        "addresses (local testing only)",
+    )
+    max_attempts: int = Field(12, ge=1, le=50)
+    backoff_base: float = Field(30.0, ge=0, le=3600, description="seconds before the first retry")
+    backoff_cap: float = Field(6 * 3600.0, ge=0, le=86400, description="longest wait, seconds")
+    timeout: float = Field(10.0, gt=0, le=120, description="seconds per delivery attempt")
+    poll_interval: float = Field(1.0, gt=0, le=60)
+    batch_size: int = Field(50, ge=1, le=1000)
+    concurrency: int = Field(10, ge=1, le=200)
+    max_per_agency: int = Field(20, ge=1, le=1000)
+    secret_grace: int = Field(
+        24 * 3600, ge=0, description="seconds the previous secret still signs after a rotation"
+    )
+
+
+class RetentionSettings(BaseModel):
+    """How long ciphertexts and wrapped keys outlive a referral's useful life.
+
+    Metadata, statuses and the audit log are kept; only what could be decrypted goes.
+    Consents expire within ``referrals.max_consent_days`` (180 days by default), so
+    ``expired_days`` usually decides first for referrals that stay open.
+    """
+
+    closed_days: int = Field(
+        90, ge=0, description="after every recipient is completed, failed or rejected"
+    )
+    withdrawn_days: int = Field(30, ge=0, description="after the sender withdrew the referral")
+    expired_days: int = Field(
+        30, ge=0, description="after the last recipient consent expired or was revoked"
+    )
+    interval: float = Field(3600.0, gt=0, description="seconds between periodic purges")
+    batch_size: int = Field(500, ge=1, le=10_000, description="referrals purged per run")
+
+
+class RateLimitSettings(BaseModel):
+    """Requests per fixed window; see ``app.ratelimit`` for what each limit counts."""
+
+    enabled: bool = True
+    backend: Literal["auto", "database", "memory"] = Field(
+        "auto",
+        description="database: shared by every worker (one upsert per request); memory: per "
+        "process; auto: database on PostgreSQL, memory on SQLite",
+    )
+    token_per_client: int = Field(30, ge=1, description="tokens issued per client per minute")
+    token_per_address: int = Field(
+        120, ge=1, description="token requests per source address per minute"
+    )
+    api_per_client: int = Field(600, ge=1, description="/v1 requests per client per minute")
+    api_burst: int = Field(100, ge=1, description="/v1 requests per client per 10 seconds")
+    anonymous_per_address: int = Field(
+        120, ge=1, description="/v1 requests without a valid token per address per minute"
+    )
+
+
+class MetricsSettings(BaseModel):
+    """``GET /metrics`` is served only to ``Authorization: Bearer <token>``; unset, it is 404."""
+
+    token: SecretStr | None = Field(None, min_length=24)
+
+
+class CorsSettings(BaseModel):
+    """No CORS headers at all unless origins are listed; never a wildcard."""
+
+    allow_origins: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _explicit_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(
+                    f"CORS origin {origin!r} must be scheme://host[:port], no wildcard or path"
+                )
+        return origins
+
+
 class KeySettings(BaseModel):
     token_key_file: Path | None = None
     log_key_file: Path | None = None
@@ -55,7 +140,12 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     referrals: ReferralSettings = ReferralSettings()
     audit: AuditSettings = AuditSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    retention: RetentionSettings = RetentionSettings()
     keys: KeySettings = KeySettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    cors: CorsSettings = CorsSettings()
 
     @model_validator(mode="after")
     def _production_needs_public_url(self) -> Settings:

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,10 +24,14 @@ from app.config import Settings, get_settings
 from app.context import request_id_var
 from app.db import create_engine, sessionmaker
 from app.logging import configure_logging
+from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.routers import agencies, audit, health, oauth, referrals
+from app.ratelimit import RateLimiter, RateLimitMiddleware
+from app.routers import agencies, audit, health, oauth, referrals, webhooks
+from app.routers import metrics as metrics_route
 from app.services.sequencer import SequencerRunner
 from app.services.server_keys import load_server_keys
+from app.services.webhooks import WebhookRunner
 
 log = logging.getLogger("refgate")
 
@@ -168,9 +173,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sequencer = runner
         if settings.audit.sequencer_enabled:
             runner.start()
+        dispatcher = WebhookRunner(engine, app.state.sessionmaker, settings)
+        app.state.webhook_dispatcher = dispatcher
+        if settings.webhooks.dispatcher_enabled:
+            dispatcher.start()
         try:
             yield
         finally:
+            await dispatcher.stop()
             await runner.stop()
             await engine.dispose()
 
@@ -185,9 +195,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     _install_openapi(app)
-    for module in (health, oauth, agencies, referrals, audit):
+    for module in (health, oauth, agencies, referrals, audit, webhooks):
         app.include_router(module.router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.include_router(metrics_route.router)
+    registry = Metrics(settings.data_dir)
+    limiter = RateLimiter(settings, on_refused=registry.rate_limited)
+    app.state.metrics = registry
+    app.state.rate_limiter = limiter
+    # outermost last: request id, headers and access log wrap CORS, which wraps the limiter
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    if settings.cors.allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors.allow_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "content-type", "idempotency-key", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        observe=registry.observe,
+    )
     return app
 
 

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,9 +51,16 @@ class RequestContextMiddleware:
     and agency: never bodies, tokens or query strings.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        observe: Callable[[str, str, int, float], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.observe = observe  # metrics hook: (method, route template, status, seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,19 +111,22 @@ class RequestContextMiddleware:
                 if not status_holder["started"]:
                     await self._reject(send_wrapper, request_id)
         finally:
-            route = scope.get("route")
+            route_path = getattr(scope.get("route"), "path", None) or "unmatched"
+            seconds = time.perf_counter() - started
             log.info(
                 "request",
                 extra={
                     "request_id": request_id,
                     "method": scope.get("method"),
-                    "route": getattr(route, "path", None) or "unmatched",
+                    "route": route_path,
                     "status": status_holder["status"],
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                     "client_id": client_var.get(),
                     "agency_id": agency_var.get(),
                 },
             )
+            if self.observe is not None:
+                self.observe(str(scope.get("method")), route_path, status_holder["status"], seconds)
             request_id_var.reset(token)
 
     async def _reject(self, send: Send, request_id: str) -> None:

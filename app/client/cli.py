@@ -28,13 +28,13 @@ from typing import Any, NoReturn, TextIO
 
 import httpx
 
+from app.client import webhook_listen
 from app.client.keyfile import (
     KeyFile,
     KeyFileError,
     PassphraseRequired,
     update_settings,
 )
-from app.client import webhook_listen
 from app.client.sdk import RefgateClient, RefgateError, VerificationError
 from app.crypto.passphrase import PassphraseError
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app import errors
+from app import errors, ratelimit
 from app.crypto.encoding import b64url_encode
 from app.db import Db
 from app.models.schemas import Jwks, TokenResponse
@@ -63,6 +63,7 @@ async def token(request: Request, db: Db) -> JSONResponse:
         settings=request.app.state.settings,
         server_keys=request.app.state.server_keys,
     )
+    await ratelimit.limit_token_issue(request, db, body["access_token"])
     return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 

@@ -1,0 +1,384 @@
+"""Rate limits: fixed-window counters, shared by every worker through the database.
+
+What is counted (defaults from ``RateLimitSettings``, ``REFGATE_RATELIMIT__*``):
+
+=============  ==============  ======================  ==========================================
+where          per             default                 what counts
+=============  ==============  ======================  ==========================================
+/oauth/token   source address  120 / minute            every request, before the body is read
+/oauth/token   client          30 / minute             tokens issued: only an assertion that
+                                                       verified counts, so a stranger cannot
+                                                       spend a client's quota
+/v1/*          client          600 / minute and        requests with a valid access token
+                               100 / 10 s (burst)      (keyed on the token's ``sub``)
+/v1/*          source address  120 / minute            requests without a valid token (each
+                                                       one writes a denial event)
+=============  ==============  ======================  ==========================================
+
+Why these numbers: access tokens live 10 minutes and a machine client fetches
+one every few minutes, so 30 a minute covers a restart storm of many worker
+processes sharing one client; a burst of hundreds is a bug or an attack. 120
+per address leaves room for several clients behind one NAT. 600 API requests a
+minute sustains 10/s per client (an inbox sync), and the 10-second window caps
+a burst at 100 (up to 200 across a window edge: fixed windows trade that slack
+for one counter row per window).
+
+Over a limit: 429 problem+json with ``Retry-After`` (seconds to the end of the
+window). A refused token is also an audit event (a refused log-on); API 429s
+are not, or a flood would write the audit log on the attacker's behalf.
+
+Storage, ``backend = "database"``: table ``rate_limit(key, window_start,
+count)``. One statement per request counts every window that applies::
+
+    INSERT INTO rate_limit (key, window_start, count) VALUES (:k1, :w1, 1), …
+    ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limit.count + 1
+    RETURNING key, window_start, count
+
+The middleware runs it in its own short transaction before the request's (so a
+request that fails still counts); the per-client token count runs in the
+request's transaction instead, so it counts tokens actually issued, and on
+SQLite it needs no second writer. PostgreSQL serializes the upserts of one key
+on that row's lock, so all workers see one count. Once a minute each worker
+deletes windows that have ended. Redis was not chosen: PostgreSQL is already
+the one shared dependency, and one indexed upsert (~0.2 ms) costs less than the
+request's own statements. ``backend = "memory"`` keeps the counters in the
+process (limits per worker); ``auto`` (the default) uses the database on
+PostgreSQL and memory on SQLite, where a laptop runs one process and a second
+writer per request would only contend for SQLite's single write lock.
+
+Source addresses are ``scope["client"]``: behind a reverse proxy uvicorn's
+``--proxy-headers`` (on in ``refgate-server serve``) takes them from
+``X-Forwarded-For`` when the proxy is trusted (``--forwarded-allow-ips``).
+
+Failure: when the counting statement fails (database unreachable), the request
+passes with a warning: it meets the same database next and fails or succeeds on
+its own; a limiter must not turn a database blip into a refusal of everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from sqlalchemy import BigInteger, Column, Integer, String, Table, delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlmodel import SQLModel
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import errors
+from app.auth import decode_jws
+from app.config import RateLimitSettings, Settings
+from app.context import request_id_var
+from app.middleware import problem_body
+from app.services.audit import Action, Actor, Outcome, PendingEvent
+
+log = logging.getLogger("refgate.ratelimit")
+
+rate_limit_table = Table(
+    "rate_limit",
+    SQLModel.metadata,
+    Column("key", String(160), primary_key=True),
+    Column("window_start", BigInteger, primary_key=True, autoincrement=False),
+    Column("count", Integer, nullable=False),
+    extend_existing=True,
+)
+
+SWEEP_EVERY = 60.0
+_TOKEN_CACHE_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    limit: int
+    window: int  # seconds
+
+
+@dataclass(frozen=True)
+class Exceeded:
+    limit: Limit
+    retry_after: int
+
+
+def _key(limit: Limit, subject: str) -> str:
+    if len(subject) > 100:  # keys stay bounded whatever a proxy reports
+        subject = hashlib.sha256(subject.encode()).hexdigest()
+    return f"{limit.name}:{subject}"
+
+
+class RateLimiter:
+    """Counts hits against fixed windows; one instance per app (``app.state.rate_limiter``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
+        cfg: RateLimitSettings = settings.ratelimit
+        self.enabled = cfg.enabled
+        backend = cfg.backend
+        if backend == "auto":
+            url = settings.resolved_database_url
+            backend = "database" if url.startswith("postgresql") else "memory"
+        self.backend = backend
+        self.token_address = Limit("token-address", cfg.token_per_address, 60)
+        self.token_client = Limit("token-client", cfg.token_per_client, 60)
+        self.api_client = Limit("api-client", cfg.api_per_client, 60)
+        self.api_burst = Limit("api-burst", cfg.api_burst, 10)
+        self.anonymous = Limit("api-anonymous", cfg.anonymous_per_address, 60)
+        self._memory: dict[tuple[str, int], int] = {}
+        self._next_sweep = 0.0
+        self._on_refused = on_refused
+
+    # ------------------------------------------------------------- counting
+
+    async def hit(
+        self,
+        hits: Sequence[tuple[Limit, str]],
+        *,
+        engine: AsyncEngine | None = None,
+        session: AsyncSession | None = None,
+    ) -> Exceeded | None:
+        """Count one request against each (limit, subject); the tightest refusal, if any.
+
+        With the database backend the count runs on ``session`` (inside the
+        caller's transaction) when given, else in a transaction of its own on
+        ``engine``.
+        """
+        if not self.enabled or not hits:
+            return None
+        now = time.time()
+        windows = {
+            _key(limit, subject): int(now // limit.window) * limit.window for limit, subject in hits
+        }
+        if self.backend == "memory":
+            counts = self._count_memory(windows, now)
+        elif session is not None:
+            # inside the caller's transaction: a failure there fails the request anyway
+            counts = await self._count_sql(await session.connection(), windows, now)
+        elif engine is not None:
+            try:
+                async with engine.begin() as conn:
+                    counts = await self._count_sql(conn, windows, now)
+            except Exception as exc:  # fail open: see the module docstring
+                log.warning("rate limiter unavailable, request allowed", extra={"error": repr(exc)})
+                return None
+        else:
+            return None
+        worst: Exceeded | None = None
+        for limit, subject in hits:
+            key = _key(limit, subject)
+            if counts.get(key, 0) > limit.limit:
+                retry = max(1, math.ceil(windows[key] + limit.window - now))
+                if worst is None or retry > worst.retry_after:
+                    worst = Exceeded(limit, retry)
+        if worst is not None and self._on_refused is not None:
+            self._on_refused(worst.limit.name)
+        return worst
+
+    def _count_memory(self, windows: dict[str, int], now: float) -> dict[str, int]:
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            horizon = now - 2 * SWEEP_EVERY
+            for k in [k for k in self._memory if k[1] < horizon]:
+                del self._memory[k]
+        counts = {}
+        for key, start in windows.items():
+            counts[key] = self._memory[(key, start)] = self._memory.get((key, start), 0) + 1
+        return counts
+
+    async def _count_sql(
+        self, conn: AsyncConnection, windows: dict[str, int], now: float
+    ) -> dict[str, int]:
+        dialect = conn.dialect.name
+        ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        rows = [{"key": k, "window_start": w, "count": 1} for k, w in sorted(windows.items())]
+        t = rate_limit_table
+        stmt = (
+            ins(t)
+            .values(rows)
+            .on_conflict_do_update(
+                index_elements=["key", "window_start"], set_={"count": t.c.count + 1}
+            )
+            .returning(t.c.key, t.c.window_start, t.c.count)
+        )
+        result = await conn.execute(stmt)
+        counts = {key: int(count) for key, start, count in result if windows.get(key) == start}
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            await conn.execute(
+                delete(rate_limit_table).where(
+                    rate_limit_table.c.window_start < int(now - 2 * SWEEP_EVERY)
+                )
+            )
+        return counts
+
+    # ------------------------------------------------------------- request keys
+
+    def api_hits(self, client_id: str) -> list[tuple[Limit, str]]:
+        return [(self.api_client, client_id), (self.api_burst, client_id)]
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class _VerifiedTokens:
+    """A small LRU of access tokens already verified: token → (sub, exp).
+
+    A client reuses one token for minutes, so most requests skip the signature
+    check here (``app.auth.require`` verifies every request independently).
+    """
+
+    def __init__(self, size: int = _TOKEN_CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def subject(self, token: str, state: Any) -> str | None:
+        now = time.time()
+        cached = self._items.get(token)
+        if cached is not None:
+            if cached[1] > now:
+                self._items.move_to_end(token)
+                return cached[0]
+            del self._items[token]
+            return None
+        try:
+            claims = decode_jws(token, state.token_verify_key).claims
+        except (JoseError, ValueError, AttributeError):
+            return None
+        exp, sub = claims.get("exp"), claims.get("sub")
+        if not isinstance(exp, int | float) or exp <= now or not isinstance(sub, str):
+            return None
+        if claims.get("iss") != getattr(state, "issuer", None):
+            return None
+        self._items[token] = (sub, float(exp))
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return sub
+
+
+def _bearer(scope: Scope) -> str | None:
+    header = Headers(scope=scope).get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+async def send_too_many(send: Send, path: str, exceeded: Exceeded) -> None:
+    body = json.loads(
+        problem_body(
+            429,
+            "Too Many Requests",
+            f"rate limit {exceeded.limit.name} ({exceeded.limit.limit} per "
+            f"{exceeded.limit.window} s) exceeded; retry after {exceeded.retry_after} s",
+            "rate-limited",
+            request_id_var.get(),
+        )
+    )
+    body["instance"] = path
+    raw = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", errors.PROBLEM_JSON.encode()),
+                (b"content-length", str(len(raw)).encode()),
+                (b"retry-after", str(exceeded.retry_after).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+class RateLimitMiddleware:
+    """Pure ASGI: per-address limit on ``/oauth/token``, per-client limits on ``/v1``."""
+
+    def __init__(self, app: ASGIApp, *, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.tokens = _VerifiedTokens()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.limiter.enabled:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        limiter = self.limiter
+        if path == "/oauth/token":
+            hits = [(limiter.token_address, client_address(scope))]
+        elif path.startswith("/v1/") or path == "/v1":
+            state = scope["app"].state
+            token = _bearer(scope)
+            subject = self.tokens.subject(token, state) if token else None
+            if subject is not None:
+                hits = limiter.api_hits(subject)
+            else:
+                hits = [(limiter.anonymous, client_address(scope))]
+        else:
+            await self.app(scope, receive, send)
+            return
+        engine = getattr(scope["app"].state, "engine", None)
+        exceeded = await limiter.hit(hits, engine=engine)
+        if exceeded is not None:
+            await send_too_many(send, path, exceeded)
+            return
+        await self.app(scope, receive, send)
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """Claims of an access token this server has just signed (never of a caller's token)."""
+    try:
+        payload = json.loads(jws.extract_compact(token.encode("ascii")).payload)
+    except (JoseError, ValueError, UnicodeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+async def limit_token_issue(request: Request, db: AsyncSession, access_token: str) -> None:
+    """Count a token about to be issued against its client's limit; 429 if over.
+
+    Runs in the token request's transaction: a refusal rolls the issue back (the
+    assertion's ``jti`` stays unused) and leaves a ``token:issue`` denied event.
+    """
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None or not limiter.enabled:
+        return
+    claims = _unverified_claims(access_token)
+    client_id = str(claims.get("sub", ""))
+    exceeded = await limiter.hit([(limiter.token_client, client_id)], session=db)
+    if exceeded is None:
+        return
+    raise errors.TooManyRequests(
+        f"this client may obtain {exceeded.limit.limit} tokens per minute; reuse the token "
+        f"until it expires; retry after {exceeded.retry_after} s",
+        headers={"Retry-After": str(exceeded.retry_after)},
+        audit=PendingEvent(
+            actor=Actor(
+                client_id=client_id,
+                agency_id=str(claims.get("agency")) if claims.get("agency") else None,
+                role=str(claims.get("role")) if claims.get("role") else None,
+            ),
+            action=Action.TOKEN_ISSUE,
+            resource_type="client",
+            resource_id=client_id,
+            outcome=Outcome.DENIED,
+            detail={"reason": "rate_limited", "limit": exceeded.limit.name},
+        ),
+    )
