@@ -30,13 +30,18 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _depth(value: Any, limit: int) -> None:
+def _check_tree(value: Any, limit: int) -> None:
+    """Refuse nesting deeper than ``limit`` and NUL characters anywhere."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
             raise ValueError(f"nested deeper than {limit}")
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError("NUL characters are not allowed")
         if isinstance(item, dict):
+            if any("\x00" in k for k in item):
+                raise ValueError("NUL characters are not allowed")
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
@@ -46,7 +51,7 @@ def parse_strict(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-        _depth(value, MAX_DEPTH)
+        _check_tree(value, MAX_DEPTH)
     except UnicodeDecodeError:
         raise errors.BadRequest("the body is not UTF-8", slug="invalid-json") from None
     except RecursionError:

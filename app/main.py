@@ -104,17 +104,6 @@ def _install_error_handlers(app: FastAPI) -> None:
             request=request,
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
-        return _problem(
-            500,
-            "Internal Server Error",
-            "an unexpected error occurred; it has been logged",
-            errors.PROBLEM_BASE + "internal",
-            request=request,
-        )
-
 
 def _install_openapi(app: FastAPI) -> None:
     """Add the signed-body schemas (parsed from raw JSON, not by FastAPI) and make

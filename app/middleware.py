@@ -8,8 +8,10 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from traceback import extract_tb
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import agency_var, client_var, request_id_var
@@ -105,11 +107,41 @@ class RequestContextMiddleware:
                         raise _TooLarge
                 return message
 
+            if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+                await self._problem(
+                    send_wrapper,
+                    400,
+                    "Bad Request",
+                    "NUL characters are not allowed in a URL",
+                    "bad-request",
+                    request_id,
+                )
+                return
             try:
                 await self.app(scope, limited_receive, send_wrapper)
             except _TooLarge:
                 if not status_holder["started"]:
                     await self._reject(send_wrapper, request_id)
+            except ClientDisconnect:
+                status_holder["status"] = 499  # the client went away; nothing to answer
+            except Exception as exc:
+                # Rendered here rather than by Starlette's outermost handler, so the
+                # answer carries the request id and security headers like any other.
+                frames = [f"{f.filename}:{f.lineno}" for f in extract_tb(exc.__traceback__)]
+                log.error(
+                    "unhandled error",
+                    # where, not what: exception messages may quote SQL parameters
+                    extra={"exc_type": type(exc).__name__, "where": frames[-8:]},
+                )
+                if not status_holder["started"]:
+                    await self._problem(
+                        send_wrapper,
+                        500,
+                        "Internal Server Error",
+                        "an unexpected error occurred; it has been logged",
+                        "internal",
+                        request_id,
+                    )
         finally:
             route_path = getattr(scope.get("route"), "path", None) or "unmatched"
             seconds = time.perf_counter() - started
@@ -130,17 +162,33 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
     async def _reject(self, send: Send, request_id: str) -> None:
-        body = problem_body(
+        await self._problem(
+            send,
             413,
             "Content Too Large",
             f"request bodies are limited to {self.max_body_bytes} bytes",
             "payload-too-large",
             request_id,
+            close=True,
         )
+
+    @staticmethod
+    async def _problem(
+        send: Send,
+        status: int,
+        title: str,
+        detail: str,
+        slug: str,
+        request_id: str,
+        *,
+        close: bool = False,
+    ) -> None:
+        body = problem_body(status, title, detail, slug, request_id)
         headers: list[Any] = [
             (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
         ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

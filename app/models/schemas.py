@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 AgencyKind = Literal[
     "social_service", "shelter", "legal_aid", "medical", "law_enforcement", "ngo", "government"
@@ -22,8 +22,27 @@ def rfc3339(value: datetime) -> str:
     return text + "Z"
 
 
+def _no_nul(value: Any) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("NUL characters are not allowed")
+    elif isinstance(value, BaseModel):
+        for item in value.__dict__.values():
+            _no_nul(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _no_nul(item)
+
+
 class Model(BaseModel):
+    """Request bodies: unknown members and NUL characters are refused."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _refuse_nul(self) -> Model:
+        _no_nul(self)
+        return self
 
 
 class Out(BaseModel):

@@ -55,6 +55,8 @@ async def token(request: Request, db: Db) -> JSONResponse:
         )
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if any("\x00" in v for v in fields.values()):
+        raise errors.OAuthError("invalid_request", "NUL characters are not allowed", status=400)
     body = await oauth.issue_token(
         db,
         fields,

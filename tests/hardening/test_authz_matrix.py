@@ -797,19 +797,7 @@ CELLS = sum(len(resources) for resources, *_ in ROUTES.values()) * len(CALLERS)
 
 # Denials the server does not audit yet (route, caller, resource) -> why. Reported as
 # server gaps; when one gets its audit event, the test fails until it is removed here.
-KNOWN_GAPS: dict[Callable[[str, Caller, str], bool], str] = {
-    (lambda route, c, res: c.auth == "none" and route.split(" ")[1].startswith("/v1")): (
-        "app/auth.py require(): a request without a bearer token raises Unauthorized without audit="
-    ),
-    (
-        lambda route, c, res: (
-            route == "GET /v1/audit/events/{seq}"
-            and res == "other"
-            and c.auth == "valid"
-            and Scope.AUDIT_OWN in c.scopes
-        )
-    ): "app/services/audit_log.py event_at(): the not-visible NotFound has no audit=",
-}
+KNOWN_GAPS: dict[Callable[[str, Caller, str], bool], str] = {}
 EXEMPT_FROM_AUDIT = {"GET /metrics"}  # a scrape is not an access to referrals, keys or the log
 
 

@@ -292,12 +292,6 @@ async def test_every_answer_has_security_headers_and_no_server_header(
         assert answer.headers["x-request-id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug (reported): Starlette's ServerErrorMiddleware renders the 500 outside "
-    "RequestContextMiddleware, so it has no security headers, no X-Request-Id and "
-    "request_id null, and uvicorn then closes the keep-alive connection",
-)
 async def test_an_unexpected_error_is_a_500_problem_with_headers_and_request_id(
     database_url: str, tmp_path: Path
 ) -> None:
