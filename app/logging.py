@@ -26,7 +26,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+# Libraries that log SQL parameters or request details at DEBUG (aiosqlite logs every
+# statement with its parameters, i.e. ciphertext): capped, whatever the root level.
+QUIET_LIBRARIES = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg", "httpcore")
+
+
 def configure_logging(level: int = logging.INFO) -> None:
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
     root = logging.getLogger("refgate")
     if any(getattr(h, "_refgate", False) for h in root.handlers):
         return

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from app.models.tables import Referral, ReferralField, WrappedKey
 from app.models.types import utcnow
 from app.services import retention
 from app.services.webhooks import WebhookRunner
+from tests.rawdb import raw_database
 from tests.taskforce import TaskForce
 
 LEGAL = "service_provision"
@@ -45,31 +45,6 @@ def _secrets(body: dict) -> list[bytes]:
     return [c.encode() for c in body["ciphertexts"].values()] + [
         w["wrapped_key"].encode() for w in body["wrapped_keys"]
     ]
-
-
-def _sqlite_files(path: Path) -> bytes:
-    wal = path.with_name(path.name + "-wal")
-    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
-
-
-async def _raw_database(app: Any, settings: Settings) -> bytes:
-    """The bytes an attacker with the disk (SQLite) or a dump (PostgreSQL) would read."""
-    url = settings.resolved_database_url
-    if url.startswith("sqlite"):
-        return await asyncio.to_thread(_sqlite_files, Path(url.split("///", 1)[1]))
-    pg_dump = shutil.which("pg_dump")
-    if pg_dump is None:
-        pytest.skip("pg_dump is not installed")
-    proc = await asyncio.create_subprocess_exec(
-        pg_dump,
-        "--data-only",
-        url.replace("postgresql+asyncpg://", "postgresql://"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out
 
 
 async def _count(app: Any, model: Any, referral_ids: list[str]) -> int:
@@ -118,7 +93,7 @@ async def test_purge_removes_ciphertext_from_the_raw_database_and_the_log_still_
     )
     assert r.status_code == 200, r.text
 
-    before = await _raw_database(app, settings)
+    before = await raw_database(settings)
     for body in (closed, withdrawn, still_open):
         for secret in _secrets(body):
             assert secret in before, "the check must be able to see what it looks for"
@@ -140,7 +115,7 @@ async def test_purge_removes_ciphertext_from_the_raw_database_and_the_log_still_
     every = list(ids.values())
     assert await _count(app, ReferralField, every) == 0
     assert await _count(app, WrappedKey, every) == 0
-    after = await _raw_database(app, settings)
+    after = await raw_database(settings)
     for body in (closed, withdrawn, still_open):
         for secret in _secrets(body):
             assert secret not in after
