@@ -4,6 +4,19 @@ Routes are authenticated by default: every ``/v1`` route declares a ``Principal`
 dependency with the scopes it needs (``Security(require, scopes=[...])``). A bad
 or missing token is 401 with ``WWW-Authenticate``; a valid token without the
 scope is 403. Both leave an audit event.
+
+Each request checks that its client and the client's agency are still active.
+That answer is cached per process for at most ``STATUS_TTL`` seconds (active
+clients only): ``forget_principals()`` drops the cache, and
+``app.services.agencies.set_status`` calls it when the change is made and
+again when it commits, so a suspension takes effect at once in the worker that
+made it, and within ``STATUS_TTL`` seconds in every other worker (each has its
+own cache). Tokens are short-lived anyway; no other client or agency field
+that ``require`` reads can change.
+
+The signature check of an access token is remembered per process too (the
+same token under the same server key verifies the same way every time); its
+claims, expiry first, are validated on every request.
 """
 
 from __future__ import annotations
@@ -130,6 +143,65 @@ def issue_access_token(
     return token, scopes
 
 
+STATUS_TTL = 2.0
+_MAX_CACHED = 10_000
+_verified: dict[tuple[bytes, str], dict[str, Any]] = {}
+
+
+def _verified_claims(
+    token: str, request: Request, server_keys: ServerKeys | None
+) -> dict[str, Any]:
+    """The claims of ``token`` once its signature verified under this server's key."""
+    if server_keys is None:
+        return decode_jws(token, request.app.state.token_verify_key).claims
+    key = (server_keys.token_public, token)
+    claims = _verified.get(key)
+    if claims is None:
+        claims = decode_jws(token, request.app.state.token_verify_key).claims
+        if len(_verified) >= _MAX_CACHED:
+            _verified.clear()
+        _verified[key] = claims
+    return claims
+
+
+_status_cache: dict[tuple[int, str], tuple[float, tuple[str, str, str]]] = {}
+_generation = 0  # bumped by every forget_principals()
+
+
+def forget_principals() -> None:
+    """Drop every cached client status (after a suspension or reactivation)."""
+    global _generation
+    _generation += 1
+    _status_cache.clear()
+
+
+async def _active_client(db: Db, client_id: str) -> tuple[str, str, str] | None:
+    """(agency id, agency kind, role) of an active client of an active agency, or None."""
+    key = (id(db.bind), client_id)  # one cache per database (tests run several in a process)
+    now = time.monotonic()
+    hit = _status_cache.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    generation = _generation
+    row = (
+        await db.execute(
+            select(ApiClient.status, ApiClient.role, Agency.id, Agency.status, Agency.kind)
+            .join(Agency, Agency.id == ApiClient.agency_id)
+            .where(ApiClient.client_id == client_id)
+        )
+    ).first()
+    if row is None or row[0] != "active" or row[3] != "active":
+        _status_cache.pop(key, None)
+        return None
+    found = (str(row[2]), str(row[4]), str(row[1]))
+    # Not if a status changed while this read ran: it may have read the old one.
+    if generation == _generation:
+        if len(_status_cache) >= _MAX_CACHED:
+            _status_cache.clear()
+        _status_cache[key] = (now + STATUS_TTL, found)
+    return found
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if not header:
@@ -158,10 +230,10 @@ async def require(security_scopes: SecurityScopes, request: Request, db: Db) -> 
     """The authenticated caller, refused unless it holds every scope the route declares."""
     token = _bearer(request)
     if token is None:
-        raise errors.Unauthorized("a bearer access token is required")
+        raise _unauthorized("missing_token", "a bearer access token is required")
     server_keys: ServerKeys = request.app.state.server_keys
     try:
-        claims = decode_jws(token, request.app.state.token_verify_key).claims
+        claims = _verified_claims(token, request, server_keys)
         jwt.JWTClaimsRegistry(exp={"essential": True}, sub={"essential": True}, leeway=0).validate(
             claims
         )
@@ -170,20 +242,15 @@ async def require(security_scopes: SecurityScopes, request: Request, db: Db) -> 
     if claims.get("iss") != request.app.state.issuer or server_keys is None:
         raise _unauthorized("invalid_token", "the access token was not issued here")
     client_id = str(claims["sub"])
-    row = (
-        await db.execute(
-            select(ApiClient.status, ApiClient.role, Agency.id, Agency.status, Agency.kind)
-            .join(Agency, Agency.id == ApiClient.agency_id)
-            .where(ApiClient.client_id == client_id)
-        )
-    ).first()
-    if row is None or row[0] != "active" or row[3] != "active":
+    active = await _active_client(db, client_id)
+    if active is None:
         raise _unauthorized("inactive", "the client or its agency is not active", client_id)
+    agency_id, agency_kind, role = active
     principal = Principal(
         client_id=client_id,
-        agency_id=row[2],
-        agency_kind=row[4],
-        role=Role(row[1]),
+        agency_id=agency_id,
+        agency_kind=agency_kind,
+        role=Role(role),
         scopes=frozenset(str(claims.get("scope", "")).split()),
     )
     client_var.set(principal.client_id)

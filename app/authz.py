@@ -11,7 +11,11 @@ Rules (DESIGN.md, "Identity and authorization"):
 - auditors and admins never see referral content (their roles lack the scopes).
 
 Every referral read and list goes through ``visible_referrals`` or
-``relation``; routes never re-write these conditions.
+``relation``; routes never re-write these conditions. Both are built for the
+hot paths: a list is one statement (the received box is read from the
+caller's ``referral_recipient`` rows, in the order of their inbox index), and
+``relation`` is one statement, two when the caller is a recipient that needs
+its fields.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import BindParameter, and_, bindparam, exists, null, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from app.auth import Principal
-from app.models.tables import Referral, ReferralGrant, ReferralRecipient
+from app.models.tables import Referral, ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
+from app.models.types import UTCDateTime
 
 LAW_ENFORCEMENT = "law_enforcement"
 
@@ -36,7 +42,7 @@ class Relation(StrEnum):
     RECIPIENT = "recipient"
 
 
-def active_grant(recipient: str, now: datetime) -> Any:
+def active_grant(recipient: Any, now: Any) -> Any:
     """SQL condition: ``referral_grant`` row is an active grant to ``recipient``."""
     return and_(
         ReferralGrant.recipient == recipient,
@@ -45,59 +51,220 @@ def active_grant(recipient: str, now: datetime) -> Any:
     )
 
 
-def _recipient_visibility(who: Principal, now: datetime) -> Any:
-    is_recipient = exists().where(
-        ReferralRecipient.referral_id == Referral.id,
-        ReferralRecipient.recipient == who.agency_id,
-    )
-    if who.agency_kind != LAW_ENFORCEMENT:
-        return is_recipient
-    return exists().where(
-        ReferralGrant.referral_id == Referral.id,
-        active_grant(who.agency_id, now),
-    )
+def _holds_a_grant(referral_id: Any) -> Any:
+    """SQL condition: the caller (``:me``) holds an active grant (at ``:now``) on it."""
+    return exists().where(ReferralGrant.referral_id == referral_id, active_grant(ME, NOW))
 
 
-def visible_referrals(who: Principal, box: str, now: datetime) -> Select[tuple[Referral]]:
-    """Referrals in ``box`` (sent|received) that ``who`` may see."""
-    stmt = select(Referral)
+# The statements below are built once per shape with bind parameters (``:me``,
+# ``:now``, ``:referral_id``): building SQLAlchemy expressions costs more than
+# running them on the hot paths. ``params(who, now)`` gives the values.
+ME: BindParameter[str] = bindparam("me")
+NOW = bindparam("now", type_=UTCDateTime())
+REFERRAL_ID: BindParameter[str] = bindparam("referral_id")
+
+
+def params(who: Principal, now: datetime, **more: Any) -> dict[str, Any]:
+    """Values of the bind parameters of the statements of this module."""
+    return {"me": who.agency_id, "now": now, **more}
+
+
+@cache
+def visible_referrals(box: str, law_enforcement: bool) -> Select[Any]:
+    """Summary rows of the referrals in ``box`` (sent|received) that ``:me`` may see.
+
+    ``law_enforcement``: the caller's agency is of that kind (its received box
+    then needs an active grant at ``:now``). Execute with ``params(who, now)``.
+
+    Columns: ``id``, ``sender_agency``, ``created_at``, ``received_at``,
+    ``metadata_json``, ``withdrawn_at``; never the manifest or any content.
+
+    The sent box reads ``referral`` by sender (``received_at`` is the
+    referral's). The received box is driven from the caller's own
+    ``referral_recipient`` rows (index ``ix_referral_recipient_inbox``), adds
+    the caller's status (``status``, ``reason``, ``note``, ``updated_at``), and
+    its ``received_at`` is when the referral reached this recipient: the
+    referral's own time, or for a recipient added later by a grant update, the
+    time of that update.
+    """
+    summary = (
+        Referral.id,
+        Referral.sender_agency,
+        Referral.created_at,
+        Referral.metadata_json,
+        Referral.withdrawn_at,
+    )
     if box == "sent":
-        return stmt.where(Referral.sender_agency == who.agency_id)
-    return stmt.where(_recipient_visibility(who, now))
+        return select(*summary, Referral.received_at).where(Referral.sender_agency == ME)
+    stmt = (
+        select(
+            *summary,
+            ReferralRecipient.received_at,
+            ReferralRecipient.status,
+            ReferralRecipient.reason,
+            ReferralRecipient.note,
+            ReferralRecipient.updated_at,
+        )
+        .select_from(ReferralRecipient)
+        .join(Referral, Referral.id == ReferralRecipient.referral_id)
+        .where(ReferralRecipient.recipient == ME)
+    )
+    if law_enforcement:
+        # Grants only name listed recipients, so this is "recipient with >= 1 active grant".
+        stmt = stmt.where(_holds_a_grant(ReferralRecipient.referral_id))
+    return stmt
+
+
+@dataclass(frozen=True)
+class Head:
+    """What every action on a referral needs; ``manifest_json`` and ``signature``
+    only when ``relation(..., content=True)``."""
+
+    id: str
+    sender_agency: str
+    withdrawn_at: datetime | None
+    manifest_json: str | None
+    signature: str | None
+
+
+@dataclass(frozen=True)
+class OwnStatus:
+    """The caller's own ``referral_recipient`` row (recipients only)."""
+
+    status: str
+    reason: str | None
+    note: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An active grant of the caller; with ``content=True`` also what it opens:
+    the field's ciphertext and the caller's wrapped key (None when absent)."""
+
+    field: str
+    purpose: str
+    expires_at: datetime | None
+    ciphertext: str | None = None
+    kid: str | None = None
+    wrapped_key: str | None = None
 
 
 @dataclass(frozen=True)
 class Access:
-    referral: Referral
+    referral: Head
     relation: Relation
-    fields: dict[str, ReferralGrant]  # active grants of the caller (recipients only)
+    fields: dict[str, Grant]  # active grants of the caller (recipients only)
+    own: OwnStatus | None = None  # the caller's status row (recipients only)
+
+
+_OWN_COLUMNS = (
+    ReferralRecipient.recipient,
+    ReferralRecipient.status,
+    ReferralRecipient.reason,
+    ReferralRecipient.note,
+    ReferralRecipient.updated_at,
+)
+
+
+@cache
+def _relation_query(content: bool, lock_own: bool, law_enforcement: bool) -> Select[Any]:
+    head: list[Any] = [Referral.id, Referral.sender_agency, Referral.withdrawn_at]
+    if content:
+        head += [Referral.manifest_json, Referral.signature]
+    else:
+        head += [null().label("manifest_json"), null().label("signature")]
+    granted = _holds_a_grant(Referral.id) if law_enforcement else true()
+    columns = (*head, *_OWN_COLUMNS, granted.label("granted"))
+    if lock_own:
+        return (
+            select(*columns)
+            .select_from(ReferralRecipient)
+            .join(Referral, Referral.id == ReferralRecipient.referral_id)
+            .where(
+                ReferralRecipient.referral_id == REFERRAL_ID,
+                ReferralRecipient.recipient == ME,
+            )
+            .with_for_update(of=ReferralRecipient)
+        )
+    return (
+        select(*columns)
+        .outerjoin(
+            ReferralRecipient,
+            and_(
+                ReferralRecipient.referral_id == Referral.id,
+                ReferralRecipient.recipient == ME,
+            ),
+        )
+        .where(Referral.id == REFERRAL_ID)
+    )
 
 
 async def relation(
-    db: AsyncSession, who: Principal, referral_id: str, now: datetime
+    db: AsyncSession,
+    who: Principal,
+    referral_id: str,
+    now: datetime,
+    *,
+    content: bool = False,
+    lock_own: bool = False,
 ) -> Access | None:
-    """How ``who`` relates to a referral, or None when it may not see it at all."""
-    referral = await db.get(Referral, referral_id)
-    if referral is None:
+    """How ``who`` relates to a referral, or None when it may not see it at all.
+
+    One statement reads the referral, the caller's own recipient row and, for
+    a law-enforcement caller, whether it holds an active grant. A recipient's
+    active grants (``fields``) are read only with ``content=True``, in a second
+    statement that also brings each granted field's ciphertext and the
+    caller's wrapped key. ``lock_own`` takes the caller's recipient row
+    ``FOR UPDATE`` in the first statement (status changes).
+    """
+    le = who.agency_kind == LAW_ENFORCEMENT
+    values = params(who, now, referral_id=referral_id)
+    row = None
+    if lock_own:
+        row = (await db.execute(_relation_query(content, True, le), values)).first()
+    if row is None:
+        row = (await db.execute(_relation_query(content, False, le), values)).first()
+    if row is None:
         return None
-    if referral.sender_agency == who.agency_id:
-        return Access(referral, Relation.SENDER, {})
-    is_recipient = await db.scalar(
-        select(ReferralRecipient.recipient).where(
-            ReferralRecipient.referral_id == referral_id,
-            ReferralRecipient.recipient == who.agency_id,
-        )
+    head = Head(row.id, row.sender_agency, row.withdrawn_at, row.manifest_json, row.signature)
+    if head.sender_agency == who.agency_id:
+        return Access(head, Relation.SENDER, {})
+    if row.recipient is None or not row.granted:
+        return None
+    own = OwnStatus(row.status, row.reason, row.note, row.updated_at)
+    fields = {}
+    if content:
+        fields = {r.field: Grant(*r) for r in await db.execute(_ACTIVE_GRANTS, values)}
+    return Access(head, Relation.RECIPIENT, fields, own)
+
+
+# The caller's active grants on one referral, each with the field's ciphertext and
+# the caller's wrapped key for it (None where absent).
+_ACTIVE_GRANTS = (
+    select(
+        ReferralGrant.field,
+        ReferralGrant.purpose,
+        ReferralGrant.expires_at,
+        ReferralField.ciphertext,
+        WrappedKey.kid,
+        WrappedKey.wrapped_key,
     )
-    if is_recipient is None:
-        return None
-    grants = (
-        await db.scalars(
-            select(ReferralGrant).where(
-                ReferralGrant.referral_id == referral_id,
-                active_grant(who.agency_id, now),
-            )
-        )
-    ).all()
-    if who.agency_kind == LAW_ENFORCEMENT and not grants:
-        return None
-    return Access(referral, Relation.RECIPIENT, {g.field: g for g in grants})
+    .outerjoin(
+        ReferralField,
+        and_(
+            ReferralField.referral_id == ReferralGrant.referral_id,
+            ReferralField.field == ReferralGrant.field,
+        ),
+    )
+    .outerjoin(
+        WrappedKey,
+        and_(
+            WrappedKey.referral_id == ReferralGrant.referral_id,
+            WrappedKey.field == ReferralGrant.field,
+            WrappedKey.recipient == ReferralGrant.recipient,
+        ),
+    )
+    .where(ReferralGrant.referral_id == REFERRAL_ID, active_grant(ME, NOW))
+    .order_by(ReferralGrant.field)
+)

@@ -494,23 +494,35 @@ def verify_manifest(manifest: Mapping[str, object], signature: str, sig_public: 
     bytes of strict base64url, "malformed" if the manifest cannot be
     canonicalized, "bad-signature" otherwise.
     """
+    _verified_canonical(manifest, signature, sig_public)
+
+
+def _verified_canonical(manifest: Mapping[str, object], signature: str, sig_public: bytes) -> bytes:
+    """:func:`verify_manifest`, returning the RFC 8785 bytes of ``manifest`` it verified."""
     raw = _binary(signature, "signature", keys.SIGNATURE_SIZE)
-    if not keys.verify(sig_public, manifest_signing_input(manifest), raw):
+    canonical = _canonical(manifest)
+    if not keys.verify(sig_public, MANIFEST_SIGNING_PREFIX + canonical, raw):
         raise EnvelopeError("bad-signature", "manifest signature does not verify")
+    return canonical
 
 
 def _check_signed_manifest(
     manifest_value: object, signature: object, sender_sig_public: bytes, *, verify_first: bool
-) -> _Manifest:
-    """Parse and authenticate a manifest, in the order the caller's trust model wants."""
+) -> tuple[_Manifest, bytes]:
+    """Parse and authenticate a manifest, in the order the caller's trust model wants.
+
+    Returns the parsed manifest and its RFC 8785 bytes (the signed ones).
+    """
     manifest = _object(manifest_value, "manifest")
     parsed = None if verify_first else _parse_manifest(manifest)
     if manifest.get("sender_kid") != keys.kid(sender_sig_public):
         raise EnvelopeError(
             "kid-mismatch", "manifest.sender_kid is not the kid of the sender's signing key"
         )
-    verify_manifest(manifest, _string(signature, "signature", "bad-encoding"), sender_sig_public)
-    return parsed if parsed is not None else _parse_manifest(manifest)
+    canonical = _verified_canonical(
+        manifest, _string(signature, "signature", "bad-encoding"), sender_sig_public
+    )
+    return (parsed if parsed is not None else _parse_manifest(manifest)), canonical
 
 
 # --------------------------------------------------------------------------
@@ -603,7 +615,7 @@ def _own_field_keys(
     for member in ("manifest", "signature", "wrapped_keys"):
         if member not in envelope:
             raise EnvelopeError("malformed", f"envelope has no {member!r}")
-    manifest = _check_signed_manifest(
+    manifest, _ = _check_signed_manifest(
         envelope["manifest"], envelope["signature"], sender_sig_public, verify_first=True
     )
     own_kid = keys.kid(keys.enc_public_from_private(enc_private))
@@ -876,7 +888,7 @@ def check_envelope(
     max_fields: int = 64,
     max_field_bytes: int = 65536,
     max_recipients: int = 64,
-) -> None:
+) -> bytes:
     """Return only if a ``POST /v1/referrals`` body is well formed and signed.
 
     What a server can check without any private key: members exactly
@@ -899,8 +911,12 @@ def check_envelope(
     recipients can), that the grant kids are the recipients' current keys (the
     caller compares them with its key directory), or times against a clock.
     Raises :class:`EnvelopeError`.
+
+    Returns the RFC 8785 bytes of ``manifest``: exactly the bytes the verified
+    signature covers (after the ``refgate/v1/manifest\n`` prefix), so a
+    caller that stores the manifest need not canonicalize it again.
     """
-    _check_body(
+    return _check_body(
         envelope,
         sender_sig_public,
         max_fields=max_fields,
@@ -916,9 +932,9 @@ def _check_body(
     max_fields: int | None,
     max_field_bytes: int | None,
     max_recipients: int | None,
-) -> None:
+) -> bytes:
     body = _object(envelope, "envelope", _BODY_MEMBERS)
-    manifest = _check_signed_manifest(
+    manifest, canonical = _check_signed_manifest(
         body["manifest"], body["signature"], sender_sig_public, verify_first=False
     )
     if max_fields is not None and len(manifest.fields) > max_fields:
@@ -941,6 +957,7 @@ def _check_body(
             )
 
     _match_one_to_one(_parse_wrapped_keys(body["wrapped_keys"]), manifest.grants)
+    return canonical
 
 
 def check_grant_update(
@@ -964,7 +981,7 @@ def check_grant_update(
     """
     old = _parse_manifest(old_manifest)
     update = _object(body, "grant update", _GRANT_BODY_MEMBERS)
-    new = _check_signed_manifest(
+    new, _ = _check_signed_manifest(
         update["manifest"], update["signature"], sender_sig_public, verify_first=False
     )
     for member in sorted(_MANIFEST_MEMBERS - {"grants", "recipients"}):

@@ -223,18 +223,24 @@ def append_leaves(
         (level, h) for (level, _), h in zip(coords, frontier, strict=True)
     ]
     nodes: list[tuple[int, int, bytes]] = []
+    append = nodes.append
+    sha256 = hashlib.sha256
     for offset, leaf in enumerate(new_leaf_hashes):
-        _check_hash(leaf, "leaf hash")
+        if len(leaf) != HASH_SIZE:
+            _check_hash(leaf, "leaf hash")
         index = size + offset
-        nodes.append((0, index, leaf))
-        stack.append((0, leaf))
-        while len(stack) >= 2 and stack[-1][0] == stack[-2][0]:
-            level, right = stack.pop()
-            _, left = stack.pop()
-            parent = node_hash(left, right)
-            # The new parent ends at leaf ``index``, so it is node index >> (level + 1).
-            nodes.append((level + 1, index >> (level + 1), parent))
-            stack.append((level + 1, parent))
+        append((0, index, leaf))
+        level, right = 0, leaf
+        while stack and stack[-1][0] == level:
+            left = stack.pop()[1]
+            # node_hash inlined (this loop runs about twice per leaf): both children
+            # are checked leaves, checked frontier hashes or SHA-256 outputs, so the
+            # length check node_hash makes cannot fail here.
+            right = sha256(b"\x01" + left + right).digest()
+            level += 1
+            # The new parent ends at leaf ``index``, so it is node index >> level.
+            append((level, index >> level, right))
+        stack.append((level, right))
     return nodes, [h for _, h in stack]
 
 

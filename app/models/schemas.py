@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 AgencyKind = Literal[
     "social_service", "shelter", "legal_aid", "medical", "law_enforcement", "ngo", "government"
@@ -45,12 +45,12 @@ class Model(BaseModel):
         return self
 
 
-class Out(BaseModel):
-    """Response base: datetimes serialized as RFC 3339 UTC with Z."""
+Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str, when_used="json")]
+"""A datetime that goes on the wire as RFC 3339 UTC with a ``Z``."""
 
-    @field_serializer("*", when_used="json", check_fields=False)
-    def _times(self, value: Any) -> Any:
-        return rfc3339(value) if isinstance(value, datetime) else value
+
+class Out(BaseModel):
+    """Response base (times are ``Timestamp``)."""
 
 
 class Problem(BaseModel):
@@ -92,7 +92,7 @@ class KeyOut(Out):
     use: Literal["enc", "sig"]
     public_key: str
     status: Literal["current", "retired", "revoked"]
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AgencyOut(Out):
@@ -131,7 +131,7 @@ class ClientOut(Out):
     role: RoleName
     auth_kid: str
     status: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class Health(BaseModel):
@@ -210,7 +210,7 @@ class StatusOut(Out):
     status: TaskStatus
     reason: str | None = None
     note: str | None = None
-    updated_at: datetime
+    updated_at: Timestamp
 
 
 class EnvelopeOut(BaseModel):
@@ -226,7 +226,7 @@ class EnvelopeOut(BaseModel):
 class ReferralSummary(Out):
     referral_id: str
     sender_agency: str
-    created_at: datetime
+    created_at: Timestamp
     metadata: dict[str, Any]
     statuses: list[StatusOut]
     withdrawn: bool = False
@@ -268,7 +268,7 @@ class GrantsChanged(BaseModel):
 class RevocationsDone(Out):
     referral_id: str
     revoked: list[Revocation]
-    revoked_at: datetime
+    revoked_at: Timestamp
 
 
 # --- audit ---

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from app.models.schemas import Model, Out
+from app.models.schemas import Model, Out, Timestamp
 
 
 class EventType(StrEnum):
@@ -43,8 +42,8 @@ class WebhookOut(Out):
     id: str
     url: str
     event_types: list[EventType]
-    created_at: datetime
-    secret_rotated_at: datetime | None = None
+    created_at: Timestamp
+    secret_rotated_at: Timestamp | None = None
 
 
 class WebhookCreated(WebhookOut):
@@ -61,7 +60,7 @@ class WebhookList(Out):
 class WebhookSecret(Out):
     id: str
     secret: str = Field(description="the new signing secret; shown only once")
-    previous_secret_expires_at: datetime | None = Field(
+    previous_secret_expires_at: Timestamp | None = Field(
         None, description="until then deliveries carry signatures with both secrets"
     )
 
@@ -73,10 +72,10 @@ class DeliveryOut(Out):
     status: DeliveryStatus
     attempts: int
     payload: dict[str, Any]
-    created_at: datetime
-    next_attempt_at: datetime | None = None
-    last_attempt_at: datetime | None = None
-    delivered_at: datetime | None = None
+    created_at: Timestamp
+    next_attempt_at: Timestamp | None = None
+    last_attempt_at: Timestamp | None = None
+    delivered_at: Timestamp | None = None
     last_status_code: int | None = None
     last_error: str | None = None
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from app import errors
 from app.auth import AnyPrincipal, Principal, Scope
@@ -15,6 +15,7 @@ from app.services import audit, audit_log
 from app.services.audit import Action
 from app.services.audit_log import EventFilter
 
+MAX_INT64 = 2**63 - 1  # log positions and sizes are BIGINT
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 # Auditors read everything; caseworkers and liaisons the events of their own agency
 # (the service applies that scope). Admins have neither scope and get 403.
@@ -40,7 +41,7 @@ AuditReader = Annotated[Principal, Depends(audit_reader)]
 ERRORS = errors.responses(400, 401, 403, 422)
 
 
-def event_filter(
+async def event_filter(  # async: a plain def would run in the threadpool
     actor: str | None = Query(None, max_length=64),
     agency: str | None = Query(None, max_length=36),
     resource_id: str | None = Query(None, max_length=128),
@@ -75,9 +76,11 @@ async def events(
     f: Filter,
     limit: int = Query(100, ge=1, le=1000),
     cursor: str | None = Query(None, max_length=64),
-) -> AuditList:
-    items, next_cursor = await audit_log.query(db, who, f, limit=limit, cursor=cursor)
-    return AuditList.model_validate({"items": items, "next_cursor": next_cursor})
+) -> Response:
+    # The body is assembled from the stored canonical events (an AuditList, see
+    # audit_log.query_json); response_model above documents it.
+    body = await audit_log.query_json(db, who, f, limit=limit, cursor=cursor)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -112,7 +115,9 @@ async def export(
     response_model=AuditItem,
     responses=errors.responses(401, 403, 404, 422),
 )
-async def event(seq: int, who: AuditReader, db: Db) -> AuditItem:
+async def event(
+    who: AuditReader, db: Db, seq: int = Path(ge=0, le=MAX_INT64)
+) -> AuditItem:
     return AuditItem.model_validate(await audit_log.event_at(db, who, seq))
 
 
@@ -144,8 +149,8 @@ async def checkpoint(who: AuditReader, db: Db) -> PlainTextResponse:
 async def inclusion(
     who: AuditReader,
     db: Db,
-    seq: int = Query(ge=0),
-    tree_size: int | None = Query(None, ge=1),
+    seq: int = Query(ge=0, le=MAX_INT64),
+    tree_size: int | None = Query(None, ge=1, le=MAX_INT64),
 ) -> InclusionProof:
     return InclusionProof.model_validate(await audit_log.inclusion(db, who, seq, tree_size))
 
@@ -159,8 +164,8 @@ async def inclusion(
 async def consistency(
     who: AuditReader,
     db: Db,
-    first: int = Query(ge=0),
-    second: int | None = Query(None, ge=0),
+    first: int = Query(ge=0, le=MAX_INT64),
+    second: int | None = Query(None, ge=0, le=MAX_INT64),
 ) -> ConsistencyProof:
     return ConsistencyProof.model_validate(await audit_log.consistency(db, who, first, second))
 

@@ -79,7 +79,7 @@ async def list_referrals(
     since: datetime | None = None,
     limit: int = Query(50, ge=1, le=200),
     cursor: str | None = Query(None, max_length=256),
-) -> ReferralList:
+) -> JSONResponse:
     items, next_cursor = await referrals.list_page(
         db,
         who,
@@ -90,7 +90,8 @@ async def list_referrals(
         limit=limit,
         cursor=cursor,
     )
-    return ReferralList(items=items, next_cursor=next_cursor)
+    # items are ReferralSummary objects in JSON form already (response_model documents them)
+    return JSONResponse({"items": items, "next_cursor": next_cursor})
 
 
 @router.get(

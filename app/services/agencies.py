@@ -10,10 +10,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from app import errors
+from app.auth import forget_principals
 from app.crypto import keys
 from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
 from app.models.schemas import AgencyOut, ClientOut, KeyOut
@@ -172,10 +174,14 @@ async def rotate_keys(
 
 
 async def set_status(db: AsyncSession, actor: Actor, agency_id: str, status: str) -> AgencyOut:
+    """Suspend or reactivate. Drops this process's cache of client statuses now and
+    again at commit (``app.auth``), so the change applies to the next request here."""
     agency = await _require(db, agency_id)
     previous = agency.status
     agency.status = status
     await db.flush()
+    forget_principals()
+    event.listen(db.sync_session, "after_commit", _forget_on_commit, once=True)
     await audit.record(
         db,
         actor,
@@ -186,6 +192,10 @@ async def set_status(db: AsyncSession, actor: Actor, agency_id: str, status: str
         detail={"from": previous, "to": status},
     )
     return to_out(agency, (await _keys_of(db, [agency_id]))[agency_id])
+
+
+def _forget_on_commit(_session: Session) -> None:
+    forget_principals()
 
 
 async def create_client(

@@ -4,6 +4,10 @@ Auditors read everything; an agency's caseworkers and liaisons read the events
 they caused and the events about their own referrals and keys (``actor_agency``
 or ``subject_agency`` is theirs). Every read of the log is itself an event.
 Proofs read O(log n) node rows in one statement (``sequencer.load_nodes``).
+
+A query page is answered from the stored ``canonical`` column as it is: that
+text is the RFC 8785 encoding of the event object, so it is spliced into the
+response as the item's ``event`` without being parsed and re-serialized.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import base64
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+import operator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, Integer, bindparam, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 
@@ -25,10 +31,10 @@ from app import errors
 from app.auth import Principal, Scope
 from app.crypto import merkle
 from app.crypto.encoding import EncodingError, b64_encode, b64url_decode
-from app.models.tables import AgencyKey, AuditCheckpoint, AuditEvent, AuditLeaf
+from app.models.tables import AgencyKey, AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
 from app.services import audit
 from app.services.audit import Action
-from app.services.sequencer import load_nodes, tree_head
+from app.services.sequencer import load_nodes
 
 EXPORT_CHUNK = 1000
 CSV_COLUMNS = (
@@ -122,19 +128,123 @@ def _cursor(value: int) -> str:
 
 def _uncursor(cursor: str) -> int:
     try:
-        return int(b64url_decode(cursor).decode())
+        value = int(b64url_decode(cursor).decode())
     except (EncodingError, ValueError, UnicodeDecodeError):
-        raise errors.BadRequest("cursor is not valid", slug="invalid-cursor") from None
+        value = -1
+    if not 0 <= value < 2**63:
+        raise errors.BadRequest("cursor is not valid", slug="invalid-cursor")
+    return value
 
 
-async def query(
+_FILTER_COLUMNS: tuple[tuple[str, Any, Callable[[Any, Any], Any]], ...] = (
+    ("actor", AuditEvent.actor, operator.eq),
+    ("resource_id", AuditEvent.resource_id, operator.eq),
+    ("action", AuditEvent.action, operator.eq),
+    ("outcome", AuditEvent.outcome, operator.eq),
+    ("since", AuditEvent.ts, operator.ge),
+    ("until", AuditEvent.ts, operator.lt),
+)
+
+
+def _page(who: Principal, f: EventFilter, before: int | None, n: int) -> tuple[Any, dict[str, Any]]:
+    """The newest ``n`` matching events (id, canonical, seq, leaf_hash), newest first:
+    the statement (built once per shape of filter, see ``_page_query``) and its values."""
+    values: dict[str, Any] = {"lim": n}
+    present = []
+    for name, _, _ in _FILTER_COLUMNS:
+        value = getattr(f, name)
+        if value:
+            values[name] = value
+            present.append(name)
+    if before is not None:
+        values["before"] = before
+    agency = f.agency
+    own_too = False
+    if Scope.AUDIT_READ not in who.scopes:
+        if agency is None or agency == who.agency_id:
+            agency = who.agency_id
+        else:  # two agency conditions: the caller's own stays a plain filter
+            own_too = True
+            values["me"] = who.agency_id
+    if agency is not None:
+        values["agency"] = agency
+    shape = (tuple(present), before is not None, agency is not None, own_too)
+    return _page_query(*shape), values
+
+
+@cache
+def _page_query(
+    present: tuple[str, ...], paged: bool, by_agency: bool, own_too: bool
+) -> Select[Any]:
+    """A page of events for one shape of filter, with bind parameters.
+
+    "Agency X" means ``actor_agency = X OR subject_agency = X``; an OR across two
+    columns can use neither index in id order, so it is run as a UNION ALL of
+    two index scans, each stopped after ``:lim`` rows (the second leaves out
+    what the first matches), merged and cut to ``:lim``. The same rows as
+    ``_scoped(...).order_by(id desc).limit(lim)``.
+    """
+    common: list[ColumnElement[bool]] = []
+    for name, column, compare in _FILTER_COLUMNS:
+        if name in present:
+            common.append(compare(column, bindparam(name, type_=column.type)))
+    if paged:
+        common.append(AuditEvent.id < bindparam("before", type_=AuditEvent.id.type))
+    if own_too:
+        me = bindparam("me", type_=AuditEvent.actor_agency.type)
+        common.append(or_(AuditEvent.actor_agency == me, AuditEvent.subject_agency == me))
+    lim = bindparam("lim", type_=Integer())
+    if not by_agency:
+        return _base().where(*common).order_by(AuditEvent.id.desc()).limit(lim)
+    agency = bindparam("agency", type_=AuditEvent.actor_agency.type)
+    by_actor = (
+        select(AuditEvent.id, AuditEvent.canonical)
+        .where(AuditEvent.actor_agency == agency, *common)
+        .order_by(AuditEvent.id.desc())
+        .limit(lim)
+        .subquery()
+    )
+    by_subject = (
+        select(AuditEvent.id, AuditEvent.canonical)
+        .where(
+            AuditEvent.subject_agency == agency,
+            or_(AuditEvent.actor_agency.is_(None), AuditEvent.actor_agency != agency),
+            *common,
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(lim)
+        .subquery()
+    )
+    both = union_all(select(by_actor), select(by_subject)).subquery()
+    return (
+        select(both.c.id, both.c.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash)
+        .outerjoin(AuditLeaf, AuditLeaf.event_id == both.c.id)
+        .order_by(both.c.id.desc())
+        .limit(lim)
+    )
+
+
+def _item_json(canonical: str, seq: int | None, leaf: bytes | None) -> str:
+    """``_item`` as JSON text, with the stored canonical event spliced in verbatim."""
+    return (
+        '{"seq":'
+        + ("null" if seq is None else str(int(seq)))
+        + ',"event":'
+        + canonical
+        + ',"leaf_hash":'
+        + ("null" if leaf is None else '"' + b64_encode(leaf) + '"')
+        + "}"
+    )
+
+
+async def query_json(
     db: AsyncSession, who: Principal, f: EventFilter, *, limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Events newest first, keyset-paginated on the event id."""
-    stmt = _scoped(_base(), who, f)
-    if cursor:
-        stmt = stmt.where(AuditEvent.id < _uncursor(cursor))
-    rows = (await db.execute(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1))).all()
+) -> bytes:
+    """Events newest first, keyset-paginated on the event id, as the JSON of an
+    ``AuditList`` (``{"items": [{"seq", "event", "leaf_hash"}], "next_cursor"}``)."""
+    before = _uncursor(cursor) if cursor else None
+    stmt, values = _page(who, f, before, limit + 1)
+    rows = (await db.execute(stmt, values)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     await audit.record(
@@ -145,8 +255,10 @@ async def query(
         None,
         detail={"filter": f.as_detail(), "count": len(rows)},
     )
-    items = [_item(c, s, h) for _, c, s, h in rows]
-    return items, (_cursor(rows[-1][0]) if more and rows else None)
+    next_cursor = _cursor(rows[-1][0]) if more and rows else None
+    items = ",".join(_item_json(c, s, h) for _, c, s, h in rows)
+    body = '{"items":[' + items + '],"next_cursor":' + json.dumps(next_cursor) + "}"
+    return body.encode("utf-8")
 
 
 async def export(
@@ -215,7 +327,17 @@ async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]
     stmt = _scoped(_base(), who, EventFilter()).where(AuditLeaf.seq == seq)
     row = (await db.execute(stmt)).first()
     if row is None:
-        raise errors.NotFound(f"no event at seq {seq} visible to the caller")
+        raise errors.NotFound(
+            f"no event at seq {seq} visible to the caller",
+            audit=audit.PendingEvent(
+                actor=who.actor,
+                action=Action.AUDIT_READ,
+                resource_type="audit_event",
+                resource_id=str(seq),
+                outcome=audit.Outcome.DENIED,
+                detail={"reason": "not visible"},
+            ),
+        )
     await audit.record(db, who.actor, Action.AUDIT_READ, "audit_event", str(seq))
     return _item(row[1], row[2], row[3])
 
@@ -231,21 +353,40 @@ async def latest_checkpoint(db: AsyncSession) -> AuditCheckpoint:
     return cp
 
 
-async def _checked_size(db: AsyncSession, size: int) -> None:
-    head = await tree_head(db)
-    if size > head.size:
+# The log's size and the latest signed size, in one statement.
+_SIZES = select(AuditTreeState.size, select(func.max(AuditCheckpoint.tree_size)).scalar_subquery())
+
+
+async def _proof_size(db: AsyncSession, requested: int | None) -> tuple[int, int]:
+    """(tree size the proof is for, the log's current size), read in one statement.
+
+    Without ``requested`` the proof is for the latest signed checkpoint (503 when
+    none is signed yet).
+    """
+    head, signed = (await db.execute(_SIZES)).one()
+    if requested is not None:
+        return requested, int(head)
+    if signed is None:
+        raise errors.ServiceUnavailable(
+            "no checkpoint has been signed yet; retry shortly", headers={"Retry-After": "1"}
+        )
+    return int(signed), int(head)
+
+
+def _check_beyond(size: int, head: int) -> None:
+    if size > head:
         raise errors.Unprocessable(
-            f"tree_size {size} is beyond the log's size {head.size}", slug="beyond-tree"
+            f"tree_size {size} is beyond the log's size {head}", slug="beyond-tree"
         )
 
 
 async def inclusion(
     db: AsyncSession, who: Principal, seq: int, tree_size: int | None
 ) -> dict[str, Any]:
-    size = tree_size if tree_size is not None else (await latest_checkpoint(db)).tree_size
+    size, head = await _proof_size(db, tree_size)
     if not 0 <= seq < size:
         raise errors.Unprocessable(f"seq must be in [0, {size})", slug="out-of-range")
-    await _checked_size(db, size)
+    _check_beyond(size, head)
     nodes = await load_nodes(db, merkle.inclusion_proof_coords(seq, size))
     hashes = merkle.inclusion_proof(seq, size, nodes)
     await audit.record(
@@ -262,10 +403,10 @@ async def inclusion(
 async def consistency(
     db: AsyncSession, who: Principal, first: int, second: int | None
 ) -> dict[str, Any]:
-    size = second if second is not None else (await latest_checkpoint(db)).tree_size
+    size, head = await _proof_size(db, second)
     if not 0 <= first <= size:
         raise errors.Unprocessable("need 0 <= first <= second", slug="out-of-range")
-    await _checked_size(db, size)
+    _check_beyond(size, head)
     nodes = await load_nodes(db, merkle.consistency_proof_coords(first, size))
     hashes = merkle.consistency_proof(first, size, nodes)
     await audit.record(

@@ -5,6 +5,13 @@ The server holds no key: it checks an envelope's shape and signature
 current keys, and that consents and wrapped keys match one to one; then it
 stores the envelope in a handful of set-based statements. Reads go through
 ``app.authz``. Every action writes its audit event in the same transaction.
+
+Statement budget of the hot paths (besides authentication and the audit
+event): create reads the directory in one statement and writes the five
+tables in one on PostgreSQL (one per table on SQLite); the referral's INSERT …
+ON CONFLICT DO NOTHING is also the check that its id is new. An inbox page is
+one statement (two for the sent box); a recipient's read is two; a status
+change locks and reads in one and writes in one.
 """
 
 from __future__ import annotations
@@ -13,15 +20,31 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import delete, insert, select, tuple_, update
+from sqlalchemy import (
+    BindParameter,
+    DateTime,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Select
 
-from app import errors
+from app import authz, errors
 from app.auth import Principal
-from app.authz import Access, Relation, relation, visible_referrals
+from app.authz import Access, Relation, relation
 from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto.canonical import canonical_json
@@ -37,7 +60,7 @@ from app.models.tables import (
     ReferralRecipient,
     WrappedKey,
 )
-from app.models.types import utcnow
+from app.models.types import UTCDateTime, utcnow
 from app.models.webhook_schemas import EventType
 from app.services import audit, webhooks
 from app.services.audit import Action, Outcome, PendingEvent
@@ -79,48 +102,60 @@ def _not_found(who: Principal, action: Action, referral_id: str) -> errors.NotFo
 # ---------------------------------------------------------------- create
 
 
-async def _directory(
-    db: AsyncSession, agency_ids: Sequence[str]
-) -> tuple[dict[str, Agency], dict[tuple[str, str], AgencyKey]]:
-    agencies = {a.id: a for a in await db.scalars(select(Agency).where(Agency.id.in_(agency_ids)))}
-    current = {
-        (k.agency_id, k.use): k
-        for k in await db.scalars(
-            select(AgencyKey).where(
-                AgencyKey.agency_id.in_(agency_ids),
-                AgencyKey.status == "current",
-            )
-        )
-    }
-    return agencies, current
+@dataclass(frozen=True)
+class _Member:
+    """A directory entry as create and add_grants need it."""
+
+    status: str
+    current: dict[str, tuple[str, str]]  # use -> (kid, public key) of its current keys
 
 
-def _sender_sig_key(current: Mapping[tuple[str, str], AgencyKey], agency_id: str) -> bytes:
-    key = current.get((agency_id, "sig"))
+_DIRECTORY = (
+    select(Agency.id, Agency.status, AgencyKey.use, AgencyKey.kid, AgencyKey.public_key)
+    .outerjoin(AgencyKey, and_(AgencyKey.agency_id == Agency.id, AgencyKey.status == "current"))
+    .where(Agency.id.in_(bindparam("agency_ids", expanding=True)))
+)
+
+
+async def _directory(db: AsyncSession, agency_ids: Sequence[str]) -> dict[str, _Member]:
+    """Status and current keys of the given agencies, in one statement."""
+    rows = await db.execute(_DIRECTORY, {"agency_ids": sorted(set(agency_ids))})
+    out: dict[str, _Member] = {}
+    for agency_id, status, use, kid, public_key in rows:
+        member = out.setdefault(agency_id, _Member(status, {}))
+        if use is not None:
+            member.current[use] = (kid, public_key)
+    return out
+
+
+def _sender_sig_key(directory: Mapping[str, _Member], agency_id: str) -> bytes:
+    member = directory.get(agency_id)
+    key = member.current.get("sig") if member is not None else None
     if key is None:
         raise errors.Unprocessable("the sender has no current signing key", slug="envelope/no-key")
-    return b64url_decode(key.public_key, length=32)
+    return b64url_decode(key[1], length=32)
 
 
-def _check_recipients(recipients: Sequence[str], agencies: Mapping[str, Agency]) -> None:
+def _check_recipients(recipients: Sequence[str], directory: Mapping[str, _Member]) -> None:
     for r in recipients:
-        agency = agencies.get(r)
-        if agency is None:
+        member = directory.get(r)
+        if member is None:
             raise errors.Unprocessable(
                 f"recipient {r} is unknown", slug="envelope/unknown-recipient"
             )
-        if agency.status != "active":
+        if member.status != "active":
             raise errors.Unprocessable(
                 f"recipient {r} is suspended", slug="envelope/suspended-recipient"
             )
 
 
 def _check_grant_kids(
-    grants: Sequence[Mapping[str, Any]], current: Mapping[tuple[str, str], AgencyKey]
+    grants: Sequence[Mapping[str, Any]], directory: Mapping[str, _Member]
 ) -> None:
     for g in grants:
-        key = current.get((g["recipient"], "enc"))
-        if key is None or key.kid != g["kid"]:
+        member = directory.get(g["recipient"])
+        key = member.current.get("enc") if member is not None else None
+        if key is None or key[0] != g["kid"]:
             raise errors.Unprocessable(
                 f"grant ({g['field']}, {g['recipient']}) names kid {g['kid']}, which is not the "
                 "recipient's current encryption key; refresh the directory and re-encrypt",
@@ -191,6 +226,132 @@ def _recipient_rows(
     ]
 
 
+def _text_array(name: str) -> BindParameter[Any]:
+    return bindparam(name, type_=postgresql.ARRAY(Text))
+
+
+# A new referral in one statement on PostgreSQL: the referral row (ON CONFLICT DO
+# NOTHING, so an existing id inserts nothing anywhere and returns no row) and its
+# fields, recipients, grants and wrapped keys from arrays. Foreign keys are checked
+# at the end of the statement, when the referral row exists.
+_PG_STORE = text(
+    """
+WITH r AS (
+    INSERT INTO referral (id, sender_agency, sender_kid, created_at, received_at, urgency,
+                          metadata_json, manifest_json, signature, withdrawn_at, purged_at)
+    VALUES (:id, :sender_agency, :sender_kid, :created_at, :received_at, :urgency,
+            :metadata_json, :manifest_json, :signature, NULL, NULL)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), f AS (
+    INSERT INTO referral_field (referral_id, field, ciphertext)
+    SELECT r.id, u.field, u.ciphertext
+    FROM r, unnest(CAST(:f_field AS text[]), CAST(:f_ciphertext AS text[])) AS u(field, ciphertext)
+), rr AS (
+    INSERT INTO referral_recipient (referral_id, recipient, received_at, status, reason, note,
+                                    updated_at)
+    SELECT r.id, u.recipient, :received_at, 'requested', NULL, NULL, :received_at
+    FROM r, unnest(CAST(:r_recipient AS text[])) AS u(recipient)
+), g AS (
+    INSERT INTO referral_grant (referral_id, field, recipient, kid, purpose, expires_at,
+                                release_ref, wrapped_key_sha256, created_at, revoked_at)
+    SELECT r.id, u.field, u.recipient, u.kid, u.purpose, u.expires_at, u.release_ref, u.sha,
+           :received_at, NULL
+    FROM r, unnest(CAST(:g_field AS text[]), CAST(:g_recipient AS text[]),
+                   CAST(:g_kid AS text[]), CAST(:g_purpose AS text[]),
+                   CAST(:g_expires_at AS timestamptz[]), CAST(:g_release_ref AS text[]),
+                   CAST(:g_sha AS text[]))
+         AS u(field, recipient, kid, purpose, expires_at, release_ref, sha)
+), w AS (
+    INSERT INTO wrapped_key (referral_id, field, recipient, kid, wrapped_key)
+    SELECT r.id, u.field, u.recipient, u.kid, u.wrapped_key
+    FROM r, unnest(CAST(:w_field AS text[]), CAST(:w_recipient AS text[]),
+                   CAST(:w_kid AS text[]), CAST(:w_wrapped_key AS text[]))
+         AS u(field, recipient, kid, wrapped_key)
+)
+SELECT id FROM r
+"""
+).bindparams(
+    bindparam("created_at", type_=UTCDateTime()),
+    bindparam("received_at", type_=UTCDateTime()),
+    bindparam("g_expires_at", type_=postgresql.ARRAY(DateTime(timezone=True))),
+    *(
+        _text_array(name)
+        for name in (
+            "f_field",
+            "f_ciphertext",
+            "r_recipient",
+            "g_field",
+            "g_recipient",
+            "g_kid",
+            "g_purpose",
+            "g_release_ref",
+            "g_sha",
+            "w_field",
+            "w_recipient",
+            "w_kid",
+            "w_wrapped_key",
+        )
+    ),
+)
+
+
+async def _store(
+    db: AsyncSession,
+    referral: dict[str, Any],
+    ciphertexts: Mapping[str, str],
+    recipients: Sequence[str],
+    grant_rows: Sequence[Mapping[str, Any]],
+    wrapped_rows: Sequence[Mapping[str, Any]],
+) -> bool:
+    """Insert a new referral and its rows; False (and nothing written) when its id exists.
+
+    "Is it new?" and "store it" are one statement, so a concurrent duplicate waits
+    for the first and then answers 409 instead of failing on the key. PostgreSQL
+    writes all five tables in that statement (``_PG_STORE``); SQLite inserts the
+    referral, then one executemany per table.
+    """
+    if db.bind is not None and db.bind.dialect.name == "postgresql":
+        stored = await db.scalar(
+            _PG_STORE,
+            {
+                **referral,
+                "f_field": list(ciphertexts),
+                "f_ciphertext": list(ciphertexts.values()),
+                "r_recipient": list(recipients),
+                **{f"g_{k}": [g[k] for g in grant_rows] for k in _GRANT_ARRAYS},
+                "g_sha": [g["wrapped_key_sha256"] for g in grant_rows],
+                **{f"w_{k}": [w[k] for w in wrapped_rows] for k in _WRAPPED_ARRAYS},
+            },
+        )
+        return stored is not None
+    table = Referral.__table__
+    stored = await db.scalar(
+        sqlite.insert(table)
+        .values(**referral, withdrawn_at=None, purged_at=None)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(table.c.id)
+    )
+    if stored is None:
+        return False
+    referral_id = referral["id"]
+    now = referral["received_at"]
+    await db.execute(
+        insert(ReferralField.__table__),
+        [{"referral_id": referral_id, "field": f, "ciphertext": c} for f, c in ciphertexts.items()],
+    )
+    await db.execute(
+        insert(ReferralRecipient.__table__), _recipient_rows(referral_id, recipients, now)
+    )
+    await db.execute(insert(ReferralGrant.__table__), list(grant_rows))
+    await db.execute(insert(WrappedKey.__table__), list(wrapped_rows))
+    return True
+
+
+_GRANT_ARRAYS = ("field", "recipient", "kid", "purpose", "expires_at", "release_ref")
+_WRAPPED_ARRAYS = ("field", "recipient", "kid", "wrapped_key")
+
+
 def _request_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
@@ -249,20 +410,20 @@ async def create(
             f"at most {settings.referrals.max_recipients} recipients",
             slug="envelope/too-many-recipients",
         )
-    agencies, current = await _directory(db, [who.agency_id, *recipients])
+    directory = await _directory(db, [who.agency_id, *recipients])
     try:
-        env.check_envelope(
+        manifest_bytes = env.check_envelope(
             body,
-            sender_sig_public=_sender_sig_key(current, who.agency_id),
+            sender_sig_public=_sender_sig_key(directory, who.agency_id),
             max_fields=settings.referrals.max_fields,
             max_field_bytes=settings.referrals.max_field_bytes,
             max_recipients=settings.referrals.max_recipients,
         )
     except env.EnvelopeError as exc:
         raise _invalid(exc) from None
-    _check_recipients(recipients, agencies)
+    _check_recipients(recipients, directory)
     grants: list[dict[str, Any]] = manifest["grants"]
-    _check_grant_kids(grants, current)
+    _check_grant_kids(grants, directory)
     now = utcnow()
     created_at = parse_time(manifest["created_at"])
     if abs((created_at - now).total_seconds()) > settings.referrals.max_clock_skew:
@@ -271,40 +432,29 @@ async def create(
             slug="envelope/clock-skew",
         )
     referral_id: str = manifest["referral_id"]
-    if await db.get(Referral, referral_id) is not None:
-        raise errors.Conflict("a referral with this referral_id exists", slug="referral-exists")
-
     metadata: dict[str, Any] = manifest["metadata"]
-    await db.execute(
-        insert(Referral.__table__),
-        [
-            {
-                "id": referral_id,
-                "sender_agency": who.agency_id,
-                "sender_kid": manifest["sender_kid"],
-                "created_at": created_at,
-                "received_at": now,
-                "urgency": metadata.get("urgency"),
-                "metadata_json": json.dumps(metadata, separators=(",", ":")),
-                "manifest_json": canonical_json(manifest).decode("utf-8"),
-                "signature": body["signature"],
-                "withdrawn_at": None,
-                "purged_at": None,
-            }
-        ],
-    )
     ciphertexts: dict[str, str] = body["ciphertexts"]
-    await db.execute(
-        insert(ReferralField.__table__),
-        [{"referral_id": referral_id, "field": f, "ciphertext": c} for f, c in ciphertexts.items()],
+    referral_row = {
+        "id": referral_id,
+        "sender_agency": who.agency_id,
+        "sender_kid": manifest["sender_kid"],
+        "created_at": created_at,
+        "received_at": now,
+        "urgency": metadata.get("urgency"),
+        "metadata_json": json.dumps(metadata, separators=(",", ":")),
+        "manifest_json": manifest_bytes.decode("utf-8"),
+        "signature": body["signature"],
+    }
+    stored = await _store(
+        db,
+        referral_row,
+        ciphertexts,
+        recipients,
+        _grant_rows(referral_id, grants, now, settings),
+        _wrapped_rows(referral_id, body["wrapped_keys"]),
     )
-    await db.execute(
-        insert(ReferralRecipient.__table__), _recipient_rows(referral_id, recipients, now)
-    )
-    await db.execute(
-        insert(ReferralGrant.__table__), _grant_rows(referral_id, grants, now, settings)
-    )
-    await db.execute(insert(WrappedKey.__table__), _wrapped_rows(referral_id, body["wrapped_keys"]))
+    if not stored:
+        raise errors.Conflict("a referral with this referral_id exists", slug="referral-exists")
     await audit.record(
         db,
         who.actor,
@@ -374,28 +524,99 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise errors.BadRequest("cursor is not valid", slug="invalid-cursor") from None
 
 
-async def _statuses(
-    db: AsyncSession, referral_ids: Sequence[str], only: str | None
-) -> dict[str, list[StatusOut]]:
+_STATUSES = (
+    select(
+        ReferralRecipient.referral_id,
+        ReferralRecipient.recipient,
+        ReferralRecipient.status,
+        ReferralRecipient.reason,
+        ReferralRecipient.note,
+        ReferralRecipient.updated_at,
+    )
+    .where(ReferralRecipient.referral_id.in_(bindparam("referral_ids", expanding=True)))
+    .order_by(ReferralRecipient.recipient)
+)
+
+
+async def _statuses(db: AsyncSession, referral_ids: Sequence[str]) -> dict[str, list[StatusOut]]:
+    """Every recipient's status of each referral, by recipient."""
     out: dict[str, list[StatusOut]] = {r: [] for r in referral_ids}
-    if not referral_ids:
-        return out
-    stmt = select(ReferralRecipient).where(ReferralRecipient.referral_id.in_(referral_ids))
-    if only is not None:
-        stmt = stmt.where(ReferralRecipient.recipient == only)
-    for row in await db.scalars(stmt.order_by(ReferralRecipient.recipient)):
-        out[row.referral_id].append(_status_out(row))
+    if referral_ids:
+        for referral_id, *status in await db.execute(
+            _STATUSES, {"referral_ids": list(referral_ids)}
+        ):
+            out[referral_id].append(_status_out(*status))
     return out
 
 
-def _status_out(row: ReferralRecipient) -> StatusOut:
+async def _status_dicts(
+    db: AsyncSession, referral_ids: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """``_statuses`` in their JSON form."""
+    out: dict[str, list[dict[str, Any]]] = {r: [] for r in referral_ids}
+    if referral_ids:
+        for referral_id, *status in await db.execute(
+            _STATUSES, {"referral_ids": list(referral_ids)}
+        ):
+            out[referral_id].append(_status_dict(*status))
+    return out
+
+
+def _status_dict(
+    recipient: str, status: str, reason: str | None, note: str | None, updated_at: datetime
+) -> dict[str, Any]:
+    """A ``StatusOut`` as JSON, without building the model."""
+    return {
+        "recipient": recipient,
+        "status": status,
+        "reason": reason,
+        "note": note,
+        "updated_at": rfc3339(updated_at),
+    }
+
+
+def _status_out(
+    recipient: str, status: str, reason: str | None, note: str | None, updated_at: datetime
+) -> StatusOut:
     return StatusOut(
-        recipient=row.recipient,
-        status=row.status,
-        reason=row.reason,
-        note=row.note,
-        updated_at=row.updated_at,
+        recipient=recipient, status=status, reason=reason, note=note, updated_at=updated_at
     )
+
+
+@cache
+def _page_query(
+    box: str, law_enforcement: bool, urgency: bool, since: bool, status: bool, cursor: bool
+) -> Select[Any]:
+    """An inbox page statement for one combination of filters, built once.
+
+    Parameters: those of ``authz.visible_referrals`` and ``:urgency``, ``:since``,
+    ``:status_filter``, ``:after_ts`` and ``:after_id`` for the filters present.
+    """
+    stmt = authz.visible_referrals(box, law_enforcement)
+    received_at = stmt.selected_columns.received_at
+    # The received box is driven from the caller's referral_recipient rows: key on them.
+    key = Referral.id if box == "sent" else ReferralRecipient.referral_id
+    if urgency:
+        stmt = stmt.where(Referral.urgency == bindparam("urgency"))
+    if since:
+        stmt = stmt.where(received_at >= bindparam("since", type_=UTCDateTime()))
+    if status:
+        wanted: BindParameter[str] = bindparam("status_filter")
+        if box == "received":
+            stmt = stmt.where(ReferralRecipient.status == wanted)
+        else:
+            stmt = stmt.where(
+                select(ReferralRecipient.referral_id)
+                .where(
+                    ReferralRecipient.referral_id == Referral.id,
+                    ReferralRecipient.status == wanted,
+                )
+                .exists()
+            )
+    if cursor:
+        after = tuple_(bindparam("after_ts", type_=UTCDateTime()), bindparam("after_id"))
+        stmt = stmt.where(tuple_(received_at, key) < after)
+    return stmt.order_by(received_at.desc(), key.desc())
 
 
 async def list_page(
@@ -408,38 +629,48 @@ async def list_page(
     since: datetime | None,
     limit: int,
     cursor: str | None,
-) -> tuple[list[ReferralSummary], str | None]:
-    now = utcnow()
-    stmt = visible_referrals(who, box, now)
-    if urgency:
-        stmt = stmt.where(Referral.urgency == urgency)
-    if since:
-        stmt = stmt.where(Referral.received_at >= since)
-    if status:
-        status_match = select(ReferralRecipient.referral_id).where(
-            ReferralRecipient.referral_id == Referral.id,
-            ReferralRecipient.status == status,
-        )
-        if box == "received":
-            status_match = status_match.where(ReferralRecipient.recipient == who.agency_id)
-        stmt = stmt.where(status_match.exists())
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the caller's sent or received box, newest first.
+
+    Items are ``ReferralSummary`` objects in their JSON form, built directly
+    from the rows (a page is up to 200 of them).
+    """
+    values = authz.params(who, utcnow())
     if cursor:
-        ts, last_id = _decode_cursor(cursor)
-        stmt = stmt.where(tuple_(Referral.received_at, Referral.id) < tuple_(ts, last_id))
-    stmt = stmt.order_by(Referral.received_at.desc(), Referral.id.desc()).limit(limit + 1)
-    rows = list((await db.scalars(stmt)).all())
+        values["after_ts"], values["after_id"] = _decode_cursor(cursor)
+    if urgency:
+        values["urgency"] = urgency
+    if since:
+        values["since"] = since
+    if status:
+        values["status_filter"] = status
+    stmt = _page_query(
+        box,
+        who.agency_kind == authz.LAW_ENFORCEMENT,
+        bool(urgency),
+        bool(since),
+        bool(status),
+        bool(cursor),
+    )
+    rows = (await db.execute(stmt.limit(limit + 1), values)).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    statuses = await _statuses(db, [r.id for r in rows], None if box == "sent" else who.agency_id)
+    if box == "sent":
+        statuses = await _status_dicts(db, [r.id for r in rows])
+    else:  # the caller's own row came with each item
+        statuses = {
+            r.id: [_status_dict(who.agency_id, r.status, r.reason, r.note, r.updated_at)]
+            for r in rows
+        }
     items = [
-        ReferralSummary(
-            referral_id=r.id,
-            sender_agency=r.sender_agency,
-            created_at=r.created_at,
-            metadata=json.loads(r.metadata_json),
-            statuses=statuses[r.id],
-            withdrawn=r.withdrawn_at is not None,
-        )
+        {
+            "referral_id": r.id,
+            "sender_agency": r.sender_agency,
+            "created_at": rfc3339(r.created_at),
+            "metadata": json.loads(r.metadata_json),
+            "statuses": statuses[r.id],
+            "withdrawn": r.withdrawn_at is not None,
+        }
         for r in rows
     ]
     await audit.record(
@@ -457,8 +688,16 @@ async def list_page(
 # ---------------------------------------------------------------- read
 
 
-async def _require(db: AsyncSession, who: Principal, referral_id: str, action: Action) -> Access:
-    access = await relation(db, who, referral_id, utcnow())
+async def _require(
+    db: AsyncSession,
+    who: Principal,
+    referral_id: str,
+    action: Action,
+    *,
+    content: bool = False,
+    lock_own: bool = False,
+) -> Access:
+    access = await relation(db, who, referral_id, utcnow(), content=content, lock_own=lock_own)
     if access is None:
         raise _not_found(who, action, referral_id)
     return access
@@ -466,26 +705,44 @@ async def _require(db: AsyncSession, who: Principal, referral_id: str, action: A
 
 async def read(db: AsyncSession, who: Principal, referral_id: str) -> dict[str, Any]:
     """The envelope filtered to what the caller may see, plus statuses."""
-    access = await _require(db, who, referral_id, Action.REFERRAL_READ)
+    access = await _require(db, who, referral_id, Action.REFERRAL_READ, content=True)
     referral = access.referral
-    fields_q = select(ReferralField.field, ReferralField.ciphertext).where(
-        ReferralField.referral_id == referral_id
-    )
-    keys_q = select(WrappedKey).where(WrappedKey.referral_id == referral_id)
     if access.relation is Relation.RECIPIENT:
-        readable = sorted(access.fields)
-        fields_q = fields_q.where(ReferralField.field.in_(readable))
-        keys_q = keys_q.where(
-            WrappedKey.recipient == who.agency_id,
-            WrappedKey.field.in_(readable),
+        # relation() brought each active grant's ciphertext and the caller's wrapped key.
+        ciphertexts = {
+            f: g.ciphertext for f, g in access.fields.items() if g.ciphertext is not None
+        }
+        wrapped = [
+            {"field": f, "recipient": who.agency_id, "kid": g.kid, "wrapped_key": g.wrapped_key}
+            for f, g in access.fields.items()
+            if g.wrapped_key is not None
+        ]
+        own = access.own
+        statuses = (
+            [_status_dict(who.agency_id, own.status, own.reason, own.note, own.updated_at)]
+            if own is not None
+            else []
         )
-    ciphertexts = {f: c for f, c in (await db.execute(fields_q)).all()}
-    wrapped = [
-        {"field": w.field, "recipient": w.recipient, "kid": w.kid, "wrapped_key": w.wrapped_key}
-        for w in await db.scalars(keys_q.order_by(WrappedKey.field, WrappedKey.recipient))
-    ]
-    only = None if access.relation is Relation.SENDER else who.agency_id
-    statuses = (await _statuses(db, [referral_id], only))[referral_id]
+    else:
+        ciphertexts = {
+            f: c
+            for f, c in await db.execute(
+                select(ReferralField.field, ReferralField.ciphertext)
+                .where(ReferralField.referral_id == referral_id)
+                .order_by(ReferralField.field)
+            )
+        }
+        wrapped = [
+            {"field": f, "recipient": r, "kid": k, "wrapped_key": w}
+            for f, r, k, w in await db.execute(
+                select(
+                    WrappedKey.field, WrappedKey.recipient, WrappedKey.kid, WrappedKey.wrapped_key
+                )
+                .where(WrappedKey.referral_id == referral_id)
+                .order_by(WrappedKey.field, WrappedKey.recipient)
+            )
+        ]
+        statuses = (await _status_dicts(db, [referral_id]))[referral_id]
     grant_detail = {
         f: {"purpose": g.purpose, "expires_at": rfc3339(g.expires_at) if g.expires_at else None}
         for f, g in sorted(access.fields.items())
@@ -502,16 +759,43 @@ async def read(db: AsyncSession, who: Principal, referral_id: str) -> dict[str, 
         purpose=",".join(purposes) if purposes else None,
         detail={"relation": str(access.relation), "fields": sorted(ciphertexts)},
     )
+    if referral.manifest_json is None:
+        raise RuntimeError("relation(content=True) reads the manifest")
     return {
         "manifest": json.loads(referral.manifest_json),
         "signature": referral.signature,
         "ciphertexts": ciphertexts,
         "wrapped_keys": wrapped,
-        "statuses": [s.model_dump(mode="json") for s in statuses],
+        "statuses": statuses,
     }
 
 
 # ---------------------------------------------------------------- lifecycle
+
+
+# (an UPDATE reserves bind names equal to its table's columns: hence "row_*")
+_OWN_ROW = and_(
+    ReferralRecipient.referral_id == bindparam("row_referral_id"),
+    ReferralRecipient.recipient == bindparam("row_recipient"),
+)
+_SET_NOTE = (
+    update(ReferralRecipient)
+    .where(_OWN_ROW)
+    .values(
+        note=bindparam("new_note"),
+        updated_at=bindparam("new_updated_at", type_=UTCDateTime()),
+    )
+)
+_SET_STATUS = (
+    update(ReferralRecipient)
+    .where(_OWN_ROW)
+    .values(
+        status=bindparam("new_status"),
+        reason=bindparam("new_reason"),
+        note=bindparam("new_note"),
+        updated_at=bindparam("new_updated_at", type_=UTCDateTime()),
+    )
+)
 
 
 async def update_status(
@@ -523,7 +807,7 @@ async def update_status(
     reason: str | None,
     note: str | None,
 ) -> StatusOut:
-    access = await _require(db, who, referral_id, Action.REFERRAL_STATUS)
+    access = await _require(db, who, referral_id, Action.REFERRAL_STATUS, lock_own=True)
     if access.relation is not Relation.RECIPIENT:
         raise errors.Forbidden(
             "only a recipient posts status; the sender withdraws",
@@ -548,15 +832,17 @@ async def update_status(
             raise errors.Unprocessable(
                 "note must be base64url of a sealed box", slug="invalid-note"
             ) from None
-    row = await db.get(ReferralRecipient, (referral_id, who.agency_id), with_for_update=True)
-    if row is None:  # deleted between relation() and here
+    row = access.own  # locked by relation(lock_own=True) until the transaction ends
+    if row is None:  # a recipient always has its row
         raise _not_found(who, Action.REFERRAL_STATUS, referral_id)
+    own_row = {"row_referral_id": referral_id, "row_recipient": who.agency_id}
     if status == row.status and reason == row.reason:
         # Idempotent: the same status again changes nothing, except a new note.
         note_changed = note is not None and note != row.note
+        updated_at = row.updated_at
         if note_changed:
-            row.note, row.updated_at = note, utcnow()
-            await db.flush()
+            updated_at = utcnow()
+            await db.execute(_SET_NOTE, {**own_row, "new_note": note, "new_updated_at": updated_at})
         await audit.record(
             db,
             who.actor,
@@ -571,7 +857,9 @@ async def update_status(
                 "note": note_changed,
             },
         )
-        return _status_out(row)
+        return _status_out(
+            who.agency_id, status, reason, note if note_changed else row.note, updated_at
+        )
     if status == "cancelled":
         raise errors.Conflict("only the sender cancels, by withdrawing", slug="invalid-transition")
     if status not in TRANSITIONS.get(row.status, frozenset()):
@@ -581,8 +869,17 @@ async def update_status(
     if status == "rejected" and not reason:
         raise errors.Unprocessable("rejected needs a reason code", slug="reason-required")
     previous = row.status
-    row.status, row.reason, row.note, row.updated_at = status, reason, note, utcnow()
-    await db.flush()
+    updated_at = utcnow()
+    await db.execute(
+        _SET_STATUS,
+        {
+            **own_row,
+            "new_status": status,
+            "new_reason": reason,
+            "new_note": note,
+            "new_updated_at": updated_at,
+        },
+    )
     await audit.record(
         db,
         who.actor,
@@ -605,7 +902,7 @@ async def update_status(
             }
         },
     )
-    return _status_out(row)
+    return _status_out(who.agency_id, status, reason, note, updated_at)
 
 
 async def _require_sender(
@@ -626,7 +923,10 @@ async def _require_sender(
                 detail={"reason": "not the sender"},
             ),
         )
-    return access.referral
+    referral = await db.get(Referral, referral_id)
+    if referral is None:  # cannot happen: relation() just read it, and referrals are not deleted
+        raise _not_found(who, action, referral_id)
+    return referral
 
 
 async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[StatusOut]:
@@ -650,7 +950,7 @@ async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[S
         subject_agency=who.agency_id,
         detail={"unchanged": not first},
     )
-    statuses = (await _statuses(db, [referral_id], None))[referral_id]
+    statuses = (await _statuses(db, [referral_id]))[referral_id]
     if first:
         await webhooks.enqueue(
             db,
@@ -679,19 +979,19 @@ async def add_grants(
         raise errors.Unprocessable(
             "manifest.recipients must be a list of ids", slug="envelope/malformed"
         )
-    agencies, current = await _directory(db, [who.agency_id, *recipients])
+    directory = await _directory(db, [who.agency_id, *recipients])
     try:
         changed = env.check_grant_update(
-            old_manifest, body, sender_sig_public=_sender_sig_key(current, who.agency_id)
+            old_manifest, body, sender_sig_public=_sender_sig_key(directory, who.agency_id)
         )
     except env.EnvelopeError as exc:
         raise _invalid(exc) from None
     added = [r for r in recipients if r not in old_manifest["recipients"]]
-    _check_recipients(added, agencies)
+    _check_recipients(added, directory)
     _check_recipients(
-        [g["recipient"] for g in changed if g["recipient"] != who.agency_id], agencies
+        [g["recipient"] for g in changed if g["recipient"] != who.agency_id], directory
     )
-    _check_grant_kids(changed, current)
+    _check_grant_kids(changed, directory)
     now = utcnow()
     pairs = [(g["field"], g["recipient"]) for g in changed]
     pair_in = tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(pairs)

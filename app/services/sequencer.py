@@ -11,6 +11,11 @@ Guarantees:
   a rolled-back action never gets a position, and an event committed late (a
   lower id committing after a higher one) is still picked up.
 - The tree is stored as perfect-subtree nodes, so proofs read O(log n) rows.
+- On PostgreSQL a batch is four statements whatever its size: the locking
+  UPDATE, one DELETE … RETURNING that takes the batch out of ``audit_pending``
+  and reads its events, COPY of the leaves and of the nodes (on the session's
+  own connection, inside its transaction), and the final UPDATE of the head.
+  SQLite takes the same steps with executemany.
 - One runner per deployment does the work: on PostgreSQL it holds an advisory
   lock on its own connection, and another worker takes over when it dies; the
   row lock above keeps even two runners correct.
@@ -24,9 +29,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.types import BigInteger, Integer
 
 from app.config import Settings
 from app.crypto import checkpoint, merkle
@@ -52,23 +60,61 @@ class TreeHead:
     root: bytes
 
 
+# One statement text whatever the number of nodes: PostgreSQL plans and caches it once.
+_PG_NODES = text(
+    "SELECT n.level, n.idx, n.hash FROM audit_node n "
+    "JOIN unnest(:levels, :idxs) AS c(level, idx) ON n.level = c.level AND n.idx = c.idx"
+).bindparams(
+    bindparam("levels", type_=ARRAY(Integer)),
+    bindparam("idxs", type_=ARRAY(BigInteger)),
+)
+
+# Takes the oldest committed pending events out of the queue and reads them, in one
+# statement; the caller holds the tree-state row lock, so no other batch races it.
+_PG_TAKE_PENDING = (
+    "WITH taken AS ("
+    " DELETE FROM audit_pending WHERE event_id IN"
+    " (SELECT event_id FROM audit_pending ORDER BY event_id LIMIT $1)"
+    " RETURNING event_id) "
+    "SELECT t.event_id, e.canonical FROM taken t JOIN audit_event e ON e.id = t.event_id "
+    "ORDER BY t.event_id"
+)
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    bind = session.bind
+    return bind is not None and bind.dialect.name == "postgresql"
+
+
 async def load_nodes(
     session: AsyncSession, coords: Sequence[tuple[int, int]]
 ) -> dict[tuple[int, int], bytes]:
     """Fetch perfect-subtree hashes in one statement."""
     if not coords:
         return {}
-    rows = await session.execute(
-        select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
-            or_(*(and_(AuditNode.level == lv, AuditNode.idx == ix) for lv, ix in coords))
+    if _is_postgres(session):
+        rows = await session.execute(
+            _PG_NODES,
+            {"levels": [lv for lv, _ in coords], "idxs": [ix for _, ix in coords]},
         )
-    )
+    else:
+        rows = await session.execute(
+            select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
+                tuple_(AuditNode.level, AuditNode.idx).in_(list(coords))
+            )
+        )
     return {(lv, ix): h for lv, ix, h in rows}
 
 
 async def tree_head(session: AsyncSession) -> TreeHead:
     row = (await session.execute(select(AuditTreeState.size, AuditTreeState.root))).one()
     return TreeHead(size=row[0], root=row[1])
+
+
+async def _driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session, inside the session's transaction."""
+    raw = await (await session.connection()).get_raw_connection()
+    return raw.driver_connection
 
 
 async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
@@ -82,35 +128,54 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
         )
     ).scalar_one()
     size = int(locked)
-    pending = (
-        await session.execute(
-            select(AuditPending.event_id, AuditEvent.canonical)
-            .join(AuditEvent, AuditEvent.id == AuditPending.event_id)
-            .order_by(AuditPending.event_id)
-            .limit(batch_size)
-        )
-    ).all()
+    postgres = _is_postgres(session)
+    pending: Sequence[Any]
+    if postgres:
+        pg = await _driver_connection(session)
+        pending = await pg.fetch(_PG_TAKE_PENDING, batch_size)
+    else:
+        pending = (
+            await session.execute(
+                select(AuditPending.event_id, AuditEvent.canonical)
+                .join(AuditEvent, AuditEvent.id == AuditPending.event_id)
+                .order_by(AuditPending.event_id)
+                .limit(batch_size)
+            )
+        ).all()
     if not pending:
         return 0
     coords = merkle.frontier_coords(size)
     nodes = await load_nodes(session, coords)
     frontier = [nodes[c] for c in coords]
-    leaves = [merkle.leaf_hash(canonical.encode("utf-8")) for _, canonical in pending]
+    leaf_hash = merkle.leaf_hash
+    leaves = [leaf_hash(canonical.encode("utf-8")) for _, canonical in pending]
     new_nodes, new_frontier = merkle.append_leaves(size, frontier, leaves)
-    await session.execute(
-        insert(AuditLeaf.__table__),
-        [
-            {"seq": size + i, "event_id": event_id, "leaf_hash": leaves[i]}
-            for i, (event_id, _) in enumerate(pending)
-        ],
-    )
-    await session.execute(
-        insert(AuditNode.__table__),
-        [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes],
-    )
-    await session.execute(
-        delete(AuditPending).where(AuditPending.event_id.in_([event_id for event_id, _ in pending]))
-    )
+    if postgres:
+        await pg.copy_records_to_table(
+            "audit_leaf",
+            records=[(size + i, row[0], leaves[i]) for i, row in enumerate(pending)],
+            columns=["seq", "event_id", "leaf_hash"],
+        )
+        await pg.copy_records_to_table(
+            "audit_node", records=new_nodes, columns=["level", "idx", "hash"]
+        )
+    else:
+        await session.execute(
+            insert(AuditLeaf.__table__),
+            [
+                {"seq": size + i, "event_id": event_id, "leaf_hash": leaves[i]}
+                for i, (event_id, _) in enumerate(pending)
+            ],
+        )
+        await session.execute(
+            insert(AuditNode.__table__),
+            [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes],
+        )
+        await session.execute(
+            delete(AuditPending).where(
+                AuditPending.event_id.in_([event_id for event_id, _ in pending])
+            )
+        )
     await session.execute(
         update(AuditTreeState)
         .where(AuditTreeState.id == 1)
