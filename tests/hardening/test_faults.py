@@ -9,6 +9,8 @@ post status updates on them (legal aid) while a fault strikes mid-load:
     what a PostgreSQL restart does (every session dies, in-flight statements
     fail, the pool must reconnect, the sequencer loses its advisory lock),
     without stopping the cluster that other test runs share;
+(a') the cluster itself is restarted (``pg_ctlcluster restart -m fast``) where
+    ``REFGATE_TEST_RESTART_POSTGRES=1`` says nothing else uses it (``.ci/run``);
 (b) one uvicorn worker is killed with SIGKILL; uvicorn's supervisor starts a
     new one, and the test waits until there are two again.
 
@@ -33,8 +35,10 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -472,6 +476,53 @@ async def test_database_connections_killed_mid_load_lose_nothing(
         "(a) pg_terminate_backend x2",
         load,
         {"sessions_killed": sum(killed), "sequencer_caught_up_s": round(caught_up, 1), **counts},
+    )
+
+
+RESTART = os.environ.get("REFGATE_TEST_RESTART_POSTGRES") == "1"
+
+
+def _restart_postgres() -> None:
+    """Restart the local cluster (fast shutdown: every session dies, in-flight
+    transactions roll back). Only where asked to: it also drops any other run's sessions."""
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(
+    not RESTART or shutil.which("pg_ctlcluster") is None,
+    reason="restarts the shared PostgreSQL cluster: set REFGATE_TEST_RESTART_POSTGRES=1 "
+    "(.ci/run does) on a machine where nothing else uses it",
+)
+async def test_postgresql_restarted_mid_load_loses_nothing(
+    settings: Settings, seeded: TaskForce, server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    restarts: list[float] = []
+
+    async def fault() -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(_restart_postgres)
+        restarts.append(time.monotonic() - started)
+
+    load = await _drive(server, seeded, fault, [CREATES // 3])
+    assert len(restarts) == 1
+    assert load.outcomes()["201"] > CREATES // 3, load.outcomes()
+    caught_up = await _settled(settings)
+    counts = await _verify(settings, load, seeded)
+    _report(
+        capsys,
+        "(a') PostgreSQL restarted (pg_ctlcluster restart -m fast)",
+        load,
+        {
+            "restart_s": round(restarts[0], 1),
+            "sequencer_caught_up_s": round(caught_up, 1),
+            **counts,
+        },
     )
 
 
