@@ -36,10 +36,10 @@ from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto import keys, merkle
 from app.crypto.canonical import canonical_json
-from app.crypto.encoding import b64url_encode
 from app.db import create_engine, sessionmaker
-from app.services import agencies, sequencer
+from app.services import sequencer
 from app.services.audit import Actor
+from app.services.demo import unsafe_onboard_generated
 from app.services.server_keys import load_server_keys
 
 SYSTEM = Actor(client_id=None, agency_id=None, role="system")
@@ -186,22 +186,14 @@ async def seed_task_force(settings: Settings) -> TaskForce:
     try:
         async with sessionmaker(engine)() as db, db.begin():
             for name, kind, roles in plan:
-                agency_keys = keys.generate_agency_keys()
-                agency = await agencies.create(
-                    db,
-                    SYSTEM,
-                    name=f"bench {name}",
-                    kind=kind,
-                    enc_key=b64url_encode(agency_keys.enc_public),
-                    sign_key=b64url_encode(agency_keys.sig_public),
+                onboarded = await unsafe_onboard_generated(
+                    db, SYSTEM, name=f"bench {name}", kind=kind, roles=roles
                 )
-                member = Member(name=name, kind=kind, agency_id=agency.id, keys=agency_keys)
-                for role in roles:
-                    auth = keys.generate_signing_key()
-                    c = await agencies.create_client(
-                        db, SYSTEM, agency.id, role=role, auth_key=b64url_encode(auth.public)
-                    )
-                    member.clients[role] = Client(c.client_id, role, auth.seed)
+                member = Member(
+                    name=name, kind=kind, agency_id=onboarded.agency_id, keys=onboarded.agency_keys
+                )
+                for role, (client_id, auth) in onboarded.clients.items():
+                    member.clients[role] = Client(client_id, role, auth.seed)
                 members[name] = member
     finally:
         await engine.dispose()

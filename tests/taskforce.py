@@ -12,9 +12,9 @@ import httpx
 from app.client.assertion import client_assertion
 from app.crypto import envelope as env
 from app.crypto import keys
-from app.crypto.encoding import b64url_encode
-from app.services import agencies, sequencer
+from app.services import sequencer
 from app.services.audit import Actor
+from app.services.demo import unsafe_onboard_generated
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SYSTEM = Actor(client_id=None, agency_id=None, role="system")
@@ -55,23 +55,14 @@ class TaskForce:
         return tf
 
     async def add(self, name: str, kind: str, roles: list[str]) -> Member:
-        agency_keys = keys.generate_agency_keys()
         async with self.app.state.sessionmaker() as db, db.begin():
-            agency = await agencies.create(
-                db,
-                SYSTEM,
-                name=f"{name} {uuid.uuid4().hex[:6]}",
-                kind=kind,
-                enc_key=b64url_encode(agency_keys.enc_public),
-                sign_key=b64url_encode(agency_keys.sig_public),
+            onboarded = await unsafe_onboard_generated(
+                db, SYSTEM, name=f"{name} {uuid.uuid4().hex[:6]}", kind=kind, roles=roles
             )
-            member = Member(name=name, kind=kind, agency_id=agency.id, keys=agency_keys)
-            for role in roles:
-                auth = keys.generate_signing_key()
-                c = await agencies.create_client(
-                    db, SYSTEM, agency.id, role=role, auth_key=b64url_encode(auth.public)
-                )
-                member.clients[role] = (c.client_id, auth)
+        member = Member(
+            name=name, kind=kind, agency_id=onboarded.agency_id, keys=onboarded.agency_keys
+        )
+        member.clients.update(onboarded.clients)
         self.members[name] = member
         return member
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,42 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
         fh.write("\n")
 
 
+@dataclass(frozen=True)
+class Onboarded:
+    """An agency registered with keys generated here, and its clients' auth keys."""
+
+    agency_id: str
+    agency_keys: keys.AgencyKeys
+    clients: dict[str, tuple[str, keys.SigningKeys]]  # role -> (client_id, auth key)
+
+
+async def unsafe_onboard_generated(
+    db: AsyncSession, actor: Actor, *, name: str, kind: str, roles: list[str]
+) -> Onboarded:
+    """Register an agency and one client per role with keys generated *on this side*.
+
+    Unsafe for real agencies, whose private keys must never leave them (they run
+    ``refgate keygen``): only the demo, the tests and the benchmark use this.
+    """
+    agency_keys = keys.generate_agency_keys()
+    agency = await agencies.create(
+        db,
+        actor,
+        name=name,
+        kind=kind,
+        enc_key=b64url_encode(agency_keys.enc_public),
+        sign_key=b64url_encode(agency_keys.sig_public),
+    )
+    clients: dict[str, tuple[str, keys.SigningKeys]] = {}
+    for role in roles:
+        auth = keys.generate_signing_key()
+        client = await agencies.create_client(
+            db, actor, agency.id, role=role, auth_key=b64url_encode(auth.public)
+        )
+        clients[role] = (client.client_id, auth)
+    return Onboarded(agency.id, agency_keys, clients)
+
+
 async def seed(
     maker: async_sessionmaker[AsyncSession], data_dir: Path, server_url: str
 ) -> dict[str, Any]:
@@ -53,27 +90,12 @@ async def seed(
     members: list[dict[str, Any]] = []
     async with maker() as db, db.begin():
         for file_name, name, kind, role in MEMBERS:
-            agency_keys = keys.generate_agency_keys()
-            auth = keys.generate_signing_key()
-            agency = await agencies.create(
-                db,
-                system,
-                name=name,
-                kind=kind,
-                enc_key=b64url_encode(agency_keys.enc_public),
-                sign_key=b64url_encode(agency_keys.sig_public),
+            roles = [role, "admin"] if file_name == "auditor" else [role]
+            onboarded = await unsafe_onboard_generated(
+                db, system, name=name, kind=kind, roles=roles
             )
-            client = await agencies.create_client(
-                db, system, agency.id, role=role, auth_key=b64url_encode(auth.public)
-            )
-            roles = [(client.client_id, role, auth)]
-            if file_name == "auditor":
-                admin_auth = keys.generate_signing_key()
-                admin = await agencies.create_client(
-                    db, system, agency.id, role="admin", auth_key=b64url_encode(admin_auth.public)
-                )
-                roles.append((admin.client_id, "admin", admin_auth))
-            for client_id, client_role, auth_key in roles:
+            agency_keys = onboarded.agency_keys
+            for client_role, (client_id, auth_key) in onboarded.clients.items():
                 path = (
                     data_dir
                     / "demo"
@@ -84,7 +106,7 @@ async def seed(
                     {
                         "v": 1,
                         "server": server_url,
-                        "agency_id": agency.id,
+                        "agency_id": onboarded.agency_id,
                         "client_id": client_id,
                         "role": client_role,
                         "enc_private": b64url_encode(agency_keys.enc_private),
@@ -97,7 +119,7 @@ async def seed(
                         "name": name,
                         "kind": kind,
                         "role": client_role,
-                        "agency_id": agency.id,
+                        "agency_id": onboarded.agency_id,
                         "client_id": client_id,
                         "key_file": str(path),
                     }
