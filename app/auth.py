@@ -39,7 +39,7 @@ from app import errors
 from app.context import agency_var, client_var
 from app.db import Db
 from app.models.tables import Agency, ApiClient
-from app.services.audit import Action, Actor, Outcome, PendingEvent
+from app.services.audit import Action, Actor, Outcome, PendingEvent, denied
 from app.services.server_keys import ServerKeys
 
 TOKEN_ALGORITHMS = ["EdDSA", "Ed25519"]
@@ -215,13 +215,12 @@ def _bearer(request: Request) -> str | None:
 def _unauthorized(reason: str, detail: str, client_id: str | None = None) -> errors.Unauthorized:
     return errors.Unauthorized(
         detail,
-        audit=PendingEvent(
-            actor=Actor(client_id=client_id, agency_id=None, role=None),
-            action=Action.ACCESS_DENIED,
-            resource_type="token",
-            resource_id=None,
-            outcome=Outcome.DENIED,
-            detail={"reason": reason},
+        audit=denied(
+            Actor(client_id=client_id, agency_id=None, role=None),
+            Action.ACCESS_DENIED,
+            "token",
+            None,
+            {"reason": reason},
         ),
     )
 

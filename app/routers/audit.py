@@ -25,13 +25,12 @@ async def audit_reader(who: AnyPrincipal) -> Principal:
     if not who.scopes & {Scope.AUDIT_READ, Scope.AUDIT_OWN}:
         raise errors.Forbidden(
             f"the {who.role} role may not read the audit log",
-            audit=audit.PendingEvent(
-                actor=who.actor,
-                action=Action.ACCESS_DENIED,
-                resource_type="audit_log",
-                resource_id=None,
-                outcome=audit.Outcome.DENIED,
-                detail={"missing_scope": str(Scope.AUDIT_READ)},
+            audit=audit.denied(
+                who.actor,
+                Action.ACCESS_DENIED,
+                "audit_log",
+                None,
+                {"missing_scope": str(Scope.AUDIT_READ)},
             ),
         )
     return who
@@ -115,9 +114,7 @@ async def export(
     response_model=AuditItem,
     responses=errors.responses(401, 403, 404, 422),
 )
-async def event(
-    who: AuditReader, db: Db, seq: int = Path(ge=0, le=MAX_INT64)
-) -> AuditItem:
+async def event(who: AuditReader, db: Db, seq: int = Path(ge=0, le=MAX_INT64)) -> AuditItem:
     return AuditItem.model_validate(await audit_log.event_at(db, who, seq))
 
 

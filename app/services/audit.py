@@ -92,6 +92,27 @@ class PendingEvent:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+def denied(
+    actor: Actor,
+    action: Action,
+    resource_type: str,
+    resource_id: str | None,
+    detail: dict[str, Any],
+    *,
+    subject_agency: str | None = None,
+) -> PendingEvent:
+    """The event of a refusal, carried on the error and written after the rollback."""
+    return PendingEvent(
+        actor=actor,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id[:128] if resource_id is not None else None,
+        outcome=Outcome.DENIED,
+        subject_agency=subject_agency,
+        detail=detail,
+    )
+
+
 # Opaque base64 runs this long are key material or ciphertext, never audit detail.
 _OPAQUE = re.compile(r"[A-Za-z0-9_+/=-]{43,}")
 

@@ -329,13 +329,8 @@ async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]
     if row is None:
         raise errors.NotFound(
             f"no event at seq {seq} visible to the caller",
-            audit=audit.PendingEvent(
-                actor=who.actor,
-                action=Action.AUDIT_READ,
-                resource_type="audit_event",
-                resource_id=str(seq),
-                outcome=audit.Outcome.DENIED,
-                detail={"reason": "not visible"},
+            audit=audit.denied(
+                who.actor, Action.AUDIT_READ, "audit_event", str(seq), {"reason": "not visible"}
             ),
         )
     await audit.record(db, who.actor, Action.AUDIT_READ, "audit_event", str(seq))

@@ -63,7 +63,7 @@ from app.models.tables import (
 from app.models.types import UTCDateTime, utcnow
 from app.models.webhook_schemas import EventType
 from app.services import audit, webhooks
-from app.services.audit import Action, Outcome, PendingEvent
+from app.services.audit import Action
 
 TERMINAL = frozenset({"rejected", "completed", "failed", "cancelled"})
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -88,14 +88,7 @@ def _not_found(who: Principal, action: Action, referral_id: str) -> errors.NotFo
     """404 for a referral that is missing or not the caller's to see, recorded as denied."""
     return errors.NotFound(
         "no such referral",
-        audit=PendingEvent(
-            actor=who.actor,
-            action=action,
-            resource_type="referral",
-            resource_id=referral_id[:128],
-            outcome=Outcome.DENIED,
-            detail={"reason": "not visible"},
-        ),
+        audit=audit.denied(who.actor, action, "referral", referral_id, {"reason": "not visible"}),
     )
 
 
@@ -391,13 +384,12 @@ async def create(
         raise errors.Forbidden(
             "manifest.sender_agency must be the caller's agency",
             slug="envelope/sender-mismatch",
-            audit=PendingEvent(
-                actor=who.actor,
-                action=Action.REFERRAL_CREATE,
-                resource_type="referral",
-                resource_id=str(manifest.get("referral_id"))[:128],
-                outcome=Outcome.DENIED,
-                detail={"reason": "sender_mismatch"},
+            audit=audit.denied(
+                who.actor,
+                Action.REFERRAL_CREATE,
+                "referral",
+                str(manifest.get("referral_id")),
+                {"reason": "sender_mismatch"},
             ),
         )
     recipients = manifest.get("recipients")
@@ -812,14 +804,13 @@ async def update_status(
         raise errors.Forbidden(
             "only a recipient posts status; the sender withdraws",
             slug="not-a-recipient",
-            audit=PendingEvent(
-                actor=who.actor,
-                action=Action.REFERRAL_STATUS,
-                resource_type="referral",
-                resource_id=referral_id,
-                outcome=Outcome.DENIED,
+            audit=audit.denied(
+                who.actor,
+                Action.REFERRAL_STATUS,
+                "referral",
+                referral_id,
+                {"reason": "sender cannot post recipient status"},
                 subject_agency=access.referral.sender_agency,
-                detail={"reason": "sender cannot post recipient status"},
             ),
         )
     if note is not None:
@@ -913,14 +904,13 @@ async def _require_sender(
         raise errors.Forbidden(
             "only the sending agency may do this",
             slug="not-the-sender",
-            audit=PendingEvent(
-                actor=who.actor,
-                action=action,
-                resource_type="referral",
-                resource_id=referral_id,
-                outcome=Outcome.DENIED,
+            audit=audit.denied(
+                who.actor,
+                action,
+                "referral",
+                referral_id,
+                {"reason": "not the sender"},
                 subject_agency=access.referral.sender_agency,
-                detail={"reason": "not the sender"},
             ),
         )
     referral = await db.get(Referral, referral_id)

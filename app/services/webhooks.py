@@ -71,7 +71,7 @@ from app.models.webhook_schemas import (
 )
 from app.models.webhook_tables import Webhook, WebhookDelivery
 from app.services import audit, retention
-from app.services.audit import Action, Outcome, PendingEvent
+from app.services.audit import Action
 from app.services.leader import LeaderRunner
 
 log = logging.getLogger("refgate.webhooks")
@@ -289,14 +289,7 @@ def _webhook_out(w: Webhook) -> WebhookOut:
 def _not_found(who: Principal, action: Action, webhook_id: str, what: str) -> errors.NotFound:
     return errors.NotFound(
         f"no such {what}",
-        audit=PendingEvent(
-            actor=who.actor,
-            action=action,
-            resource_type="webhook",
-            resource_id=webhook_id[:128],
-            outcome=Outcome.DENIED,
-            detail={"reason": "not visible"},
-        ),
+        audit=audit.denied(who.actor, action, "webhook", webhook_id, {"reason": "not visible"}),
     )
 
 
