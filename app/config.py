@@ -85,8 +85,15 @@ class RateLimitSettings(BaseModel):
     enabled: bool = True
     backend: Literal["auto", "database", "memory"] = Field(
         "auto",
-        description="database: shared by every worker (one upsert per request); memory: per "
+        description="database: shared by every worker through the database; memory: per "
         "process; auto: database on PostgreSQL, memory on SQLite",
+    )
+    share_every: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="database backend: seconds between a worker's exchanges of counts with "
+        "the others (0: one upsert per request, exact but a statement on every request)",
     )
     token_per_client: int = Field(30, ge=1, description="tokens issued per client per minute")
     token_per_address: int = Field(

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -36,12 +37,32 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        pool_recycle=1800,
     )
+    _drop_closed_connections(engine)
+    return engine
+
+
+def _drop_closed_connections(engine: AsyncEngine) -> None:
+    """Refuse a pooled connection whose socket is already closed, without a round trip.
+
+    ``pool_pre_ping`` would cost three round trips per checkout (BEGIN, an empty
+    statement, ROLLBACK: a third of a read request's CPU, measured). asyncpg marks a
+    connection closed as soon as the server drops it (a restart, an idle timeout),
+    so checking that flag catches the common case for free; SQLAlchemy then opens a
+    fresh connection. A connection that dies between this check and its statement
+    fails that one request, and SQLAlchemy invalidates it.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        driver = getattr(dbapi_conn, "driver_connection", None)
+        if driver is not None and driver.is_closed():
+            raise DisconnectionError("connection closed by the server")
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

@@ -171,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await dispatcher.stop()
             await runner.stop()
+            await app.state.rate_limiter.close()
             await engine.dispose()
 
     app = FastAPI(

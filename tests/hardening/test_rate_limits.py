@@ -1,7 +1,10 @@
 """Rate limits: per client and per address on /oauth/token, per client on the API.
 
 The database backend runs on both SQLite and PostgreSQL here; two app instances
-on one database stand in for two workers and share one budget. Windows are
+on one database stand in for two workers and share one budget. Most tests count
+exactly (``share_every = 0``: one upsert per request); the default, where each
+worker counts in memory and exchanges its counts every half second, has a test
+of its own. Windows are
 fixed (60 s; 10 s for the API burst), so a test first waits until it is not
 about to cross a window edge.
 """
@@ -31,6 +34,7 @@ from tests.taskforce import ASSERTION_TYPE, TaskForce
 TOKEN_URL = "http://test/oauth/token"
 LIMITS = RateLimitSettings(
     backend="database",
+    share_every=0,
     token_per_client=3,
     token_per_address=8,
     api_per_client=50,
@@ -169,6 +173,64 @@ async def test_limits_hold_across_workers(
         worker = client if i % 2 == 0 else second_worker
         statuses.append((await worker.get("/v1/referrals", headers=headers)).status_code)
     assert statuses == [200] * 5 + [429], statuses
+
+
+async def test_workers_exchange_counts_at_intervals(app: FastAPI) -> None:
+    """The default: each worker counts in memory and shares its counts every
+    ``share_every`` seconds; once they are shared, the budget is one for all."""
+    from app.ratelimit import RateLimiter
+
+    shared = LIMITS.model_copy(update={"share_every": 0.2})
+    settings = app.state.settings.model_copy(update={"ratelimit": shared})
+    engine = app.state.engine
+    first, second = RateLimiter(settings), RateLimiter(settings)
+    hits = first.api_hits("client-shared")
+    await _clear_of_window_edge(10)
+    for _ in range(3):
+        assert await first.hit(hits, engine=engine) is None
+    await first.close()  # the first hit started an exchange; wait for it
+    await first.share(engine)  # and share the other two
+    # the second worker has not exchanged yet: it judges on its own count
+    assert await second.hit(hits, engine=engine) is None
+    await second.close()  # its first exchange brings back the three of the first worker
+    assert await second.hit(hits, engine=engine) is None  # 3 + 1 shared, + 1: the 5th
+    exceeded = await second.hit(hits, engine=engine)  # the 6th of a burst of 5
+    assert exceeded is not None
+    assert exceeded.limit.name == "api-burst"
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text("SELECT count FROM rate_limit WHERE key = 'api-burst:client-shared'")
+            )
+        ).scalar_one()
+    assert stored == 4  # what the two workers have shared so far
+
+
+async def test_a_failed_exchange_keeps_counting_in_memory(
+    app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.ratelimit import RateLimiter
+
+    shared = LIMITS.model_copy(update={"share_every": 0.2})
+    limiter = RateLimiter(app.state.settings.model_copy(update={"ratelimit": shared}))
+    engine = app.state.engine
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE rate_limit"))
+    hits = limiter.api_hits("client-offline")
+    await _clear_of_window_edge(10)
+    logger: Any = logging.getLogger("refgate")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="refgate.ratelimit"):
+            results = [await limiter.hit(hits, engine=engine) for _ in range(6)]
+            await limiter.close()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert results[:5] == [None] * 5
+    refused = results[5]
+    assert refused is not None
+    assert refused.limit.name == "api-burst"
+    assert any("could not share" in rec.getMessage() for rec in caplog.records)
 
 
 async def test_memory_backend_counts_per_process(
