@@ -20,7 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import request_id_var
@@ -173,11 +173,44 @@ def _row(p: PendingEvent) -> dict[str, Any]:
     }
 
 
+_EVENTS = AuditEvent.__table__
+_QUEUE = AuditPending.__table__
+_COLUMNS = (
+    "event_id",
+    "ts",
+    "actor",
+    "actor_agency",
+    "subject_agency",
+    "role",
+    "action",
+    "resource_type",
+    "resource_id",
+    "outcome",
+    "canonical",
+)
+
+
+def _queued(values: Any) -> Any:
+    """PostgreSQL: insert events and their queue entries in one statement (a CTE)."""
+    written = insert(_EVENTS).values(values).returning(_EVENTS.c.id).cte("written")
+    return insert(_QUEUE).from_select(["event_id"], select(written.c.id))
+
+
+# the usual case, one event, built once with bind parameters
+_RECORD_ONE_PG = _queued({c: bindparam(c, type_=_EVENTS.c[c].type) for c in _COLUMNS})
+
+
 async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
-    """Append events in the caller's transaction (two statements, whatever the count)."""
+    """Append events in the caller's transaction: one statement on PostgreSQL, two on SQLite."""
     if not events:
         return
     rows = [_row(p) for p in events]
+    if session.bind.dialect.name == "postgresql":
+        if len(rows) == 1:
+            await session.execute(_RECORD_ONE_PG, rows[0])
+        else:
+            await session.execute(_queued(rows))
+        return
     ids = (
         (
             await session.execute(

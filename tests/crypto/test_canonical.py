@@ -254,3 +254,32 @@ def test_member_order_of_the_input_does_not_matter(
     items = list(value.items())
     rnd.shuffle(items)
     assert canonical_json(dict(items)) == canonical_json(value)
+
+
+# Values as refgate writes them (no floats), with every kind of string a field
+# name or value could hold: controls, quotes, backslashes, non-ASCII, astral.
+_TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12)
+_PLAIN = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
+    | _TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_TEXT, children, max_size=4),
+    max_leaves=20,
+)
+
+
+@PROPERTY
+@given(_PLAIN)
+def test_the_fast_encoder_agrees_with_rfc8785(value: object) -> None:
+    """The standard-library path (no floats, keys below U+E000) and the rfc8785
+    package give the same bytes; values outside that path go to rfc8785 anyway."""
+    import rfc8785
+
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+def test_keys_whose_order_differs_in_utf16_take_the_rfc8785_path() -> None:
+    value = {"\ufb33": 1, "\U0001f600": 2, "a": {"\ue000": True, "\U00010000": None}}
+    text = canonical_json(value).decode("utf-8")
+    assert text == '{"a":{"\U00010000":null,"\ue000":true},"\U0001f600":2,"\ufb33":1}'
