@@ -611,6 +611,9 @@ def _page_query(
     return stmt.order_by(received_at.desc(), key.desc())
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 async def list_page(
     db: AsyncSession,
     who: Principal,
@@ -621,11 +624,11 @@ async def list_page(
     since: datetime | None,
     limit: int,
     cursor: str | None,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[str], str | None]:
     """One page of the caller's sent or received box, newest first.
 
-    Items are ``ReferralSummary`` objects in their JSON form, built directly
-    from the rows (a page is up to 200 of them).
+    Items are ``ReferralSummary`` objects as JSON text, built directly from the
+    rows (a page is up to 200 of them).
     """
     values = authz.params(who, utcnow())
     if cursor:
@@ -655,14 +658,19 @@ async def list_page(
             for r in rows
         }
     items = [
-        {
-            "referral_id": r.id,
-            "sender_agency": r.sender_agency,
-            "created_at": rfc3339(r.created_at),
-            "metadata": json.loads(r.metadata_json),
-            "statuses": statuses[r.id],
-            "withdrawn": r.withdrawn_at is not None,
-        }
+        # the stored metadata is JSON we wrote: spliced in as it is, not parsed and re-encoded
+        _ENCODE(
+            {
+                "referral_id": r.id,
+                "sender_agency": r.sender_agency,
+                "created_at": rfc3339(r.created_at),
+                "statuses": statuses[r.id],
+                "withdrawn": r.withdrawn_at is not None,
+            }
+        )[:-1]
+        + ',"metadata":'
+        + r.metadata_json
+        + "}"
         for r in rows
     ]
     await audit.record(
