@@ -10,6 +10,15 @@ A refusal that must leave a trace (a denied read, a refused token) carries its
 audit event on the exception; it is written in a transaction of its own after
 the action's transaction rolled back, so the denial is recorded and nothing
 else is.
+
+GET requests on PostgreSQL run without an explicit transaction (autocommit):
+their one write is their audit event, a single statement there (event and
+queue entry in one CTE), which is atomic on its own; and at READ COMMITTED each
+statement takes its own snapshot inside a transaction too, so the reads see
+nothing different. That saves the BEGIN and COMMIT round trips of every read.
+The rule that makes this safe, "a GET writes nothing but its audit event", is
+checked for every GET route by ``tests/test_statement_budget.py``. On SQLite
+the event is two statements, so GETs keep their transaction.
 """
 
 from __future__ import annotations
@@ -84,12 +93,20 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+def read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for GET requests: autocommit on PostgreSQL (see the module docstring)."""
+    if is_postgres(engine):
+        return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    return sessionmaker(engine)
+
+
 async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
     """Yield a session inside one transaction; commit before the response, roll back on error."""
     from app.services import audit  # audit imports db helpers; import late to avoid a cycle
 
     maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with maker() as session:
+    reads: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
+    async with (reads if request.method == "GET" else maker)() as session:
         try:
             async with session.begin():
                 yield session

@@ -22,7 +22,7 @@ from app import __version__, errors
 from app.auth import okp_public
 from app.config import Settings, get_settings
 from app.context import request_id_var
-from app.db import create_engine, sessionmaker
+from app.db import create_engine, read_sessionmaker, sessionmaker
 from app.logging import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker(engine)
+        app.state.read_sessionmaker = read_sessionmaker(engine)
         app.state.server_keys = server_keys
         app.state.token_verify_key = okp_public(server_keys.token_public)
         app.state.issuer = settings.public_url or "refgate"
