@@ -169,6 +169,11 @@ async def run(args: argparse.Namespace) -> None:
                 for k in range(n)
             ],
             "proof": [],
+            # the fixed cost of a request: middleware, routing, token check, no statement
+            "base": [
+                ("GET", "/v1/audit/log-key", tf.client("office", "auditor").token, b"")
+                for _ in range(n)
+            ],
             "audit": [
                 ("GET", "/v1/audit/events?limit=100", tf.client("office", "auditor").token, b"")
                 for _ in range(n // 4)
