@@ -102,8 +102,9 @@ async def list_referrals(
     response_model=EnvelopeOut,
     responses=errors.responses(*READ_ERRORS),
 )
-async def get_referral(referral_id: str, who: Reader, db: Db) -> JSONResponse:
-    return JSONResponse(await referrals.read(db, who, referral_id))
+async def get_referral(referral_id: str, who: Reader, db: Db) -> Response:
+    body = await referrals.read(db, who, referral_id)
+    return Response(body.encode("utf-8"), media_type="application/json")
 
 
 @router.post(

@@ -703,8 +703,8 @@ async def _require(
     return access
 
 
-async def read(db: AsyncSession, who: Principal, referral_id: str) -> dict[str, Any]:
-    """The envelope filtered to what the caller may see, plus statuses."""
+async def read(db: AsyncSession, who: Principal, referral_id: str) -> str:
+    """The envelope filtered to what the caller may see, plus statuses, as JSON text."""
     access = await _require(db, who, referral_id, Action.REFERRAL_READ, content=True)
     referral = access.referral
     if access.relation is Relation.RECIPIENT:
@@ -761,13 +761,16 @@ async def read(db: AsyncSession, who: Principal, referral_id: str) -> dict[str, 
     )
     if referral.manifest_json is None:
         raise RuntimeError("relation(content=True) reads the manifest")
-    return {
-        "manifest": json.loads(referral.manifest_json),
-        "signature": referral.signature,
-        "ciphertexts": ciphertexts,
-        "wrapped_keys": wrapped,
-        "statuses": statuses,
-    }
+    rest = _ENCODE(
+        {
+            "signature": referral.signature,
+            "ciphertexts": ciphertexts,
+            "wrapped_keys": wrapped,
+            "statuses": statuses,
+        }
+    )
+    # the stored manifest is the RFC 8785 text the signature covers: spliced in as it is
+    return '{"manifest":' + referral.manifest_json + "," + rest[1:]
 
 
 # ---------------------------------------------------------------- lifecycle
