@@ -37,7 +37,7 @@ from app.crypto import envelope as env
 from app.crypto import keys, merkle
 from app.crypto.canonical import canonical_json
 from app.db import create_engine, sessionmaker
-from app.services import sequencer
+from app.services import audit, sequencer
 from app.services.audit import Actor
 from app.services.demo import unsafe_onboard_generated
 from app.services.server_keys import load_server_keys
@@ -466,20 +466,7 @@ def check_canonical(rows: Sequence[tuple[Any, ...]]) -> None:
             raise AssertionError(f"generated event {row[0]} is not canonical JSON")
 
 
-EVENT_COLUMNS = [
-    "id",
-    "event_id",
-    "ts",
-    "actor",
-    "actor_agency",
-    "subject_agency",
-    "role",
-    "action",
-    "resource_type",
-    "resource_id",
-    "outcome",
-    "canonical",
-]
+EVENT_COLUMNS = ["id", *audit.EVENT_COLUMNS]
 
 
 async def _event_index_ddl(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:

@@ -175,7 +175,7 @@ def _row(p: PendingEvent) -> dict[str, Any]:
 
 _EVENTS = AuditEvent.__table__
 _QUEUE = AuditPending.__table__
-_COLUMNS = (
+EVENT_COLUMNS = (  # what a writer of audit_event supplies (the id is the database's)
     "event_id",
     "ts",
     "actor",
@@ -197,7 +197,7 @@ def _queued(values: Any) -> Any:
 
 
 # the usual case, one event, built once with bind parameters
-_RECORD_ONE_PG = _queued({c: bindparam(c, type_=_EVENTS.c[c].type) for c in _COLUMNS})
+_RECORD_ONE_PG = _queued({c: bindparam(c, type_=_EVENTS.c[c].type) for c in EVENT_COLUMNS})
 
 
 async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
