@@ -128,6 +128,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         proxy_headers=True,
         server_header=False,
         log_level="warning",
+        access_log=False,  # refgate writes its own access line (app.middleware), without queries
         timeout_graceful_shutdown=10,
     )
     return 0
