@@ -240,10 +240,15 @@ class RateLimiter:
 
     async def share(self, engine: AsyncEngine) -> None:
         """Add this worker's unshared counts to the table and read back the totals."""
+        now = time.time()
+        horizon = now - 2 * SWEEP_EVERY
+        # windows that ended long ago are not worth sharing (and, while the database
+        # is unreachable, must not pile up)
+        for slot in [slot for slot in self._unshared if slot[1] < horizon]:
+            del self._unshared[slot]
         batch = dict(self._unshared)
         if not batch:
             return
-        now = time.time()
         try:
             async with engine.begin() as conn:
                 totals = await self._add_sql(conn, batch, now)
@@ -256,7 +261,6 @@ class RateLimiter:
                 self._unshared[slot] = left
             else:
                 self._unshared.pop(slot, None)
-        horizon = now - 2 * SWEEP_EVERY
         self._shared = {slot: c for slot, c in self._shared.items() if slot[1] >= horizon}
         self._shared.update(totals)
 
