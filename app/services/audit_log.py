@@ -348,6 +348,20 @@ async def latest_checkpoint(db: AsyncSession) -> AuditCheckpoint:
     return cp
 
 
+async def read_checkpoint(db: AsyncSession, who: Principal) -> str:
+    """The latest signed checkpoint's note, as an auditor reads it (an audited read)."""
+    cp = await latest_checkpoint(db)
+    await audit.record(
+        db,
+        who.actor,
+        Action.AUDIT_CHECKPOINT,
+        "audit_log",
+        None,
+        detail={"tree_size": cp.tree_size},
+    )
+    return cp.note
+
+
 # The log's size and the latest signed size, in one statement.
 _SIZES = select(AuditTreeState.size, select(func.max(AuditCheckpoint.tree_size)).scalar_subquery())
 
