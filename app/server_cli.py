@@ -73,6 +73,14 @@ def cmd_create_client(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revoke_client(settings: Settings, args: argparse.Namespace) -> int:
+    client = _in_transaction(
+        settings, lambda db: agencies.revoke_client(db, ADMIN_CLI, args.agency, args.client)
+    )
+    _print(client.model_dump(mode="json"))
+    return 0
+
+
 def _server_url(args: argparse.Namespace, settings: Settings) -> str:
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
     return settings.public_url or f"http://{host}:{args.port}"
@@ -190,6 +198,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--role", required=True, choices=ROLES)
     sp.add_argument("--auth-key", required=True, help="base64url Ed25519 public key")
     sp.set_defaults(func=cmd_create_client)
+    sp = sub.add_parser("revoke-client", help="revoke one API client of an agency for good")
+    sp.add_argument("--agency", required=True)
+    sp.add_argument("--client", required=True, help="the client id")
+    sp.set_defaults(func=cmd_revoke_client)
     sub.add_parser(
         "sequence", help="integrate pending audit events now and sign a checkpoint"
     ).set_defaults(func=cmd_sequence)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import warnings
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import OKPKey
+from sqlalchemy import text
 
+from app import server_cli
 from app.client.assertion import client_assertion
+from app.config import get_settings
 from app.crypto import keys
 from app.crypto.encoding import b64url_encode
 from tests.taskforce import TaskForce
@@ -129,6 +135,89 @@ async def test_suspended_agency_gets_no_token_and_its_tokens_stop_working(
     assert r.status_code == 401
     assert r.json()["error"] == "invalid_client"
     assert (await client.get("/v1/agencies", headers=headers)).status_code == 401
+
+
+async def test_a_revoked_client_gets_no_token_and_its_token_stops_working(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """Revoking one client (a lost laptop) leaves its agency and other clients alone."""
+    headers = await tf.headers("shelter")
+    other = await tf.headers("shelter", "liaison")
+    assert (await client.get("/v1/agencies", headers=headers)).status_code == 200
+    client_id, auth = tf["shelter"].clients["caseworker"]
+    agency_id = tf["shelter"].agency_id
+    admin = await tf.headers("office", "admin")
+    path = f"/v1/agencies/{agency_id}/clients/{client_id}/revoke"
+    r = await client.post(path, headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "revoked"
+    assert r.json()["client_id"] == client_id
+    assert (await client.get("/v1/agencies", headers=headers)).status_code == 401
+    r = await _token(client, client_assertion(client_id, auth.seed, AUD))
+    assert r.status_code == 401
+    assert r.json()["error"] == "invalid_client"
+    assert (await client.get("/v1/agencies", headers=other)).status_code == 200
+    # revoking again changes nothing; a client of another agency is not found there
+    assert (await client.post(path, headers=admin)).json()["status"] == "revoked"
+    legal_client = tf["legal"].clients["caseworker"][0]
+    r = await client.post(f"/v1/agencies/{agency_id}/clients/{legal_client}/revoke", headers=admin)
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    async with app.state.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT actor, subject_agency, canonical FROM audit_event "
+                    "WHERE action = 'client:revoke' AND resource_id = :c ORDER BY id"
+                ),
+                {"c": client_id},
+            )
+        ).all()
+    assert len(rows) == 2
+    assert rows[0][0] == tf["office"].clients["admin"][0]
+    assert rows[0][1] == agency_id
+    assert '"from":"active"' in rows[0][2]
+    assert '"from":"revoked"' in rows[1][2]
+
+
+def test_server_cli_revokes_a_client(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REFGATE_DATABASE_URL", database_url)
+    monkeypatch.setenv("REFGATE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        k = keys.generate_agency_keys()
+        assert (
+            server_cli.main(
+                ["create-agency", "--name", "CLI shelter", "--kind", "shelter"]
+                + ["--enc-key", b64url_encode(k.enc_public)]
+                + ["--sign-key", b64url_encode(k.sig_public)]
+            )
+            == 0
+        )
+        agency = json.loads(capsys.readouterr().out)["id"]
+        auth = keys.generate_signing_key()
+        assert (
+            server_cli.main(
+                ["create-client", "--agency", agency, "--role", "caseworker"]
+                + ["--auth-key", b64url_encode(auth.public)]
+            )
+            == 0
+        )
+        created = json.loads(capsys.readouterr().out)
+        assert server_cli.main(
+            ["revoke-client", "--agency", agency, "--client", created["client_id"]]
+        ) == 0
+        revoked = json.loads(capsys.readouterr().out)
+    finally:
+        get_settings.cache_clear()
+    assert created["status"] == "active"
+    assert revoked["client_id"] == created["client_id"]
+    assert revoked["status"] == "revoked"
 
 
 async def test_token_endpoint_rejects_other_grants_and_bodies(client: httpx.AsyncClient) -> None:

@@ -88,6 +88,16 @@ async def create_client(agency_id: str, body: ClientCreate, who: Admin, db: Db) 
 
 
 @router.post(
+    "/{agency_id}/clients/{client_id}/revoke",
+    summary="Revoke one API client: no new tokens, its current token refused (admin)",
+    response_model=ClientOut,
+    responses=errors.responses(*AUTH_ERRORS),
+)
+async def revoke_client(agency_id: str, client_id: str, who: Admin, db: Db) -> ClientOut:
+    return await agencies.revoke_client(db, who.actor, agency_id, client_id)
+
+
+@router.post(
     "/{agency_id}/keys",
     status_code=201,
     summary="Rotate an agency's keys; the old ones stay listed as retired (admin)",

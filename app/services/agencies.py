@@ -227,6 +227,36 @@ async def create_client(
     return ClientOut.model_validate(client, from_attributes=True)
 
 
+async def revoke_client(
+    db: AsyncSession, actor: Actor, agency_id: str, client_id: str
+) -> ClientOut:
+    """Revoke one API client for good (a lost laptop, a leaked key), leaving the
+    agency and its other clients alone. It gets no new token, and a token it holds
+    is refused from the next request in this worker and within ``app.auth``'s
+    ``STATUS_TTL`` in the others. Revoking twice changes nothing more; a revoked
+    client is not reactivated: register a new one."""
+    await _require(db, agency_id)
+    client = await db.get(ApiClient, client_id)
+    if client is None or client.agency_id != agency_id:
+        raise errors.NotFound("no such client of this agency")
+    previous = client.status
+    if previous != "revoked":
+        client.status = "revoked"
+        await db.flush()
+        forget_principals()
+        event.listen(db.sync_session, "after_commit", _forget_on_commit, once=True)
+    await audit.record(
+        db,
+        actor,
+        Action.CLIENT_REVOKE,
+        "client",
+        client_id,
+        subject_agency=agency_id,
+        detail={"from": previous, "to": "revoked"},
+    )
+    return ClientOut.model_validate(client, from_attributes=True)
+
+
 async def current_keys(db: AsyncSession, agency_ids: Sequence[str]) -> dict[tuple[str, str], str]:
     """{(agency_id, use): current kid} for the given agencies."""
     rows = await db.execute(

@@ -39,6 +39,7 @@ class Action(StrEnum):
     KEY_ROTATE = "key:rotate"
     KEY_PROOF = "key:proof"
     CLIENT_CREATE = "client:create"
+    CLIENT_REVOKE = "client:revoke"
     REFERRAL_CREATE = "referral:create"
     REFERRAL_LIST = "referral:list"
     REFERRAL_READ = "referral:read"

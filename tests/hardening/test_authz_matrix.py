@@ -538,6 +538,20 @@ async def _create_client_req(w: World, c: Caller, res: str, fresh: bool) -> Req:
     )
 
 
+async def _revoke_client_req(w: World, c: Caller, res: str, fresh: bool) -> Req:
+    """Revoke a throwaway client of the target agency (never one a caller uses)."""
+    target = _agency_target(w, c, res)
+    client_id = str(uuid.uuid4())
+    if res != "missing":
+        auth = keys.generate_signing_key()
+        async with w.app.state.sessionmaker() as db, db.begin():
+            made = await agencies.create_client(
+                db, SYSTEM, target, role="caseworker", auth_key=b64url_encode(auth.public)
+            )
+        client_id = made.client_id
+    return Req(f"/v1/agencies/{target}/clients/{client_id}/revoke")
+
+
 async def _rotate_req(w: World, c: Caller, res: str, fresh: bool) -> Req:
     target = _agency_target(w, c, res)
     k = keys.generate_agency_keys()
@@ -770,6 +784,12 @@ ROUTES: dict[str, tuple[tuple[str, ...], Oracle, Builder, bool]] = {
         OWN_OTHER_MISSING,
         _admin_on_agency(201),
         _create_client_req,
+        False,
+    ),
+    "POST /v1/agencies/{agency_id}/clients/{client_id}/revoke": (
+        OWN_OTHER_MISSING,
+        _admin_on_agency(200),
+        _revoke_client_req,
         False,
     ),
     "POST /v1/agencies/{agency_id}/suspend": (
