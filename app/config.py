@@ -131,6 +131,9 @@ class CorsSettings(BaseModel):
 class KeySettings(BaseModel):
     token_key_file: Path | None = None
     log_key_file: Path | None = None
+    webhook_key_file: Path | None = Field(
+        None, description="32-byte key that seals webhook signing secrets at rest"
+    )
 
 
 class Settings(BaseSettings):

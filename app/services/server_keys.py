@@ -1,11 +1,15 @@
-"""The server's own signing keys: access tokens and audit checkpoints.
+"""The server's own keys: access tokens, audit checkpoints, webhook secrets at rest.
 
-Each is an Ed25519 seed stored base64url in a file (mode 0600). Generated into
-the data directory on first start unless a file is configured; never logged.
+Each is 32 random bytes stored base64url in a file (mode 0600): an Ed25519 seed
+for the two signing keys, an XChaCha20-Poly1305 key for the one that seals
+webhook signing secrets in the database (``app.services.webhooks``). Generated
+into the data directory on first start unless a file is configured; never
+logged.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +52,22 @@ def _load_or_create(path: Path) -> bytes:
     return b64url_decode(path.read_text().strip(), length=32)
 
 
+@functools.cache
+def _key_at(path: Path) -> bytes:
+    return _load_or_create(path)
+
+
+def webhook_secret_key(settings: Settings) -> bytes:
+    """The key that seals webhook signing secrets at rest (read once per process)."""
+    return _key_at(settings.keys.webhook_key_file or settings.data_dir / "webhook-secrets.key")
+
+
 def load_server_keys(settings: Settings) -> ServerKeys:
     token_seed = _load_or_create(
         settings.keys.token_key_file or settings.data_dir / "token-signing.key"
     )
     log_seed = _load_or_create(settings.keys.log_key_file or settings.data_dir / "log-signing.key")
+    webhook_secret_key(settings)  # created here too: before workers start, not on first use
     return ServerKeys(
         token_seed=token_seed,
         token_public=keys.sig_public_from_seed(token_seed),

@@ -14,6 +14,12 @@ Guarantees:
   attempt) and ``webhook-signature`` = ``v1,`` + base64(HMAC-SHA256(secret,
   f"{id}.{timestamp}.{body}")). After a rotation the previous secret signs too,
   space-separated, for ``webhooks.secret_grace`` seconds.
+- **Secrets sealed at rest.** The server must keep each signing secret to
+  sign with it, so it is stored sealed (XChaCha20-Poly1305, bound to the
+  webhook's id) under a key in the data directory (``webhook-secrets.key``,
+  ``REFGATE_KEYS__WEBHOOK_KEY_FILE``), not in the database: a dump alone
+  cannot forge deliveries. A secret stored in clear by an earlier version is
+  still read and is sealed at its next rotation.
 - **At least once.** The dispatcher claims due rows by pushing their
   ``next_attempt_at`` forward by a lease (``FOR UPDATE SKIP LOCKED`` on
   PostgreSQL), commits, sends outside any transaction, then records the result
@@ -50,6 +56,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import nacl.exceptions
+import nacl.secret
 from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -57,7 +65,7 @@ from app import __version__, errors
 from app.auth import Principal
 from app.authz import LAW_ENFORCEMENT, active_grant
 from app.config import Settings, WebhookSettings
-from app.crypto.encoding import EncodingError, b64url_decode
+from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
 from app.models.schemas import rfc3339
 from app.models.tables import Agency, ReferralGrant
 from app.models.types import UTCDateTime, utcnow
@@ -73,6 +81,7 @@ from app.models.webhook_tables import Webhook, WebhookDelivery
 from app.services import audit, retention
 from app.services.audit import Action
 from app.services.leader import LeaderRunner
+from app.services.server_keys import webhook_secret_key
 
 log = logging.getLogger("refgate.webhooks")
 ADVISORY_LOCK_KEY = 0x7265_6667_7768_6B  # "refgwhk", distinct from the sequencer's
@@ -88,6 +97,26 @@ _rng = random.SystemRandom()
 def new_secret() -> str:
     """A fresh Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+SEALED_PREFIX = "v1."  # a secret sealed at rest; a bare "whsec_" one predates sealing
+
+
+def seal_secret(settings: Settings, webhook_id: str, secret: str) -> str:
+    """The form a signing secret is stored in: XChaCha20-Poly1305 under the server's
+    webhook key, bound to its webhook's id, so a database dump alone cannot sign
+    deliveries and a sealed secret copied to another row does not open."""
+    box = nacl.secret.Aead(webhook_secret_key(settings))
+    return SEALED_PREFIX + b64url_encode(bytes(box.encrypt(secret.encode(), webhook_id.encode())))
+
+
+def open_secret(settings: Settings, webhook_id: str, stored: str) -> str:
+    """The signing secret of a stored value (sealed, or in clear from before sealing)."""
+    if not stored.startswith(SEALED_PREFIX):
+        return stored
+    box = nacl.secret.Aead(webhook_secret_key(settings))
+    sealed = b64url_decode(stored.removeprefix(SEALED_PREFIX))
+    return box.decrypt(sealed, webhook_id.encode()).decode()
 
 
 def _secret_key(secret: str) -> bytes:
@@ -330,12 +359,13 @@ async def create(
     now = utcnow()
     secret = new_secret()
     types = sorted(str(t) for t in body.event_types)
+    hook_id = str(uuid.uuid4())
     hook = Webhook(
-        id=str(uuid.uuid4()),
+        id=hook_id,
         agency_id=who.agency_id,
         url=body.url,
         event_types=json.dumps(types),
-        secret=secret,
+        secret=seal_secret(settings, hook_id, secret),
         created_by=who.client_id,
         created_at=now,
     )
@@ -389,7 +419,7 @@ async def rotate_secret(
     previous_expires = now + timedelta(seconds=grace) if grace else None
     hook.previous_secret = hook.secret if grace else None
     hook.previous_secret_expires_at = previous_expires
-    hook.secret = secret
+    hook.secret = seal_secret(settings, hook.id, secret)
     hook.secret_rotated_at = now
     await db.flush()
     await audit.record(
@@ -518,9 +548,10 @@ class _Claimed:
     event_type: str
     payload: str
     url: str
-    secret: str
+    secret: str  # as stored (sealed) until dispatch_once opens it
     previous_secret: str | None
     previous_secret_expires_at: datetime | None
+    webhook_id: str
 
 
 @dataclass(frozen=True)
@@ -585,6 +616,7 @@ async def _claim(
                 Webhook.secret,
                 Webhook.previous_secret,
                 Webhook.previous_secret_expires_at,
+                Webhook.id,
             )
             .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
             .where(WebhookDelivery.id.in_(list(ids)))
@@ -684,13 +716,26 @@ async def dispatch_once(
     report.claimed = len(claimed)
     if not claimed:
         return report
+    sendable: list[_Claimed] = []
+    unsendable: list[_Result] = []
+    for item in claimed:
+        try:
+            item.secret = open_secret(settings, item.webhook_id, item.secret)
+            if item.previous_secret is not None:
+                item.previous_secret = open_secret(settings, item.webhook_id, item.previous_secret)
+        except (nacl.exceptions.CryptoError, EncodingError, UnicodeDecodeError):
+            # another server's key, or a sealed secret moved between rows: never send unsigned
+            log.error("webhook signing secret does not open", extra={"webhook": item.webhook_id})
+            unsendable.append(_Result(item, False, None, "the signing secret does not open"))
+            continue
+        sendable.append(item)
     gate = asyncio.Semaphore(cfg.concurrency)
 
     async def one(item: _Claimed) -> _Result:
         async with gate:
             return await _send(http, cfg, item)
 
-    results = await asyncio.gather(*(one(c) for c in claimed))
+    results = [*await asyncio.gather(*(one(c) for c in sendable)), *unsendable]
     await _record(maker, cfg, results, report)
     return report
 

@@ -194,8 +194,14 @@ def test_gateway_gets_its_secrets_by_name_and_never_the_owner_login() -> None:
     assert keys["secret"]["secretName"] == "refgate-keys"
     mount = next(m for m in gateway["volumeMounts"] if m["name"] == "keys")
     assert mount["readOnly"] is True
-    for var in ("REFGATE_KEYS__TOKEN_KEY_FILE", "REFGATE_KEYS__LOG_KEY_FILE"):
+    for var in (
+        "REFGATE_KEYS__TOKEN_KEY_FILE",
+        "REFGATE_KEYS__LOG_KEY_FILE",
+        "REFGATE_KEYS__WEBHOOK_KEY_FILE",
+    ):
         assert env[var]["value"].startswith(mount["mountPath"] + "/")
+        name = env[var]["value"].rsplit("/", 1)[1]
+        assert {"key": name, "path": name} in keys["secret"]["items"]
     assert gateway["envFrom"] == [{"configMapRef": {"name": "refgate-config"}}]
     assert "refgate-db-owner" not in yaml.safe_dump(one("Deployment", "refgate"))
 
@@ -346,6 +352,7 @@ def test_gateway_runs_two_workers_with_keys_from_secrets() -> None:
     for var, secret in (
         ("REFGATE_KEYS__TOKEN_KEY_FILE", "refgate_token_key"),
         ("REFGATE_KEYS__LOG_KEY_FILE", "refgate_log_key"),
+        ("REFGATE_KEYS__WEBHOOK_KEY_FILE", "refgate_webhook_key"),
     ):
         assert env[var] == f"/run/secrets/{secret}"
         assert secret in secrets

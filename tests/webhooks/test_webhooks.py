@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.auth import ROLE_SCOPES, Principal, Role
 from app.client import webhook_listen
@@ -565,6 +565,81 @@ async def test_rotated_secret_signs_alongside_the_previous_one_during_the_grace(
     verify_webhook(hook["secret"], req.headers, req.body)
     listed = (await client.get("/v1/webhooks", headers=await tf.headers("legal"))).json()
     assert listed["items"][0]["secret_rotated_at"] is not None
+
+
+async def _stored_secrets(app: Any, webhook_id: str) -> tuple[str, str | None]:
+    async with app.state.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT secret, previous_secret FROM webhook WHERE id = :id"),
+                {"id": webhook_id},
+            )
+        ).one()
+    return row[0], row[1]
+
+
+async def test_signing_secrets_are_sealed_at_rest(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """The database holds each secret sealed under the server's webhook key, bound to
+    its webhook: a dump does not give it away, and a sealed secret moved to another
+    webhook does not open (that delivery fails instead of going out unsigned)."""
+    hook = await _subscribe(client, tf, "legal", receiver.url + "/legal", ["referral.received"])
+    other = await _subscribe(client, tf, "shelter", receiver.url + "/shelter", ["grant.added"])
+    rotated = (
+        await client.post(
+            f"/v1/webhooks/{hook['id']}/rotate-secret", headers=await tf.headers("legal")
+        )
+    ).json()
+    stored, previous = await _stored_secrets(app, hook["id"])
+    assert previous is not None
+    for value in (stored, previous):
+        assert value.startswith(webhooks.SEALED_PREFIX)
+        for secret in (hook["secret"], rotated["secret"]):
+            assert secret.removeprefix("whsec_") not in value
+    assert webhooks.open_secret(app.state.settings, hook["id"], stored) == rotated["secret"]
+    assert webhooks.open_secret(app.state.settings, hook["id"], previous) == hook["secret"]
+
+    # a sealed secret copied to another webhook's row does not open there
+    other_stored = (await _stored_secrets(app, other["id"]))[0]
+    async with app.state.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE webhook SET secret = :s, previous_secret = NULL WHERE id = :id"),
+            {"s": other_stored, "id": hook["id"]},
+        )
+    await _send(client, tf, {"full_name": {"legal": "service_provision"}})
+    report = await _dispatch(app, http)
+    assert (report.claimed, report.delivered) == (1, 0)
+    assert receiver.requests == []
+    (delivery,) = await _deliveries(client, tf, "legal", hook["id"])
+    assert delivery["last_error"] == "the signing secret does not open"
+
+
+async def test_a_secret_stored_in_clear_before_sealing_still_signs(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hook = await _subscribe(client, tf, "legal", receiver.url, ["referral.received"])
+    async with app.state.engine.begin() as conn:  # as an earlier version stored it
+        await conn.execute(
+            text("UPDATE webhook SET secret = :s WHERE id = :id"),
+            {"s": hook["secret"], "id": hook["id"]},
+        )
+    await _send(client, tf, {"full_name": {"legal": "service_provision"}})
+    await _dispatch(app, http)
+    (req,) = receiver.requests
+    verify_webhook(hook["secret"], req.headers, req.body)
+    rotated = (
+        await client.post(
+            f"/v1/webhooks/{hook['id']}/rotate-secret", headers=await tf.headers("legal")
+        )
+    ).json()
+    stored, previous = await _stored_secrets(app, hook["id"])
+    assert stored.startswith(webhooks.SEALED_PREFIX)
+    assert previous == hook["secret"]  # kept as it was for the grace period, then gone
+    await _send(client, tf, {"full_name": {"legal": "service_provision"}})
+    await _dispatch(app, http)
+    verify_webhook(rotated["secret"], receiver.requests[1].headers, receiver.requests[1].body)
+    verify_webhook(hook["secret"], receiver.requests[1].headers, receiver.requests[1].body)
 
 
 async def test_deliveries_are_paginated_newest_first(
