@@ -32,11 +32,12 @@ from fastapi import Request, Security
 from fastapi.security import SecurityScopes
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import OKPKey
+from joserfc.jwk import KeySet, OKPKey
 from sqlalchemy import select
 
 from app import errors
 from app.context import agency_var, client_var
+from app.crypto import keys
 from app.db import Db
 from app.models.tables import Agency, ApiClient
 from app.services.audit import Action, Actor, Outcome, PendingEvent, denied
@@ -97,10 +98,17 @@ class Principal:
         return Actor(client_id=self.client_id, agency_id=self.agency_id, role=str(self.role))
 
 
-def okp_public(raw: bytes) -> OKPKey:
+def okp_public(raw: bytes, kid: str | None = None) -> OKPKey:
     from app.crypto.encoding import b64url_encode
 
-    return OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)})
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
+    return OKPKey.import_key({**jwk, "kid": kid} if kid else jwk)
+
+
+def token_key_set(server_keys: ServerKeys) -> KeySet:
+    """What access tokens verify against, chosen by the token's ``kid``: the current
+    key and, during a rotation, the previous one (``keys.previous_token_key_file``)."""
+    return KeySet([okp_public(k, keys.kid(k)) for k in server_keys.token_verify_keys])
 
 
 def okp_private(seed: bytes, public: bytes) -> OKPKey:
@@ -111,7 +119,7 @@ def okp_private(seed: bytes, public: bytes) -> OKPKey:
     )
 
 
-def decode_jws(token: str, key: OKPKey) -> jwt.Token:
+def decode_jws(token: str, key: OKPKey | KeySet) -> jwt.Token:
     """Verify an EdDSA/Ed25519 JWS. joserfc warns that "EdDSA" is deprecated by
     RFC 9864; the design accepts both names, so that warning is expected here."""
     with warnings.catch_warnings():
@@ -145,16 +153,16 @@ def issue_access_token(
 
 STATUS_TTL = 2.0
 _MAX_CACHED = 10_000
-_verified: dict[tuple[bytes, str], dict[str, Any]] = {}
+_verified: dict[tuple[tuple[bytes, ...], str], dict[str, Any]] = {}
 
 
 def _verified_claims(
     token: str, request: Request, server_keys: ServerKeys | None
 ) -> dict[str, Any]:
-    """The claims of ``token`` once its signature verified under this server's key."""
+    """The claims of ``token`` once its signature verified under this server's keys."""
     if server_keys is None:
         return decode_jws(token, request.app.state.token_verify_key).claims
-    key = (server_keys.token_public, token)
+    key = (tuple(server_keys.token_verify_keys), token)  # a rotation starts a new cache
     claims = _verified.get(key)
     if claims is None:
         claims = decode_jws(token, request.app.state.token_verify_key).claims

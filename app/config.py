@@ -130,6 +130,11 @@ class CorsSettings(BaseModel):
 
 class KeySettings(BaseModel):
     token_key_file: Path | None = None
+    previous_token_key_file: Path | None = Field(
+        None,
+        description="during a token-key rotation: the previous key, verify-only and listed in "
+        "the JWKS, so tokens it signed stay valid until they expire; remove it after one TTL",
+    )
     log_key_file: Path | None = None
     webhook_key_file: Path | None = Field(
         None, description="32-byte key that seals webhook signing secrets at rest"

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__, errors
-from app.auth import okp_public
+from app.auth import token_key_set
 from app.config import Settings, get_settings
 from app.context import request_id_var
 from app.db import create_engine, read_sessionmaker, sessionmaker
@@ -157,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = sessionmaker(engine)
         app.state.read_sessionmaker = read_sessionmaker(engine)
         app.state.server_keys = server_keys
-        app.state.token_verify_key = okp_public(server_keys.token_public)
+        app.state.token_verify_key = token_key_set(server_keys)
         app.state.issuer = settings.public_url or "refgate"
         runner = SequencerRunner(engine, app.state.sessionmaker, settings, server_keys)
         app.state.sequencer = runner

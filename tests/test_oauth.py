@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -17,9 +18,10 @@ from sqlalchemy import text
 
 from app import server_cli
 from app.client.assertion import client_assertion
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.crypto import keys
-from app.crypto.encoding import b64url_encode
+from app.crypto.encoding import b64url_decode, b64url_encode
+from app.main import create_app
 from tests.taskforce import TaskForce
 
 AUD = "http://test/oauth/token"
@@ -218,6 +220,45 @@ def test_server_cli_revokes_a_client(
     assert created["status"] == "active"
     assert revoked["client_id"] == created["client_id"]
     assert revoked["status"] == "revoked"
+
+
+async def test_token_key_rotation_keeps_the_previous_keys_tokens_valid_until_removed(
+    settings: Settings, tf: TaskForce, tmp_path: Path
+) -> None:
+    """Rotation (runbook 4.1): a new current key, the old one verify-only for one
+    token TTL and listed in the JWKS, then removed."""
+    old_token = await tf.token("shelter", "caseworker")  # signed by the first key
+    old_key = settings.data_dir / "token-signing.key"
+    new_key = tmp_path / "new-token-signing.key"
+    new_key.write_text(b64url_encode(keys.generate_signing_key().seed) + "\n")
+
+    async def as_restarted(previous: Path | None) -> list[Any]:
+        rotated = settings.model_copy(
+            update={
+                "keys": settings.keys.model_copy(
+                    update={"token_key_file": new_key, "previous_token_key_file": previous}
+                )
+            }
+        )
+        other = create_app(rotated)
+        async with other.router.lifespan_context(other):
+            transport = httpx.ASGITransport(app=other)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                jwks = (await c.get("/.well-known/jwks.json")).json()["keys"]
+                old = await c.get("/v1/agencies", headers={"Authorization": f"Bearer {old_token}"})
+                client_id, auth = tf["legal"].clients["caseworker"]
+                issued = await _token(c, client_assertion(client_id, auth.seed, AUD))
+                new_token = issued.json()["access_token"]
+                new = await c.get("/v1/agencies", headers={"Authorization": f"Bearer {new_token}"})
+        header = json.loads(base64.urlsafe_b64decode(new_token.split(".")[0] + "=="))
+        return [[k["kid"] for k in jwks], old.status_code, new.status_code, header["kid"]]
+
+    during = await as_restarted(previous=old_key)
+    old_kid = keys.kid(keys.sig_public_from_seed(b64url_decode(old_key.read_text().strip())))
+    new_kid = keys.kid(keys.sig_public_from_seed(b64url_decode(new_key.read_text().strip())))
+    assert during == [[new_kid, old_kid], 200, 200, new_kid]
+    after = await as_restarted(previous=None)
+    assert after == [[new_kid], 401, 200, new_kid]
 
 
 async def test_token_endpoint_rejects_other_grants_and_bodies(client: httpx.AsyncClient) -> None:

@@ -5,6 +5,7 @@ from fastapi.responses import JSONResponse
 
 from app import errors, ratelimit
 from app.crypto.encoding import b64url_encode
+from app.crypto.keys import kid
 from app.db import Db
 from app.models.schemas import Jwks, TokenResponse
 from app.services import oauth
@@ -82,11 +83,12 @@ async def jwks(request: Request) -> Jwks:
                 {
                     "kty": "OKP",
                     "crv": "Ed25519",
-                    "x": b64url_encode(keys.token_public),
-                    "kid": keys.token_kid,
+                    "x": b64url_encode(public),
+                    "kid": kid(public),
                     "use": "sig",
                     "alg": "EdDSA",
                 }
+                for public in keys.token_verify_keys
             ]
         }
     )

@@ -25,10 +25,16 @@ class ServerKeys:
     token_public: bytes
     log_seed: bytes
     log_public: bytes
+    previous_token_public: bytes | None = None  # verify-only, during a rotation
 
     @property
     def token_kid(self) -> str:
         return keys.kid(self.token_public)
+
+    @property
+    def token_verify_keys(self) -> list[bytes]:
+        """The public keys access tokens may be signed with: current, then previous."""
+        return [k for k in (self.token_public, self.previous_token_public) if k is not None]
 
 
 def _load_or_create(path: Path) -> bytes:
@@ -68,9 +74,12 @@ def load_server_keys(settings: Settings) -> ServerKeys:
     )
     log_seed = _load_or_create(settings.keys.log_key_file or settings.data_dir / "log-signing.key")
     webhook_secret_key(settings)  # created here too: before workers start, not on first use
+    previous = settings.keys.previous_token_key_file
+    previous_seed = b64url_decode(previous.read_text().strip(), length=32) if previous else None
     return ServerKeys(
         token_seed=token_seed,
         token_public=keys.sig_public_from_seed(token_seed),
         log_seed=log_seed,
         log_public=keys.sig_public_from_seed(log_seed),
+        previous_token_public=keys.sig_public_from_seed(previous_seed) if previous_seed else None,
     )
