@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.config import AuditSettings, Settings, WebhookSettings
+from app.config import AuditSettings, Settings, WebhookSettings, get_settings
 from app.main import create_app
 from app.migrate import upgrade
 from tests.taskforce import TaskForce
@@ -116,6 +116,18 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         audit=AuditSettings(sequencer_enabled=False, checkpoint_interval=0),
         webhooks=WebhookSettings(dispatcher_enabled=False),
     )
+
+
+@pytest.fixture
+def server_cli_env(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The environment ``refgate-server`` reads, for calling ``app.server_cli.main``."""
+    monkeypatch.setenv("REFGATE_DATABASE_URL", database_url)
+    monkeypatch.setenv("REFGATE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture

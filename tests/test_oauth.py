@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from app import server_cli
 from app.client.assertion import client_assertion
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.crypto import keys
 from app.crypto.encoding import b64url_decode, b64url_encode
 from app.main import create_app
@@ -182,41 +182,31 @@ async def test_a_revoked_client_gets_no_token_and_its_token_stops_working(
     assert '"from":"revoked"' in rows[1][2]
 
 
-def test_server_cli_revokes_a_client(
-    database_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setenv("REFGATE_DATABASE_URL", database_url)
-    monkeypatch.setenv("REFGATE_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
-    try:
-        k = keys.generate_agency_keys()
-        assert (
-            server_cli.main(
-                ["create-agency", "--name", "CLI shelter", "--kind", "shelter"]
-                + ["--enc-key", b64url_encode(k.enc_public)]
-                + ["--sign-key", b64url_encode(k.sig_public)]
-            )
-            == 0
+@pytest.mark.usefixtures("server_cli_env")
+def test_server_cli_revokes_a_client(capsys: pytest.CaptureFixture[str]) -> None:
+    k = keys.generate_agency_keys()
+    assert (
+        server_cli.main(
+            ["create-agency", "--name", "CLI shelter", "--kind", "shelter"]
+            + ["--enc-key", b64url_encode(k.enc_public)]
+            + ["--sign-key", b64url_encode(k.sig_public)]
         )
-        agency = json.loads(capsys.readouterr().out)["id"]
-        auth = keys.generate_signing_key()
-        assert (
-            server_cli.main(
-                ["create-client", "--agency", agency, "--role", "caseworker"]
-                + ["--auth-key", b64url_encode(auth.public)]
-            )
-            == 0
+        == 0
+    )
+    agency = json.loads(capsys.readouterr().out)["id"]
+    auth = keys.generate_signing_key()
+    assert (
+        server_cli.main(
+            ["create-client", "--agency", agency, "--role", "caseworker"]
+            + ["--auth-key", b64url_encode(auth.public)]
         )
-        created = json.loads(capsys.readouterr().out)
-        assert server_cli.main(
-            ["revoke-client", "--agency", agency, "--client", created["client_id"]]
-        ) == 0
-        revoked = json.loads(capsys.readouterr().out)
-    finally:
-        get_settings.cache_clear()
+        == 0
+    )
+    created = json.loads(capsys.readouterr().out)
+    assert server_cli.main(
+        ["revoke-client", "--agency", agency, "--client", created["client_id"]]
+    ) == 0
+    revoked = json.loads(capsys.readouterr().out)
     assert created["status"] == "active"
     assert revoked["client_id"] == created["client_id"]
     assert revoked["status"] == "revoked"

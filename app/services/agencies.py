@@ -179,9 +179,7 @@ async def set_status(db: AsyncSession, actor: Actor, agency_id: str, status: str
     agency = await _require(db, agency_id)
     previous = agency.status
     agency.status = status
-    await db.flush()
-    forget_principals()
-    event.listen(db.sync_session, "after_commit", _forget_on_commit, once=True)
+    await _statuses_changed(db)
     await audit.record(
         db,
         actor,
@@ -192,6 +190,14 @@ async def set_status(db: AsyncSession, actor: Actor, agency_id: str, status: str
         detail={"from": previous, "to": status},
     )
     return to_out(agency, (await _keys_of(db, [agency_id]))[agency_id])
+
+
+async def _statuses_changed(db: AsyncSession) -> None:
+    """After a client or agency status change: drop this process's cache of client
+    statuses (``app.auth``) now and again at commit, so no request here reads the old."""
+    await db.flush()
+    forget_principals()
+    event.listen(db.sync_session, "after_commit", _forget_on_commit, once=True)
 
 
 def _forget_on_commit(_session: Session) -> None:
@@ -242,9 +248,7 @@ async def revoke_client(
     previous = client.status
     if previous != "revoked":
         client.status = "revoked"
-        await db.flush()
-        forget_principals()
-        event.listen(db.sync_session, "after_commit", _forget_on_commit, once=True)
+        await _statuses_changed(db)
     await audit.record(
         db,
         actor,

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from app import server_cli
 from app.client.audit_verify import verify_log
-from app.config import RetentionSettings, Settings, WebhookSettings, get_settings
+from app.config import RetentionSettings, Settings, WebhookSettings
 from app.models.tables import Referral, ReferralField, WrappedKey
 from app.models.types import utcnow
 from app.services import retention
@@ -204,22 +204,12 @@ async def test_periodic_job_in_the_dispatcher_runner_purges(
     assert await _count(app, ReferralField, [rid]) == 0
 
 
-def test_server_cli_purge_prints_the_counts(
-    database_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setenv("REFGATE_DATABASE_URL", database_url)
-    monkeypatch.setenv("REFGATE_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
-    try:
-        assert server_cli.main(["purge", "--dry-run"]) == 0
-        dry = json.loads(capsys.readouterr().out)
-        assert server_cli.main(["purge"]) == 0
-        real = json.loads(capsys.readouterr().out)
-    finally:
-        get_settings.cache_clear()
+@pytest.mark.usefixtures("server_cli_env")
+def test_server_cli_purge_prints_the_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert server_cli.main(["purge", "--dry-run"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert server_cli.main(["purge"]) == 0
+    real = json.loads(capsys.readouterr().out)
     assert dry["dry_run"] is True
     assert real["dry_run"] is False
     for report in (dry, real):
