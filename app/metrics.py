@@ -251,7 +251,9 @@ class Metrics:
                     ]
             up = 1.0
         except Exception as exc:  # the scrape must still answer when the database does not
-            log.warning("metrics: database gauges unavailable", extra={"error": repr(exc)})
+            log.warning(  # the type only: a driver error quotes the statement
+                "metrics: database gauges unavailable", extra={"exc_type": type(exc).__name__}
+            )
             up = 0.0
         out.append(("refgate_database_up", "1 when the database answered this scrape.", (), up))
         return out

@@ -193,7 +193,10 @@ class RateLimiter:
                 async with engine.begin() as conn:
                     counts = await self._count_exact(conn, windows, now)
             except Exception as exc:  # fail open: see the module docstring
-                log.warning("rate limiter unavailable, request allowed", extra={"error": repr(exc)})
+                log.warning(  # the type only: a driver error quotes the statement and its keys
+                    "rate limiter unavailable, request allowed",
+                    extra={"exc_type": type(exc).__name__},
+                )
                 return None
         else:
             return None
@@ -253,7 +256,9 @@ class RateLimiter:
             async with engine.begin() as conn:
                 totals = await self._add_sql(conn, batch, now)
         except Exception as exc:  # keep counting locally; retried at the next interval
-            log.warning("rate limiter could not share its counts", extra={"error": repr(exc)})
+            log.warning(  # the type only: a driver error quotes the statement and its keys
+                "rate limiter could not share its counts", extra={"exc_type": type(exc).__name__}
+            )
             return
         for slot, n in batch.items():
             left = self._unshared.get(slot, 0) - n
