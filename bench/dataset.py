@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
+from app.client.assertion import client_assertion, token_form
 from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto import keys, merkle
@@ -198,6 +200,21 @@ async def seed_task_force(settings: Settings) -> TaskForce:
     finally:
         await engine.dispose()
     return TaskForce(members)
+
+
+async def mint_tokens(tf: TaskForce, http: httpx.AsyncClient, token_url: str) -> None:
+    """An access token for every client of the task force (``Client.token``)."""
+    for c in tf.all_clients():
+        assertion = client_assertion(c.client_id, c.auth_seed, token_url)
+        r = await http.post("/oauth/token", data=token_form(assertion))
+        if r.status_code != 200:
+            raise RuntimeError(f"token for {c.role} refused: {r.status_code} {r.text}")
+        c.token = r.json()["access_token"]
+
+
+def recipient_role(name: str) -> str:
+    """The role that reads a recipient's inbox: a liaison for the police unit."""
+    return "liaison" if RECIPIENTS[name] == "law_enforcement" else "caseworker"
 
 
 # ------------------------------------------------------------------ envelopes

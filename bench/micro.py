@@ -30,13 +30,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.client.assertion import client_assertion
+import httpx
+
 from app.config import Settings
 from app.main import create_app
 from bench import dataset
 from bench.servers import RATE_LIMITS_RAISED
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 Call = tuple[str, str, str, bytes]  # method, path + query, token, body
 
 
@@ -132,18 +132,13 @@ async def run(args: argparse.Namespace) -> None:
     envelopes = await asyncio.to_thread(dataset.build_envelopes, tf, n + 50, 2)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        for c in tf.all_clients():
-            form = (
-                f"grant_type=client_credentials&client_assertion_type={ASSERTION_TYPE}"
-                f"&client_assertion={client_assertion(c.client_id, c.auth_seed, 'http://micro/oauth/token')}"
-            )
-            status, out = await _asgi(app, "POST", "/oauth/token", "", form.encode())
-            assert status == 200, out
-            c.token = json.loads(out)["access_token"]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://micro") as http:
+            await dataset.mint_tokens(tf, http, "http://micro/oauth/token")
 
         def recipient_token(k: int) -> str:
             name = list(dataset.RECIPIENTS)[k % 3]
-            return tf.client(name, "liaison" if name == "police" else "caseworker").token
+            return tf.client(name, dataset.recipient_role(name)).token
 
         warm = [
             ("POST", "/v1/referrals", tf.client(e.sender, "caseworker").token, e.body.encode())

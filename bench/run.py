@@ -34,14 +34,12 @@ from typing import Any
 import asyncpg
 import httpx
 
-from app.client.assertion import client_assertion
 from app.config import AuditSettings, Settings
 from app.services.server_keys import load_server_keys
 from bench import dataset, load, report, servers
 from bench.baseline_app import TABLE_SQL
 from bench.load import LoadResult, Request
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -287,20 +285,7 @@ class Runner:
 
     async def _mint_tokens(self, base_url: str) -> None:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-            for c in self.tf.all_clients():
-                r = await http.post(
-                    "/oauth/token",
-                    data={
-                        "grant_type": "client_credentials",
-                        "client_assertion_type": ASSERTION_TYPE,
-                        "client_assertion": client_assertion(
-                            c.client_id, c.auth_seed, base_url + "/oauth/token"
-                        ),
-                    },
-                )
-                if r.status_code != 200:
-                    raise RuntimeError(f"token for {c.role} refused: {r.status_code} {r.text}")
-                c.token = r.json()["access_token"]
+            await dataset.mint_tokens(self.tf, http, base_url + "/oauth/token")
 
     async def _top_up(self, base_url: str, have: int) -> None:
         """Send more referrals (outside any measurement) when the create run left too few."""
@@ -320,8 +305,7 @@ class Runner:
                     raise RuntimeError(f"top-up referral refused: {r.status_code} {r.text[:300]}")
 
     def _recipient_token(self, name: str) -> str:
-        role = "liaison" if name == "police" else "caseworker"
-        return self.tf.client(name, role).token
+        return self.tf.client(name, dataset.recipient_role(name)).token
 
     def refgate(self) -> None:
         port = servers.free_port()

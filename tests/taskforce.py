@@ -9,14 +9,13 @@ from typing import Any
 
 import httpx
 
-from app.client.assertion import client_assertion
+from app.client.assertion import client_assertion, token_form
 from app.crypto import envelope as env
 from app.crypto import keys
 from app.services import sequencer
 from app.services.audit import Actor
 from app.services.demo import unsafe_onboard_generated
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SYSTEM = Actor(client_id=None, agency_id=None, role="system")
 
 
@@ -75,13 +74,7 @@ class TaskForce:
             client_id, auth = member.clients[role]
             r = await self.http.post(
                 "/oauth/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_assertion_type": ASSERTION_TYPE,
-                    "client_assertion": client_assertion(
-                        client_id, auth.seed, "http://test/oauth/token"
-                    ),
-                },
+                data=token_form(client_assertion(client_id, auth.seed, "http://test/oauth/token")),
             )
             assert r.status_code == 200, r.text
             member._tokens[role] = r.json()["access_token"]

@@ -17,7 +17,7 @@ from joserfc.jwk import OKPKey
 from sqlalchemy import text
 
 from app import server_cli
-from app.client.assertion import client_assertion
+from app.client.assertion import client_assertion, token_form
 from app.config import Settings
 from app.crypto import keys
 from app.crypto.encoding import b64url_decode, b64url_encode
@@ -25,7 +25,6 @@ from app.main import create_app
 from tests.taskforce import TaskForce
 
 AUD = "http://test/oauth/token"
-TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 def _signed(seed: bytes, claims: dict[str, object], alg: str = "EdDSA") -> str:
@@ -45,11 +44,7 @@ def _signed(seed: bytes, claims: dict[str, object], alg: str = "EdDSA") -> str:
 async def _token(client: httpx.AsyncClient, assertion: str) -> httpx.Response:
     return await client.post(
         "/oauth/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_assertion_type": TYPE,
-            "client_assertion": assertion,
-        },
+        data=token_form(assertion),
     )
 
 

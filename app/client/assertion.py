@@ -12,6 +12,17 @@ from joserfc.jwk import OKPKey
 from app.crypto import keys
 from app.crypto.encoding import b64url_encode
 
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def token_form(assertion: str) -> dict[str, str]:
+    """The form body of a client-credentials token request authenticated by ``assertion``."""
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+    }
+
 
 def client_assertion(
     client_id: str, auth_seed: bytes, audience: str, *, lifetime: int = 60, alg: str = "EdDSA"

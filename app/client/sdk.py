@@ -90,7 +90,7 @@ from typing import Any, Literal
 import httpx
 
 from app import __version__
-from app.client.assertion import client_assertion
+from app.client.assertion import client_assertion, token_form
 from app.client.keyfile import KeyFile
 from app.crypto import envelope as env
 from app.crypto import keys, merkle
@@ -109,7 +109,6 @@ __all__ = [
     "VerificationError",
 ]
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 KEY_EVENTS = frozenset({"key:register", "key:rotate"})
 _RETRYABLE = frozenset({502, 503, 504})
 
@@ -215,11 +214,7 @@ class PrivateKeyJWT(httpx.Auth):
         return httpx.Request(
             "POST",
             self.token_url,
-            data={
-                "grant_type": "client_credentials",
-                "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": client_assertion(self.client_id, self._seed, self.token_url),
-            },
+            data=token_form(client_assertion(self.client_id, self._seed, self.token_url)),
             headers={"Accept": "application/json"},
         )
 

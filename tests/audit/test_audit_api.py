@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.client.assertion import client_assertion
+from app.client.assertion import client_assertion, token_form
 from app.crypto import checkpoint, keys, merkle
 from app.crypto.canonical import canonical_json
 from app.services import audit, audit_log
@@ -20,7 +20,6 @@ from app.services.audit import Action, Actor
 from tests.taskforce import TaskForce
 
 TOKEN_URL = "http://test/oauth/token"
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 def _client_id(tf: TaskForce, name: str, role: str = "caseworker") -> str:
@@ -75,11 +74,7 @@ async def test_token_issuance_is_recorded_granted_and_refused(
     legal = _client_id(tf, "legal")
     await tf.token("legal", "caseworker")
     wrong_key = keys.generate_signing_key()
-    form = {
-        "grant_type": "client_credentials",
-        "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": client_assertion(legal, wrong_key.seed, TOKEN_URL),
-    }
+    form = token_form(client_assertion(legal, wrong_key.seed, TOKEN_URL))
     r = await client.post("/oauth/token", data=form)
     assert r.status_code == 401, r.text
     # A replayed assertion is refused too, and so is one that is not a JWT at all.

@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.client.assertion import client_assertion
+from app.client.assertion import client_assertion, token_form
 from app.config import AuditSettings, Settings
 from app.crypto import checkpoint, keys, merkle
 from app.crypto.canonical import canonical_json
@@ -347,13 +347,8 @@ async def test_live_server_with_two_workers_logs_every_event_once(
             await _wait_for(ready, 30, "the server to be ready")
 
             async def token(role: str) -> dict[str, str]:
-                r = await http.post("/oauth/token", data={
-                    "grant_type": "client_credentials",
-                    "client_assertion_type":
-                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                    "client_assertion": client_assertion(
-                        clients[role], auth[role].seed, f"{base}/oauth/token"),
-                })
+                r = await http.post("/oauth/token", data=token_form(client_assertion(
+                    clients[role], auth[role].seed, f"{base}/oauth/token")))
                 assert r.status_code == 200, r.text
                 return {"Authorization": f"Bearer {r.json()['access_token']}"}
 

@@ -43,7 +43,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.auth import ROLE_SCOPES, Role, Scope, issue_access_token
-from app.client.assertion import client_assertion
+from app.client.assertion import client_assertion, token_form
 from app.config import MetricsSettings, Settings
 from app.crypto import envelope as env
 from app.crypto import keys
@@ -52,7 +52,7 @@ from app.models.tables import ApiClient
 from app.models.webhook_tables import WebhookDelivery
 from app.services import agencies
 from tests.hardening import PROBLEM_JSON, quiet_settings
-from tests.taskforce import ASSERTION_TYPE, SYSTEM, TaskForce, rfc3339
+from tests.taskforce import SYSTEM, TaskForce, rfc3339
 
 TOKEN_URL = "http://test/oauth/token"
 METRICS_TOKEN = "m" * 32
@@ -667,11 +667,7 @@ async def _token_req(w: World, c: Caller, res: str, fresh: bool) -> Req:
         assertion = client_assertion(client_id, auth.seed, TOKEN_URL, lifetime=lifetime)
     return Req(
         "/oauth/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": assertion,
-        },
+        data=token_form(assertion),
     )
 
 

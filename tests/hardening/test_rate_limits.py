@@ -24,12 +24,12 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.client.assertion import client_assertion
+from app.client.assertion import client_assertion, token_form
 from app.config import RateLimitSettings, Settings
 from app.crypto import keys
 from app.main import create_app
 from tests.hardening import assert_problem, quiet_settings
-from tests.taskforce import ASSERTION_TYPE, TaskForce
+from tests.taskforce import TaskForce
 
 TOKEN_URL = "http://test/oauth/token"
 LIMITS = RateLimitSettings(
@@ -56,11 +56,7 @@ async def _clear_of_window_edge(window: int, needed: float = 4.0) -> None:
 
 
 def _form(client_id: str, seed: bytes) -> dict[str, str]:
-    return {
-        "grant_type": "client_credentials",
-        "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": client_assertion(client_id, seed, TOKEN_URL),
-    }
+    return token_form(client_assertion(client_id, seed, TOKEN_URL))
 
 
 def _assert_429(response: httpx.Response, window: int) -> None:
