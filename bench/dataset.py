@@ -551,14 +551,7 @@ async def load_audit_log(
             nodes, frontier = merkle.append_leaves(size, frontier, leaves)
             async with conn.transaction():
                 await conn.copy_records_to_table("audit_event", records=rows, columns=EVENT_COLUMNS)
-                await conn.copy_records_to_table(
-                    "audit_leaf",
-                    records=[(size + i, r[0], leaves[i]) for i, r in enumerate(rows)],
-                    columns=["seq", "event_id", "leaf_hash"],
-                )
-                await conn.copy_records_to_table(
-                    "audit_node", records=nodes, columns=["level", "idx", "hash"]
-                )
+                await sequencer.copy_tree_rows(conn, size, [r[0] for r in rows], leaves, nodes)
             size += n
         await _restore_event_indexes(conn, deferred)
         await conn.execute(

@@ -117,6 +117,23 @@ async def _driver_connection(session: AsyncSession) -> Any:
     return raw.driver_connection
 
 
+async def copy_tree_rows(
+    pg: Any,
+    first_seq: int,
+    event_ids: Sequence[int],
+    leaves: Sequence[bytes],
+    nodes: Sequence[tuple[int, int, bytes]],
+) -> None:
+    """PostgreSQL: write leaves ``first_seq``.. and new nodes with COPY on asyncpg
+    connection ``pg``, in whatever transaction it is in."""
+    await pg.copy_records_to_table(
+        "audit_leaf",
+        records=[(first_seq + i, event_id, leaves[i]) for i, event_id in enumerate(event_ids)],
+        columns=["seq", "event_id", "leaf_hash"],
+    )
+    await pg.copy_records_to_table("audit_node", records=nodes, columns=["level", "idx", "hash"])
+
+
 async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
     """Integrate up to ``batch_size`` pending events in the caller's transaction."""
     locked = (
@@ -151,14 +168,7 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
     leaves = [leaf_hash(canonical.encode("utf-8")) for _, canonical in pending]
     new_nodes, new_frontier = merkle.append_leaves(size, frontier, leaves)
     if postgres:
-        await pg.copy_records_to_table(
-            "audit_leaf",
-            records=[(size + i, row[0], leaves[i]) for i, row in enumerate(pending)],
-            columns=["seq", "event_id", "leaf_hash"],
-        )
-        await pg.copy_records_to_table(
-            "audit_node", records=new_nodes, columns=["level", "idx", "hash"]
-        )
+        await copy_tree_rows(pg, size, [row[0] for row in pending], leaves, new_nodes)
     else:
         await session.execute(
             insert(AuditLeaf.__table__),
