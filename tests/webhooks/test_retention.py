@@ -40,6 +40,14 @@ async def _send(client: httpx.AsyncClient, tf: TaskForce, fields: list[str], **k
     return body
 
 
+async def _withdrawn(client: httpx.AsyncClient, tf: TaskForce) -> str:
+    """A one-field referral, sent and withdrawn by the sender; its id."""
+    rid: str = (await _send(client, tf, ["full_name"]))["manifest"]["referral_id"]
+    r = await client.post(f"/v1/referrals/{rid}/withdraw", headers=await tf.headers("shelter"))
+    assert r.status_code == 200, r.text
+    return rid
+
+
 def _secrets(body: dict) -> list[bytes]:
     """What must leave the database: every ciphertext and every wrapped key."""
     return [c.encode() for c in body["ciphertexts"].values()] + [
@@ -145,10 +153,7 @@ async def test_purge_removes_ciphertext_from_the_raw_database_and_the_log_still_
 async def test_dry_run_counts_and_changes_nothing(
     app: Any, client: httpx.AsyncClient, tf: TaskForce, settings: Settings
 ) -> None:
-    body = await _send(client, tf, ["full_name"])
-    rid = body["manifest"]["referral_id"]
-    r = await client.post(f"/v1/referrals/{rid}/withdraw", headers=await tf.headers("shelter"))
-    assert r.status_code == 200, r.text
+    rid = await _withdrawn(client, tf)
     later = utcnow() + timedelta(days=31)
     dry = await retention.run(app.state.engine, settings, later, dry_run=True)
     assert dry.dry_run
@@ -177,10 +182,7 @@ async def test_expired_consent_loses_its_wrapped_key_but_the_referral_stays(
 async def test_periodic_job_in_the_dispatcher_runner_purges(
     app: Any, client: httpx.AsyncClient, tf: TaskForce, settings: Settings
 ) -> None:
-    body = await _send(client, tf, ["full_name"])
-    rid = body["manifest"]["referral_id"]
-    r = await client.post(f"/v1/referrals/{rid}/withdraw", headers=await tf.headers("shelter"))
-    assert r.status_code == 200, r.text
+    rid = await _withdrawn(client, tf)
     eager = settings.model_copy(
         update={
             "retention": RetentionSettings(withdrawn_days=0, interval=0.05),
