@@ -123,6 +123,13 @@ class Exceeded:
     retry_after: int
 
 
+def _drop_ended(counters: dict[tuple[str, int], int], now: float) -> None:
+    """Forget the counts of windows that started more than two sweeps ago."""
+    horizon = now - 2 * SWEEP_EVERY
+    for slot in [slot for slot in counters if slot[1] < horizon]:
+        del counters[slot]
+
+
 def _key(limit: Limit, subject: str) -> str:
     if len(subject) > 100:  # keys stay bounded whatever a proxy reports
         subject = hashlib.sha256(subject.encode()).hexdigest()
@@ -214,9 +221,7 @@ class RateLimiter:
     def _count_memory(self, windows: dict[str, int], now: float) -> dict[str, int]:
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_EVERY
-            horizon = now - 2 * SWEEP_EVERY
-            for k in [k for k in self._memory if k[1] < horizon]:
-                del self._memory[k]
+            _drop_ended(self._memory, now)
         counts = {}
         for key, start in windows.items():
             counts[key] = self._memory[(key, start)] = self._memory.get((key, start), 0) + 1
@@ -244,11 +249,9 @@ class RateLimiter:
     async def share(self, engine: AsyncEngine) -> None:
         """Add this worker's unshared counts to the table and read back the totals."""
         now = time.time()
-        horizon = now - 2 * SWEEP_EVERY
         # windows that ended long ago are not worth sharing (and, while the database
         # is unreachable, must not pile up)
-        for slot in [slot for slot in self._unshared if slot[1] < horizon]:
-            del self._unshared[slot]
+        _drop_ended(self._unshared, now)
         batch = dict(self._unshared)
         if not batch:
             return
@@ -266,7 +269,7 @@ class RateLimiter:
                 self._unshared[slot] = left
             else:
                 self._unshared.pop(slot, None)
-        self._shared = {slot: c for slot, c in self._shared.items() if slot[1] >= horizon}
+        _drop_ended(self._shared, now)
         self._shared.update(totals)
 
     async def _count_exact(
