@@ -4,7 +4,10 @@ Rules (DESIGN.md, "Identity and authorization"):
 - a referral is visible to its sending agency and to its recipient agencies,
   and to nobody else; anyone else gets 404, exactly as for a missing referral;
 - a recipient sees a field only while it holds an active grant for it
-  (not revoked, not expired);
+  (not revoked, not expired), and nothing of other recipients' grants,
+  requests or statuses;
+- a withdrawn referral does not exist for its recipients (404 on read and on
+  status; its list item stays, cancelled, so the inbox shows what happened);
 - a law-enforcement agency sees a referral only while at least one field is
   consented to it: a referral that lists it with no active grant does not
   exist for it (not in its inbox, 404 on read and on status);
@@ -77,12 +80,13 @@ def visible_referrals(box: str, law_enforcement: bool) -> Select[Any]:
     then needs an active grant at ``:now``). Execute with ``params(who, now)``.
 
     Columns: ``id``, ``sender_agency``, ``created_at``, ``received_at``,
-    ``metadata_json``, ``withdrawn_at``; never the manifest or any content.
+    ``version``, ``withdrawn_at``; never the manifest or any content.
 
     The sent box reads ``referral`` by sender (``received_at`` is the
     referral's). The received box is driven from the caller's own
     ``referral_recipient`` rows (index ``ix_referral_recipient_inbox``), adds
-    the caller's status (``status``, ``reason``, ``note``, ``updated_at``), and
+    the caller's request and status (``request_json``, ``status``, ``reason``,
+    ``note``, ``signed_at``, ``signature``, ``updated_at``), and
     its ``received_at`` is when the referral reached this recipient: the
     referral's own time, or for a recipient added later by a grant update, the
     time of that update.
@@ -91,7 +95,7 @@ def visible_referrals(box: str, law_enforcement: bool) -> Select[Any]:
         Referral.id,
         Referral.sender_agency,
         Referral.created_at,
-        Referral.metadata_json,
+        Referral.version,
         Referral.withdrawn_at,
     )
     if box == "sent":
@@ -100,9 +104,12 @@ def visible_referrals(box: str, law_enforcement: bool) -> Select[Any]:
         select(
             *summary,
             ReferralRecipient.received_at,
+            ReferralRecipient.request_json,
             ReferralRecipient.status,
             ReferralRecipient.reason,
             ReferralRecipient.note,
+            ReferralRecipient.signed_at,
+            ReferralRecipient.signature.label("status_signature"),
             ReferralRecipient.updated_at,
         )
         .select_from(ReferralRecipient)
@@ -123,6 +130,7 @@ class Head:
     id: str
     sender_agency: str
     withdrawn_at: datetime | None
+    version: int
     manifest_json: str | None
     signature: str | None
 
@@ -131,20 +139,26 @@ class Head:
 class OwnStatus:
     """The caller's own ``referral_recipient`` row (recipients only)."""
 
+    request: str
     status: str
     reason: str | None
     note: str | None
+    signed_at: str | None
+    signature: str | None
     updated_at: datetime
 
 
 @dataclass(frozen=True)
 class Grant:
     """An active grant of the caller; with ``content=True`` also what it opens:
-    the field's ciphertext and the caller's wrapped key (None when absent)."""
+    its disclosure, the field's disclosure and ciphertext, and the caller's
+    wrapped key (None when absent)."""
 
-    field: str
+    fid: str
     purpose: str
     expires_at: datetime | None
+    disclosure: str | None = None
+    field_disclosure: str | None = None
     ciphertext: str | None = None
     kid: str | None = None
     wrapped_key: str | None = None
@@ -154,22 +168,27 @@ class Grant:
 class Access:
     referral: Head
     relation: Relation
-    fields: dict[str, Grant]  # active grants of the caller (recipients only)
+    fields: dict[str, Grant]  # active grants of the caller by fid (recipients only)
     own: OwnStatus | None = None  # the caller's status row (recipients only)
 
 
 _OWN_COLUMNS = (
     ReferralRecipient.recipient,
+    ReferralRecipient.request,
     ReferralRecipient.status,
     ReferralRecipient.reason,
     ReferralRecipient.note,
+    ReferralRecipient.signed_at,
+    ReferralRecipient.signature.label("status_signature"),
     ReferralRecipient.updated_at,
 )
 
 
 @cache
 def _relation_query(content: bool, lock_own: bool, law_enforcement: bool) -> Select[Any]:
-    head: list[Any] = [Referral.id, Referral.sender_agency, Referral.withdrawn_at]
+    head: list[Any] = [
+        Referral.id, Referral.sender_agency, Referral.withdrawn_at, Referral.version
+    ]
     if content:
         head += [Referral.manifest_json, Referral.signature]
     else:
@@ -227,25 +246,33 @@ async def relation(
         row = (await db.execute(_relation_query(content, False, le), values)).first()
     if row is None:
         return None
-    head = Head(row.id, row.sender_agency, row.withdrawn_at, row.manifest_json, row.signature)
+    head = Head(
+        row.id, row.sender_agency, row.withdrawn_at, row.version, row.manifest_json,
+        row.signature,
+    )
     if head.sender_agency == who.agency_id:
         return Access(head, Relation.SENDER, {})
-    if row.recipient is None or not row.granted:
+    if row.recipient is None or not row.granted or head.withdrawn_at is not None:
         return None
-    own = OwnStatus(row.status, row.reason, row.note, row.updated_at)
+    own = OwnStatus(
+        row.request, row.status, row.reason, row.note, row.signed_at, row.status_signature,
+        row.updated_at,
+    )
     fields = {}
     if content:
-        fields = {r.field: Grant(*r) for r in await db.execute(_ACTIVE_GRANTS, values)}
+        fields = {r.fid: Grant(*r) for r in await db.execute(_ACTIVE_GRANTS, values)}
     return Access(head, Relation.RECIPIENT, fields, own)
 
 
-# The caller's active grants on one referral, each with the field's ciphertext and
-# the caller's wrapped key for it (None where absent).
+# The caller's active grants on one referral, each with its disclosure, the field's
+# disclosure and ciphertext, and the caller's wrapped key for it (None where absent).
 _ACTIVE_GRANTS = (
     select(
-        ReferralGrant.field,
+        ReferralGrant.fid,
         ReferralGrant.purpose,
         ReferralGrant.expires_at,
+        ReferralGrant.disclosure,
+        ReferralField.disclosure.label("field_disclosure"),
         ReferralField.ciphertext,
         WrappedKey.kid,
         WrappedKey.wrapped_key,
@@ -254,17 +281,17 @@ _ACTIVE_GRANTS = (
         ReferralField,
         and_(
             ReferralField.referral_id == ReferralGrant.referral_id,
-            ReferralField.field == ReferralGrant.field,
+            ReferralField.fid == ReferralGrant.fid,
         ),
     )
     .outerjoin(
         WrappedKey,
         and_(
             WrappedKey.referral_id == ReferralGrant.referral_id,
-            WrappedKey.field == ReferralGrant.field,
+            WrappedKey.fid == ReferralGrant.fid,
             WrappedKey.recipient == ReferralGrant.recipient,
         ),
     )
     .where(ReferralGrant.referral_id == REFERRAL_ID, active_grant(ME, NOW))
-    .order_by(ReferralGrant.field)
+    .order_by(ReferralGrant.fid)
 )

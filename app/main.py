@@ -110,7 +110,7 @@ def _install_openapi(app: FastAPI) -> None:
     every error response a problem+json schema."""
     from pydantic.json_schema import models_json_schema
 
-    from app.models.schemas import EnvelopeIn, GrantUpdate
+    from app.crypto.wire import Amendment, EnvelopeIn, StatusIn
 
     generate = app.openapi
 
@@ -119,7 +119,7 @@ def _install_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         schema = generate()
         _, defs = models_json_schema(
-            [(EnvelopeIn, "validation"), (GrantUpdate, "validation")],
+            [(EnvelopeIn, "validation"), (Amendment, "validation"), (StatusIn, "validation")],
             ref_template="#/components/schemas/{model}",
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -188,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_openapi(app)
     for module in (health, oauth, agencies, referrals, audit, webhooks):
         app.include_router(module.router)
+    app.include_router(referrals.limits_router)
     app.include_router(metrics_route.router)
     registry = Metrics(settings.data_dir)
     limiter = RateLimiter(settings, on_refused=registry.rate_limited)

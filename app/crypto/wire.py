@@ -53,7 +53,7 @@ RFC3339_RE = (
 )
 FIELD_NAME_RE = r"^[a-z][a-z0-9_]{0,63}$"
 CASE_REF_RE = r"^[A-Za-z0-9._-]{1,64}$"
-REASON_RE = r"^[a-z][a-z0-9_]{0,63}$"
+REASON_RE = r"^[a-z0-9_.-]{1,64}$"
 DISCLOSURE_RE = r"^[A-Za-z0-9_-]+$"
 
 MAX_DISCLOSURE_CHARS = 8192

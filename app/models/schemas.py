@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
+from app.crypto.wire import Manifest, RequestValue, Revocation, TaskStatus
+
 AgencyKind = Literal[
     "social_service", "shelter", "legal_aid", "medical", "law_enforcement", "ngo", "government"
 ]
@@ -139,97 +141,49 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
-# --- referrals (Envelope v1; the authoritative checks are in app.crypto.envelope) ---
-
-Urgency = Literal["routine", "urgent", "emergency"]
-Purpose = Literal["service_provision", "investigation", "prosecution", "safety_planning", "sender"]
-TaskStatus = Literal[
-    "requested",
-    "received",
-    "accepted",
-    "rejected",
-    "in-progress",
-    "on-hold",
-    "completed",
-    "failed",
-    "cancelled",
-]
+# --- referrals (Envelope v2: the request shapes are app.crypto.wire's, the checks
+# app.crypto.envelope's; these are the responses) ---
 
 
-class Metadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    services: list[str] | None = None
-    urgency: Urgency | None = None
-    case_ref: str | None = None
+class StatusOut(Out):
+    """A recipient's status; ``signature`` by the recipient (null for server-set statuses)."""
 
-
-class FieldDigest(BaseModel):
-    ciphertext_sha256: str
-    commitment: str
-
-
-class GrantEntry(BaseModel):
-    field: str
     recipient: str
-    kid: str
-    wrapped_key_sha256: str
-    purpose: Purpose
-    expires_at: str | None
-    release_ref: str | None
+    status: TaskStatus
+    reason: str | None = None
+    note: str | None = Field(None, description="sealed box to the sender's X25519 key")
+    signed_at: str | None = Field(None, description="as signed by the recipient")
+    signature: str | None = None
+    updated_at: Timestamp
 
 
-class Manifest(BaseModel):
-    v: Literal[1]
-    referral_id: str
-    sender_agency: str
-    sender_kid: str
-    created_at: str
-    metadata: Metadata
-    recipients: list[str]
-    fields: dict[str, FieldDigest]
-    grants: list[GrantEntry]
-
-
-class WrappedKeyEntry(BaseModel):
-    field: str
+class WrappedKeyOut(BaseModel):
+    fid: str
     recipient: str
     kid: str
     wrapped_key: str
 
 
-class EnvelopeIn(BaseModel):
-    """``POST /v1/referrals`` body (DESIGN.md, Wire format)."""
-
-    manifest: Manifest
-    signature: str
-    ciphertexts: dict[str, str]
-    wrapped_keys: list[WrappedKeyEntry]
-
-
-class StatusOut(Out):
-    recipient: str
-    status: TaskStatus
-    reason: str | None = None
-    note: str | None = None
-    updated_at: Timestamp
-
-
 class EnvelopeOut(BaseModel):
-    """The envelope as the caller may see it, plus ``statuses``."""
+    """A referral as the caller may see it: the sender everything, a recipient its own part."""
 
     manifest: Manifest
     signature: str
+    disclosures: list[str]
     ciphertexts: dict[str, str]
-    wrapped_keys: list[WrappedKeyEntry]
+    wrapped_keys: list[WrappedKeyOut]
     statuses: list[StatusOut]
 
 
 class ReferralSummary(Out):
+    """A list item; ``request`` is the caller's own request (recipients only)."""
+
     referral_id: str
     sender_agency: str
-    created_at: Timestamp
-    metadata: dict[str, Any]
+    created_at: str = Field(description="as signed in the manifest")
+    version: int
     statuses: list[StatusOut]
+    request: RequestValue | None = None
     withdrawn: bool = False
 
 
@@ -238,38 +192,30 @@ class ReferralList(BaseModel):
     next_cursor: str | None = None
 
 
-class StatusUpdate(Model):
-    status: TaskStatus
-    reason: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9_.-]{1,64}$")
-    note: str | None = Field(None, max_length=16384, pattern=r"^[A-Za-z0-9_-]+$")
-
-
-class GrantUpdate(BaseModel):
-    """``POST /v1/referrals/{id}/grants``: the re-signed manifest and the new wrapped keys."""
-
-    manifest: Manifest
-    signature: str
-    wrapped_keys: list[WrappedKeyEntry]
-
-
-class Revocation(Model):
-    field: str = Field(max_length=64)
-    recipient: str = Field(max_length=255)
-
-
-class Revocations(Model):
-    revocations: list[Revocation] = Field(min_length=1, max_length=1024)
-
-
-class GrantsChanged(BaseModel):
+class AmendmentDone(BaseModel):
     referral_id: str
-    grants: list[GrantEntry]
+    version: int
+    grants: list[str] = Field(description="the grant disclosures added")
+    new_recipients: list[str]
 
 
 class RevocationsDone(Out):
     referral_id: str
     revoked: list[Revocation]
     revoked_at: Timestamp
+
+
+class Limits(BaseModel):
+    """What the server refuses beyond: read these before sealing (``GET /v1/limits``)."""
+
+    max_consent_days: int
+    max_fields: int
+    max_field_bytes: int
+    max_recipients: int
+    max_clock_skew_seconds: int
+    services: list[str]
+    purposes: list[str]
+    urgencies: list[str]
 
 
 # --- audit ---

@@ -70,16 +70,21 @@ class UsedAssertion(SQLModel, table=True):
 
 
 class Referral(SQLModel, table=True):
+    """A referral's head: its signed manifest (RFC 8785 text, exactly as signed) and version.
+
+    ``created_at`` is kept as the signed text (times are returned exactly as
+    signed); ``received_at`` is the server's clock and orders the boxes.
+    """
+
     __tablename__ = "referral"
     __table_args__ = (Index("ix_referral_sender_received", "sender_agency", "received_at"),)
 
     id: str = Field(primary_key=True, max_length=36)
     sender_agency: str = Field(foreign_key="agency.id", max_length=36)
     sender_kid: str = Field(max_length=32)
-    created_at: datetime = Field(sa_column=_ts())
+    created_at: str = Field(max_length=40)
     received_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
-    urgency: str | None = Field(default=None, max_length=16)
-    metadata_json: str = Field(sa_column=Column(Text, nullable=False))
+    version: int = Field(default=1)
     manifest_json: str = Field(sa_column=Column(Text, nullable=False))
     signature: str = Field(max_length=128)
     withdrawn_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
@@ -87,17 +92,18 @@ class Referral(SQLModel, table=True):
 
 
 class ReferralField(SQLModel, table=True):
-    """One encrypted field: base64url(nonce || XChaCha20-Poly1305 ciphertext)."""
+    """One encrypted field by its opaque id: its disclosure and base64url(nonce || ciphertext)."""
 
     __tablename__ = "referral_field"
 
     referral_id: str = Field(foreign_key="referral.id", primary_key=True, max_length=36)
-    field: str = Field(primary_key=True, max_length=64)
+    fid: str = Field(primary_key=True, max_length=32)
+    disclosure: str = Field(sa_column=Column(Text, nullable=False))
     ciphertext: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class ReferralRecipient(SQLModel, table=True):
-    """Closed-loop status of one recipient agency."""
+    """One recipient: its request disclosure and its closed-loop status (signed by it)."""
 
     __tablename__ = "referral_recipient"
     __table_args__ = (Index("ix_referral_recipient_inbox", "recipient", "received_at"),)
@@ -105,37 +111,41 @@ class ReferralRecipient(SQLModel, table=True):
     referral_id: str = Field(foreign_key="referral.id", primary_key=True, max_length=36)
     recipient: str = Field(foreign_key="agency.id", primary_key=True, max_length=36)
     received_at: datetime = Field(sa_column=_ts())
+    request: str = Field(sa_column=Column(Text, nullable=False))
+    request_json: str = Field(sa_column=Column(Text, nullable=False))
+    urgency: str = Field(max_length=16)
     status: str = Field(default="requested", max_length=16)
     reason: str | None = Field(default=None, max_length=64)
     note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    signed_at: str | None = Field(default=None, max_length=40)
+    signature: str | None = Field(default=None, max_length=128)
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 class ReferralGrant(SQLModel, table=True):
-    """A consent (field, recipient) as signed in the manifest; revocation is recorded here."""
+    """A grant disclosure (fid, recipient) as signed; revocation is recorded here."""
 
     __tablename__ = "referral_grant"
     __table_args__ = (Index("ix_referral_grant_recipient", "recipient", "referral_id"),)
 
     referral_id: str = Field(foreign_key="referral.id", primary_key=True, max_length=36)
-    field: str = Field(primary_key=True, max_length=64)
+    fid: str = Field(primary_key=True, max_length=32)
     recipient: str = Field(primary_key=True, max_length=36)
+    disclosure: str = Field(sa_column=Column(Text, nullable=False))
     kid: str = Field(max_length=32)
     purpose: str = Field(max_length=32)
     expires_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True, index=True))
-    release_ref: str | None = Field(default=None, max_length=256)
-    wrapped_key_sha256: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class WrappedKey(SQLModel, table=True):
-    """A field key sealed to one agency. Deleted (never flagged) on revocation or expiry."""
+    """A field key sealed to one agency. Deleted (never flagged) on revocation, expiry, withdraw."""
 
     __tablename__ = "wrapped_key"
 
     referral_id: str = Field(foreign_key="referral.id", primary_key=True, max_length=36)
-    field: str = Field(primary_key=True, max_length=64)
+    fid: str = Field(primary_key=True, max_length=32)
     recipient: str = Field(primary_key=True, max_length=36)
     kid: str = Field(max_length=32)
     wrapped_key: str = Field(max_length=128)

@@ -8,30 +8,27 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from app import errors
-from app.auth import Caseworker, Reader, StatusWriter
+from app.auth import AnyPrincipal, Caseworker, Reader, StatusWriter
+from app.crypto.wire import Amendment, EnvelopeIn, Revocations, StatusIn, TaskStatus
 from app.db import Db
 from app.jsonbody import json_object
 from app.models.schemas import (
-    EnvelopeIn,
+    AmendmentDone,
     EnvelopeOut,
-    GrantsChanged,
-    GrantUpdate,
+    Limits,
     ReferralList,
     ReferralSummary,
-    Revocations,
     RevocationsDone,
     StatusOut,
-    StatusUpdate,
-    TaskStatus,
-    Urgency,
 )
 from app.services import referrals
+from app.vocab import Urgency
 
 router = APIRouter(prefix="/v1/referrals", tags=["referrals"])
 READ_ERRORS = (401, 403, 404, 422)
 
 
-def _body_doc(model: type[EnvelopeIn] | type[GrantUpdate]) -> dict[str, object]:
+def _body_doc(model: type[EnvelopeIn] | type[Amendment] | type[StatusIn]) -> dict[str, object]:
     return {
         "requestBody": {
             "required": True,
@@ -45,7 +42,7 @@ def _body_doc(model: type[EnvelopeIn] | type[GrantUpdate]) -> dict[str, object]:
 @router.post(
     "",
     status_code=201,
-    summary="Send a referral: an Envelope v1, checked and stored without being opened",
+    summary="Send a referral: an Envelope v2, checked and stored without being opened",
     response_model=ReferralSummary,
     responses=errors.responses(400, 401, 403, 409, 413, 415, 422),
     openapi_extra=_body_doc(EnvelopeIn),
@@ -67,7 +64,7 @@ async def create_referral(
 
 @router.get(
     "",
-    summary="List sent or received referrals, newest first (metadata and statuses only)",
+    summary="List sent or received referrals, newest first (requests and statuses, no content)",
     response_model=ReferralList,
     responses=errors.responses(400, 401, 403, 422),
 )
@@ -109,19 +106,23 @@ async def get_referral(referral_id: str, who: Reader, db: Db) -> Response:
 
 @router.post(
     "/{referral_id}/status",
-    summary="Post this recipient's status (closed loop)",
+    summary="Post this recipient's signed status (closed loop)",
     response_model=StatusOut,
-    responses=errors.responses(*READ_ERRORS, 409),
+    responses=errors.responses(400, 401, 403, 404, 409, 415, 422),
+    openapi_extra=_body_doc(StatusIn),
 )
-async def post_status(referral_id: str, body: StatusUpdate, who: StatusWriter, db: Db) -> StatusOut:
+async def post_status(
+    referral_id: str, request: Request, who: StatusWriter, db: Db
+) -> StatusOut:
+    body = await json_object(request)
     return await referrals.update_status(
-        db, who, referral_id, status=body.status, reason=body.reason, note=body.note
+        db, who, referral_id, body, settings=request.app.state.settings
     )
 
 
 @router.post(
     "/{referral_id}/withdraw",
-    summary="Withdraw a referral: every recipient's status becomes cancelled (sender)",
+    summary="Withdraw a referral: recipients' keys are deleted and their statuses cancelled",
     response_model=list[StatusOut],
     responses=errors.responses(*READ_ERRORS),
 )
@@ -131,26 +132,37 @@ async def withdraw(referral_id: str, who: Caseworker, db: Db) -> list[StatusOut]
 
 @router.post(
     "/{referral_id}/grants",
-    summary="Add newly consented grants with a re-signed manifest (sender)",
-    response_model=GrantsChanged,
+    summary="Amend consent: a new manifest version with new grants and requests (sender)",
+    response_model=AmendmentDone,
     responses=errors.responses(400, 401, 403, 404, 409, 415, 422),
-    openapi_extra=_body_doc(GrantUpdate),
+    openapi_extra=_body_doc(Amendment),
 )
-async def add_grants(referral_id: str, request: Request, who: Caseworker, db: Db) -> GrantsChanged:
+async def amend(referral_id: str, request: Request, who: Caseworker, db: Db) -> AmendmentDone:
     body = await json_object(request)
-    changed = await referrals.add_grants(
-        db, who, referral_id, body, settings=request.app.state.settings
-    )
-    return GrantsChanged.model_validate({"referral_id": referral_id, "grants": changed})
+    done = await referrals.amend(db, who, referral_id, body, settings=request.app.state.settings)
+    return AmendmentDone.model_validate(done)
 
 
 @router.post(
     "/{referral_id}/revocations",
-    summary="Revoke consent for (field, recipient) pairs: their wrapped keys are deleted (sender)",
+    summary="Revoke consent for (fid, recipient) pairs: their wrapped keys are deleted (sender)",
     response_model=RevocationsDone,
     responses=errors.responses(*READ_ERRORS),
 )
 async def revoke(referral_id: str, body: Revocations, who: Caseworker, db: Db) -> RevocationsDone:
-    pairs = [(r.field, r.recipient) for r in body.revocations]
+    pairs = [(r.fid, r.recipient) for r in body.revocations]
     revoked_at = await referrals.revoke(db, who, referral_id, pairs)
     return RevocationsDone(referral_id=referral_id, revoked=body.revocations, revoked_at=revoked_at)
+
+
+limits_router = APIRouter(tags=["referrals"])
+
+
+@limits_router.get(
+    "/v1/limits",
+    summary="What the server refuses beyond (consent length, sizes) and the vocabularies",
+    response_model=Limits,
+    responses=errors.responses(401, 403),
+)
+async def get_limits(request: Request, who: AnyPrincipal) -> Limits:
+    return referrals.limits(request.app.state.settings)

@@ -1,17 +1,20 @@
-"""Referrals: store envelopes, enforce consent, run the closed-loop lifecycle.
+"""Referrals (Envelope v2): store envelopes, serve each caller its part, run the closed loop.
 
-The server holds no key: it checks an envelope's shape and signature
-(``app.crypto.envelope.check_envelope``), that its grants name the recipients'
-current keys, and that consents and wrapped keys match one to one; then it
-stores the envelope in a handful of set-based statements. Reads go through
-``app.authz``. Every action writes its audit event in the same transaction.
+The server holds no key and never sees a field name: it checks an envelope's
+shape, digests, hashes and signature (``app.crypto.envelope.check_envelope``),
+that its grants name the recipients' current keys, that every recipient is
+active and has a request and a grant, and that consents expire within the
+configured maximum (refused, never shortened); then it stores the envelope in
+a handful of set-based statements. Reads go through ``app.authz`` and serve a
+recipient only its own disclosures. Every action writes its audit event (field
+ids only) in the same transaction.
 
 Statement budget of the hot paths (besides authentication and the audit
 event): create reads the directory in one statement and writes the five
 tables in one on PostgreSQL (one per table on SQLite); the referral's INSERT …
 ON CONFLICT DO NOTHING is also the check that its id is new. An inbox page is
 one statement (two for the sent box); a recipient's read is two; a status
-change locks and reads in one and writes in one.
+change reads the poster's key, locks and reads in one, and writes in one.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
+import pydantic
 from sqlalchemy import (
     BindParameter,
     DateTime,
@@ -42,14 +46,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
-from app import authz, errors
+from app import authz, errors, vocab
 from app.auth import Principal
 from app.authz import Access, Relation, relation
 from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto.canonical import canonical_json
 from app.crypto.encoding import EncodingError, b64url_decode
-from app.models.schemas import ReferralSummary, StatusOut, rfc3339
+from app.crypto.wire import Amendment, EnvelopeIn, GrantValue, Manifest, RequestValue, StatusIn
+from app.models.schemas import Limits, ReferralSummary, StatusOut, rfc3339
 from app.models.tables import (
     Agency,
     AgencyKey,
@@ -65,7 +70,6 @@ from app.models.webhook_schemas import EventType
 from app.services import audit, webhooks
 from app.services.audit import Action
 
-TERMINAL = frozenset({"rejected", "completed", "failed", "cancelled"})
 TRANSITIONS: dict[str, frozenset[str]] = {
     "requested": frozenset({"received", "accepted", "rejected"}),
     "received": frozenset({"accepted", "rejected"}),
@@ -80,24 +84,67 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def limits(settings: Settings) -> Limits:
+    """What a client must know before sealing (``GET /v1/limits``)."""
+    r = settings.referrals
+    return Limits(
+        max_consent_days=r.max_consent_days,
+        max_fields=r.max_fields,
+        max_field_bytes=r.max_field_bytes,
+        max_recipients=r.max_recipients,
+        max_clock_skew_seconds=r.max_clock_skew,
+        services=[s.value for s in vocab.Service],
+        purposes=[p.value for p in vocab.Purpose],
+        urgencies=[u.value for u in vocab.Urgency],
+    )
+
+
 def _invalid(exc: env.EnvelopeError) -> errors.Unprocessable:
     return errors.Unprocessable(exc.message, slug=f"envelope/{exc.code}")
 
 
-def _not_found(who: Principal, action: Action, referral_id: str) -> errors.NotFound:
-    """404 for a referral that is missing or not the caller's to see, recorded as denied."""
+def _validated(model: type[Any], body: Mapping[str, Any]) -> Any:
+    """The request body as ``model`` (strict), or a 422 naming the first broken rule."""
+    try:
+        return model.model_validate(body, strict=True)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        unknown = err["type"] == "extra_forbidden"
+        raise errors.Unprocessable(
+            f"{where}: {'unknown member' if unknown else err['msg']}",
+            slug="envelope/malformed",
+            extra={"errors": [
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors()[:20]
+            ]},
+        ) from None
+
+
+async def _not_found(
+    db: AsyncSession, who: Principal, action: Action, referral_id: str
+) -> errors.NotFound:
+    """404 for a referral that is missing or not the caller's to see, recorded as denied.
+
+    The event names the referral's sender as ``subject_agency`` when it exists,
+    so that denied attempts appear in the sender's access report.
+    """
+    sender = await db.scalar(select(Referral.sender_agency).where(Referral.id == referral_id))
     return errors.NotFound(
         "no such referral",
-        audit=audit.denied(who.actor, action, "referral", referral_id, {"reason": "not visible"}),
+        audit=audit.denied(
+            who.actor, action, "referral", referral_id, {"reason": "not visible"},
+            subject_agency=sender,
+        ),
     )
 
 
-# ---------------------------------------------------------------- create
+# ---------------------------------------------------------------- directory
 
 
 @dataclass(frozen=True)
 class _Member:
-    """A directory entry as create and add_grants need it."""
+    """A directory entry as create, amend and status need it."""
 
     status: str
     current: dict[str, tuple[str, str]]  # use -> (kid, public key) of its current keys
@@ -110,7 +157,7 @@ _DIRECTORY = (
 )
 
 
-async def _directory(db: AsyncSession, agency_ids: Sequence[str]) -> dict[str, _Member]:
+async def _directory(db: AsyncSession, agency_ids: Iterable[str]) -> dict[str, _Member]:
     """Status and current keys of the given agencies, in one statement."""
     rows = await db.execute(_DIRECTORY, {"agency_ids": sorted(set(agency_ids))})
     out: dict[str, _Member] = {}
@@ -121,101 +168,122 @@ async def _directory(db: AsyncSession, agency_ids: Sequence[str]) -> dict[str, _
     return out
 
 
-def _sender_sig_key(directory: Mapping[str, _Member], agency_id: str) -> bytes:
+def _sig_key(directory: Mapping[str, _Member], agency_id: str) -> bytes:
     member = directory.get(agency_id)
     key = member.current.get("sig") if member is not None else None
     if key is None:
-        raise errors.Unprocessable("the sender has no current signing key", slug="envelope/no-key")
+        raise errors.Unprocessable("the agency has no current signing key", slug="envelope/no-key")
     return b64url_decode(key[1], length=32)
 
 
-def _check_recipients(recipients: Sequence[str], directory: Mapping[str, _Member]) -> None:
-    for r in recipients:
+def _check_recipients(recipients: Iterable[str], directory: Mapping[str, _Member]) -> None:
+    for r in sorted(recipients):
         member = directory.get(r)
         if member is None:
             raise errors.Unprocessable(
-                f"recipient {r} is unknown", slug="envelope/unknown-recipient"
+                f"recipient {r} is not a member of the task force",
+                slug="envelope/unknown-recipient",
             )
         if member.status != "active":
             raise errors.Unprocessable(
-                f"recipient {r} is suspended", slug="envelope/suspended-recipient"
+                f"recipient {r} is not active ({member.status})",
+                slug="envelope/inactive-recipient",
             )
 
 
-def _check_grant_kids(
-    grants: Sequence[Mapping[str, Any]], directory: Mapping[str, _Member]
-) -> None:
+def _check_kids(grants: Iterable[GrantValue], directory: Mapping[str, _Member]) -> None:
     for g in grants:
-        member = directory.get(g["recipient"])
+        member = directory.get(g.recipient)
         key = member.current.get("enc") if member is not None else None
-        if key is None or key[0] != g["kid"]:
+        if key is None or key[0] != g.kid:
             raise errors.Unprocessable(
-                f"grant ({g['field']}, {g['recipient']}) names kid {g['kid']}, which is not the "
-                "recipient's current encryption key; refresh the directory and re-encrypt",
+                f"the grant of field {g.fid} to {g.recipient} names kid {g.kid}, which is not "
+                "that agency's current encryption key; refresh its keys and seal again",
                 slug="envelope/stale-kid",
             )
 
 
-def _effective_expiry(g: Mapping[str, Any], now: datetime, settings: Settings) -> datetime | None:
-    """A consent's expiry, capped at the configured maximum (DESIGN.md: 180 days)."""
-    if g["expires_at"] is None:
-        return None
-    expires = parse_time(g["expires_at"])
-    if expires <= now:
+def _check_expiry(grants: Iterable[GrantValue], now: datetime, settings: Settings) -> None:
+    """Every consent expires in the future and within the maximum: refused, never shortened."""
+    days = settings.referrals.max_consent_days
+    limit = now + timedelta(days=days)
+    for g in grants:
+        if g.expires_at is None:
+            continue
+        expires = parse_time(g.expires_at)
+        if expires <= now:
+            raise errors.Unprocessable(
+                f"the consent for field {g.fid} to {g.recipient} expired at {g.expires_at}",
+                slug="envelope/expired-consent",
+            )
+        if expires > limit:
+            raise errors.Unprocessable(
+                f"the consent for field {g.fid} to {g.recipient} runs to {g.expires_at}, beyond "
+                f"the maximum of {days} days (until {rfc3339(limit)}); the survivor's consent "
+                "must be renewed within that time",
+                slug="envelope/consent-too-long",
+                extra={"max_consent_days": days},
+            )
+
+
+def _check_clock(created_at: str, now: datetime, settings: Settings) -> None:
+    skew = settings.referrals.max_clock_skew
+    if abs((parse_time(created_at) - now).total_seconds()) > skew:
         raise errors.Unprocessable(
-            f"consent ({g['field']}, {g['recipient']}) has already expired",
-            slug="envelope/expired-consent",
+            f"manifest.created_at is more than {skew} seconds from the server's clock "
+            f"({rfc3339(now)}); check this computer's clock",
+            slug="envelope/clock-skew",
         )
-    return min(expires, now + timedelta(days=settings.referrals.max_consent_days))
 
 
-def _grant_rows(
-    referral_id: str, grants: Sequence[Mapping[str, Any]], now: datetime, settings: Settings
-) -> list[dict[str, Any]]:
+# ---------------------------------------------------------------- rows
+
+
+def _grant_row(referral_id: str, d: env.Disclosed, now: datetime) -> dict[str, Any]:
+    g = d.value
+    assert isinstance(g, GrantValue)  # noqa: S101 (grants come from the grant map)
+    return {
+        "referral_id": referral_id,
+        "fid": g.fid,
+        "recipient": g.recipient,
+        "disclosure": d.disclosure,
+        "kid": g.kid,
+        "purpose": g.purpose,
+        "expires_at": parse_time(g.expires_at) if g.expires_at else None,
+        "created_at": now,
+        "revoked_at": None,
+    }
+
+
+def _recipient_row(referral_id: str, d: env.Disclosed, now: datetime) -> dict[str, Any]:
+    r = d.value
+    assert isinstance(r, RequestValue)  # noqa: S101 (requests come from the request map)
+    return {
+        "referral_id": referral_id,
+        "recipient": r.recipient,
+        "received_at": now,
+        "request": d.disclosure,
+        "request_json": canonical_json(r.model_dump()).decode("utf-8"),
+        "urgency": r.urgency,
+        "status": "requested",
+        "reason": None,
+        "note": None,
+        "signed_at": None,
+        "signature": None,
+        "updated_at": now,
+    }
+
+
+def _wrapped_rows(referral_id: str, wrapped: Sequence[Any]) -> list[dict[str, Any]]:
     return [
         {
             "referral_id": referral_id,
-            "field": g["field"],
-            "recipient": g["recipient"],
-            "kid": g["kid"],
-            "purpose": g["purpose"],
-            "expires_at": _effective_expiry(g, now, settings),
-            "release_ref": g["release_ref"],
-            "wrapped_key_sha256": g["wrapped_key_sha256"],
-            "created_at": now,
-            "revoked_at": None,
-        }
-        for g in grants
-    ]
-
-
-def _wrapped_rows(referral_id: str, wrapped: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "referral_id": referral_id,
-            "field": w["field"],
-            "recipient": w["recipient"],
-            "kid": w["kid"],
-            "wrapped_key": w["wrapped_key"],
+            "fid": w.fid,
+            "recipient": w.recipient,
+            "kid": w.kid,
+            "wrapped_key": w.wrapped_key,
         }
         for w in wrapped
-    ]
-
-
-def _recipient_rows(
-    referral_id: str, recipients: Sequence[str], now: datetime
-) -> list[dict[str, Any]]:
-    return [
-        {
-            "referral_id": referral_id,
-            "recipient": r,
-            "received_at": now,
-            "status": "requested",
-            "reason": None,
-            "note": None,
-            "updated_at": now,
-        }
-        for r in recipients
     ]
 
 
@@ -230,73 +298,76 @@ def _text_array(name: str) -> BindParameter[Any]:
 _PG_STORE = text(
     """
 WITH r AS (
-    INSERT INTO referral (id, sender_agency, sender_kid, created_at, received_at, urgency,
-                          metadata_json, manifest_json, signature, withdrawn_at, purged_at)
-    VALUES (:id, :sender_agency, :sender_kid, :created_at, :received_at, :urgency,
-            :metadata_json, :manifest_json, :signature, NULL, NULL)
+    INSERT INTO referral (id, sender_agency, sender_kid, created_at, received_at, version,
+                          manifest_json, signature, withdrawn_at, purged_at)
+    VALUES (:id, :sender_agency, :sender_kid, :created_at, :received_at, 1,
+            :manifest_json, :signature, NULL, NULL)
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), f AS (
-    INSERT INTO referral_field (referral_id, field, ciphertext)
-    SELECT r.id, u.field, u.ciphertext
-    FROM r, unnest(CAST(:f_field AS text[]), CAST(:f_ciphertext AS text[])) AS u(field, ciphertext)
+    INSERT INTO referral_field (referral_id, fid, disclosure, ciphertext)
+    SELECT r.id, u.fid, u.disclosure, u.ciphertext
+    FROM r, unnest(CAST(:f_fid AS text[]), CAST(:f_disclosure AS text[]),
+                   CAST(:f_ciphertext AS text[])) AS u(fid, disclosure, ciphertext)
 ), rr AS (
-    INSERT INTO referral_recipient (referral_id, recipient, received_at, status, reason, note,
-                                    updated_at)
-    SELECT r.id, u.recipient, :received_at, 'requested', NULL, NULL, :received_at
-    FROM r, unnest(CAST(:r_recipient AS text[])) AS u(recipient)
+    INSERT INTO referral_recipient (referral_id, recipient, received_at, request, request_json,
+                                    urgency, status, updated_at)
+    SELECT r.id, u.recipient, :received_at, u.request, u.request_json, u.urgency, 'requested',
+           :received_at
+    FROM r, unnest(CAST(:r_recipient AS text[]), CAST(:r_request AS text[]),
+                   CAST(:r_request_json AS text[]), CAST(:r_urgency AS text[]))
+         AS u(recipient, request, request_json, urgency)
 ), g AS (
-    INSERT INTO referral_grant (referral_id, field, recipient, kid, purpose, expires_at,
-                                release_ref, wrapped_key_sha256, created_at, revoked_at)
-    SELECT r.id, u.field, u.recipient, u.kid, u.purpose, u.expires_at, u.release_ref, u.sha,
+    INSERT INTO referral_grant (referral_id, fid, recipient, disclosure, kid, purpose,
+                                expires_at, created_at, revoked_at)
+    SELECT r.id, u.fid, u.recipient, u.disclosure, u.kid, u.purpose, u.expires_at,
            :received_at, NULL
-    FROM r, unnest(CAST(:g_field AS text[]), CAST(:g_recipient AS text[]),
-                   CAST(:g_kid AS text[]), CAST(:g_purpose AS text[]),
-                   CAST(:g_expires_at AS timestamptz[]), CAST(:g_release_ref AS text[]),
-                   CAST(:g_sha AS text[]))
-         AS u(field, recipient, kid, purpose, expires_at, release_ref, sha)
+    FROM r, unnest(CAST(:g_fid AS text[]), CAST(:g_recipient AS text[]),
+                   CAST(:g_disclosure AS text[]), CAST(:g_kid AS text[]),
+                   CAST(:g_purpose AS text[]), CAST(:g_expires_at AS timestamptz[]))
+         AS u(fid, recipient, disclosure, kid, purpose, expires_at)
 ), w AS (
-    INSERT INTO wrapped_key (referral_id, field, recipient, kid, wrapped_key)
-    SELECT r.id, u.field, u.recipient, u.kid, u.wrapped_key
-    FROM r, unnest(CAST(:w_field AS text[]), CAST(:w_recipient AS text[]),
+    INSERT INTO wrapped_key (referral_id, fid, recipient, kid, wrapped_key)
+    SELECT r.id, u.fid, u.recipient, u.kid, u.wrapped_key
+    FROM r, unnest(CAST(:w_fid AS text[]), CAST(:w_recipient AS text[]),
                    CAST(:w_kid AS text[]), CAST(:w_wrapped_key AS text[]))
-         AS u(field, recipient, kid, wrapped_key)
+         AS u(fid, recipient, kid, wrapped_key)
 )
 SELECT id FROM r
 """
 ).bindparams(
-    bindparam("created_at", type_=UTCDateTime()),
     bindparam("received_at", type_=UTCDateTime()),
     bindparam("g_expires_at", type_=postgresql.ARRAY(DateTime(timezone=True))),
     *(
         _text_array(name)
         for name in (
-            "f_field",
-            "f_ciphertext",
-            "r_recipient",
-            "g_field",
-            "g_recipient",
-            "g_kid",
-            "g_purpose",
-            "g_release_ref",
-            "g_sha",
-            "w_field",
-            "w_recipient",
-            "w_kid",
-            "w_wrapped_key",
+            "f_fid", "f_disclosure", "f_ciphertext",
+            "r_recipient", "r_request", "r_request_json", "r_urgency",
+            "g_fid", "g_recipient", "g_disclosure", "g_kid", "g_purpose",
+            "w_fid", "w_recipient", "w_kid", "w_wrapped_key",
         )
     ),
 )
+_FIELD_COLS = ("fid", "disclosure", "ciphertext")
+_RECIPIENT_COLS = ("recipient", "request", "request_json", "urgency")
+_GRANT_COLS = ("fid", "recipient", "disclosure", "kid", "purpose", "expires_at")
+_WRAPPED_COLS = ("fid", "recipient", "kid", "wrapped_key")
 
 
-async def _store(
-    db: AsyncSession,
-    referral: dict[str, Any],
-    ciphertexts: Mapping[str, str],
-    recipients: Sequence[str],
-    grant_rows: Sequence[Mapping[str, Any]],
-    wrapped_rows: Sequence[Mapping[str, Any]],
-) -> bool:
+@dataclass(frozen=True)
+class _Rows:
+    referral: dict[str, Any]
+    fields: list[dict[str, Any]]
+    recipients: list[dict[str, Any]]
+    grants: list[dict[str, Any]]
+    wrapped: list[dict[str, Any]]
+
+
+def _arrays(prefix: str, rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> dict[str, Any]:
+    return {f"{prefix}_{c}": [r[c] for r in rows] for c in cols}
+
+
+async def _store(db: AsyncSession, rows: _Rows) -> bool:
     """Insert a new referral and its rows; False (and nothing written) when its id exists.
 
     "Is it new?" and "store it" are one statement, so a concurrent duplicate waits
@@ -308,41 +379,28 @@ async def _store(
         stored = await db.scalar(
             _PG_STORE,
             {
-                **referral,
-                "f_field": list(ciphertexts),
-                "f_ciphertext": list(ciphertexts.values()),
-                "r_recipient": list(recipients),
-                **{f"g_{k}": [g[k] for g in grant_rows] for k in _GRANT_ARRAYS},
-                "g_sha": [g["wrapped_key_sha256"] for g in grant_rows],
-                **{f"w_{k}": [w[k] for w in wrapped_rows] for k in _WRAPPED_ARRAYS},
+                **rows.referral,
+                **_arrays("f", rows.fields, _FIELD_COLS),
+                **_arrays("r", rows.recipients, _RECIPIENT_COLS),
+                **_arrays("g", rows.grants, _GRANT_COLS),
+                **_arrays("w", rows.wrapped, _WRAPPED_COLS),
             },
         )
         return stored is not None
     table = Referral.__table__
     stored = await db.scalar(
         sqlite.insert(table)
-        .values(**referral, withdrawn_at=None, purged_at=None)
+        .values(**rows.referral, version=1, withdrawn_at=None, purged_at=None)
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(table.c.id)
     )
     if stored is None:
         return False
-    referral_id = referral["id"]
-    now = referral["received_at"]
-    await db.execute(
-        insert(ReferralField.__table__),
-        [{"referral_id": referral_id, "field": f, "ciphertext": c} for f, c in ciphertexts.items()],
-    )
-    await db.execute(
-        insert(ReferralRecipient.__table__), _recipient_rows(referral_id, recipients, now)
-    )
-    await db.execute(insert(ReferralGrant.__table__), list(grant_rows))
-    await db.execute(insert(WrappedKey.__table__), list(wrapped_rows))
+    await db.execute(insert(ReferralField.__table__), rows.fields)
+    await db.execute(insert(ReferralRecipient.__table__), rows.recipients)
+    await db.execute(insert(ReferralGrant.__table__), rows.grants)
+    await db.execute(insert(WrappedKey.__table__), rows.wrapped)
     return True
-
-
-_GRANT_ARRAYS = ("field", "recipient", "kid", "purpose", "expires_at", "release_ref")
-_WRAPPED_ARRAYS = ("field", "recipient", "kid", "wrapped_key")
 
 
 def _request_hash(body: Mapping[str, Any]) -> str:
@@ -363,90 +421,86 @@ async def replay_idempotent(
     return record.status_code, json.loads(record.response_json)
 
 
+def _named_agencies(disclosures: Sequence[str]) -> set[str]:
+    """Agencies named by grant and request disclosures (for the one directory read)."""
+    out: set[str] = set()
+    for item in disclosures:
+        try:
+            d = env.parse_disclosure(item)
+        except env.EnvelopeError as exc:
+            raise _invalid(exc) from None
+        if isinstance(d.value, GrantValue | RequestValue):
+            out.add(d.value.recipient)
+    return out
+
+
+def _refuse_foreign_sender(who: Principal, action: Action, manifest: Manifest) -> None:
+    if manifest.sender_agency != who.agency_id:
+        raise errors.Forbidden(
+            "manifest.sender_agency must be the caller's agency",
+            slug="envelope/sender-mismatch",
+            audit=audit.denied(
+                who.actor, action, "referral", manifest.referral_id,
+                {"reason": "sender_mismatch"},
+            ),
+        )
+
+
 async def create(
     db: AsyncSession,
     who: Principal,
-    body: Mapping[str, Any],
+    raw: Mapping[str, Any],
     *,
     settings: Settings,
     idempotency_key: str | None,
 ) -> tuple[int, dict[str, Any]]:
     """Store a new referral; returns (status code, response body)."""
     if idempotency_key is not None:
-        replayed = await replay_idempotent(db, who, idempotency_key, body)
+        replayed = await replay_idempotent(db, who, idempotency_key, raw)
         if replayed is not None:
             return replayed
-    manifest = body.get("manifest")
-    if not isinstance(manifest, dict):
-        raise errors.Unprocessable("manifest must be an object", slug="envelope/malformed")
-    sender = manifest.get("sender_agency")
-    if sender != who.agency_id:
-        raise errors.Forbidden(
-            "manifest.sender_agency must be the caller's agency",
-            slug="envelope/sender-mismatch",
-            audit=audit.denied(
-                who.actor,
-                Action.REFERRAL_CREATE,
-                "referral",
-                str(manifest.get("referral_id")),
-                {"reason": "sender_mismatch"},
-            ),
-        )
-    recipients = manifest.get("recipients")
-    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
-        raise errors.Unprocessable(
-            "manifest.recipients must be a list of ids", slug="envelope/malformed"
-        )
-    if len(recipients) > settings.referrals.max_recipients:
-        raise errors.Unprocessable(
-            f"at most {settings.referrals.max_recipients} recipients",
-            slug="envelope/too-many-recipients",
-        )
-    directory = await _directory(db, [who.agency_id, *recipients])
+    body: EnvelopeIn = _validated(EnvelopeIn, raw)
+    manifest = body.manifest
+    _refuse_foreign_sender(who, Action.REFERRAL_CREATE, manifest)
+    directory = await _directory(db, {who.agency_id, *_named_agencies(body.disclosures)})
+    r = settings.referrals
     try:
-        manifest_bytes = env.check_envelope(
+        checked = env.check_envelope(
             body,
-            sender_sig_public=_sender_sig_key(directory, who.agency_id),
-            max_fields=settings.referrals.max_fields,
-            max_field_bytes=settings.referrals.max_field_bytes,
-            max_recipients=settings.referrals.max_recipients,
+            sender_sig_public=_sig_key(directory, who.agency_id),
+            limits=env.Limits(r.max_fields, r.max_field_bytes, r.max_recipients),
         )
     except env.EnvelopeError as exc:
         raise _invalid(exc) from None
-    _check_recipients(recipients, directory)
-    grants: list[dict[str, Any]] = manifest["grants"]
-    _check_grant_kids(grants, directory)
+    _check_recipients(checked.recipients, directory)
+    grants = [d.value for d in checked.grants.values() if isinstance(d.value, GrantValue)]
+    _check_kids(grants, directory)
     now = utcnow()
-    created_at = parse_time(manifest["created_at"])
-    if abs((created_at - now).total_seconds()) > settings.referrals.max_clock_skew:
-        raise errors.Unprocessable(
-            "manifest.created_at is more than 5 minutes from the server's clock",
-            slug="envelope/clock-skew",
-        )
-    referral_id: str = manifest["referral_id"]
-    metadata: dict[str, Any] = manifest["metadata"]
-    ciphertexts: dict[str, str] = body["ciphertexts"]
-    referral_row = {
-        "id": referral_id,
-        "sender_agency": who.agency_id,
-        "sender_kid": manifest["sender_kid"],
-        "created_at": created_at,
-        "received_at": now,
-        "urgency": metadata.get("urgency"),
-        "metadata_json": json.dumps(metadata, separators=(",", ":")),
-        "manifest_json": manifest_bytes.decode("utf-8"),
-        "signature": body["signature"],
-    }
-    stored = await _store(
-        db,
-        referral_row,
-        ciphertexts,
-        recipients,
-        _grant_rows(referral_id, grants, now, settings),
-        _wrapped_rows(referral_id, body["wrapped_keys"]),
+    _check_clock(manifest.created_at, now, settings)
+    _check_expiry(grants, now, settings)
+    referral_id = manifest.referral_id
+    rows = _Rows(
+        referral={
+            "id": referral_id,
+            "sender_agency": who.agency_id,
+            "sender_kid": manifest.sender_kid,
+            "created_at": manifest.created_at,
+            "received_at": now,
+            "manifest_json": checked.manifest_bytes.decode("utf-8"),
+            "signature": body.signature,
+        },
+        fields=[
+            {"referral_id": referral_id, "fid": fid, "disclosure": d.disclosure,
+             "ciphertext": body.ciphertexts[fid]}
+            for fid, d in checked.fields.items()
+        ],
+        recipients=[_recipient_row(referral_id, d, now) for d in checked.requests.values()],
+        grants=[_grant_row(referral_id, d, now) for d in checked.grants.values()],
+        wrapped=_wrapped_rows(referral_id, body.wrapped_keys),
     )
-    if not stored:
+    if not await _store(db, rows):
         raise errors.Conflict("a referral with this referral_id exists", slug="referral-exists")
+    recipients = sorted(checked.recipients)
     await audit.record(
         db,
         who.actor,
@@ -455,48 +509,48 @@ async def create(
         referral_id,
         subject_agency=who.agency_id,
         detail={
-            "recipients": list(recipients),
-            "fields": sorted(ciphertexts),
-            "grants": [
-                {"field": g["field"], "recipient": g["recipient"], "purpose": g["purpose"]}
-                for g in grants
-                if g["recipient"] != who.agency_id
-            ],
-            "urgency": metadata.get("urgency"),
+            "recipients": recipients,
+            "fids": sorted(checked.fields),
+            "grants": _grant_detail(g for g in grants if g.recipient != who.agency_id),
         },
     )
+    requests = {
+        row["recipient"]: json.loads(row["request_json"]) for row in rows.recipients
+    }
     await webhooks.enqueue(
         db,
         EventType.REFERRAL_RECEIVED,
         referral_id,
-        {
-            r: {"sender_agency": who.agency_id, "urgency": metadata.get("urgency")}
-            for r in recipients
-        },
+        {rid: {"sender_agency": who.agency_id, "request": requests[rid]} for rid in recipients},
     )
-    statuses = [
-        StatusOut(recipient=r, status="requested", updated_at=now).model_dump(mode="json")
-        for r in recipients
-    ]
     response = ReferralSummary(
         referral_id=referral_id,
         sender_agency=who.agency_id,
-        created_at=created_at,
-        metadata=metadata,
-        statuses=statuses,
+        created_at=manifest.created_at,
+        version=1,
+        statuses=[StatusOut(recipient=rid, status="requested", updated_at=now)
+                  for rid in recipients],
     ).model_dump(mode="json")
     if idempotency_key is not None:
         db.add(
             IdempotencyRecord(
                 client_id=who.client_id,
                 key=idempotency_key,
-                request_sha256=_request_hash(body),
+                request_sha256=_request_hash(raw),
                 status_code=201,
                 response_json=json.dumps(response),
             )
         )
         await db.flush()
     return 201, response
+
+
+def _grant_detail(grants: Iterable[GrantValue]) -> list[dict[str, Any]]:
+    """Grants as audit detail: field ids, recipients, purposes and expiries; never names."""
+    return [
+        {"fid": g.fid, "recipient": g.recipient, "purpose": g.purpose, "expires_at": g.expires_at}
+        for g in sorted(grants, key=lambda g: (g.fid, g.recipient))
+    ]
 
 
 # ---------------------------------------------------------------- list
@@ -511,51 +565,33 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = b64url_decode(cursor).decode()
         ts, referral_id = raw.split("|", 1)
-        return parse_time(ts), referral_id
-    except (EncodingError, ValueError, UnicodeDecodeError):
+        moment = parse_time(ts)
+        if moment.tzinfo is None:
+            raise ValueError("no time zone")
+        return moment, referral_id
+    except (EncodingError, ValueError, UnicodeDecodeError, OverflowError):
         raise errors.BadRequest("cursor is not valid", slug="invalid-cursor") from None
 
 
+_STATUS_COLUMNS = (
+    ReferralRecipient.recipient,
+    ReferralRecipient.status,
+    ReferralRecipient.reason,
+    ReferralRecipient.note,
+    ReferralRecipient.signed_at,
+    ReferralRecipient.signature,
+    ReferralRecipient.updated_at,
+)
 _STATUSES = (
-    select(
-        ReferralRecipient.referral_id,
-        ReferralRecipient.recipient,
-        ReferralRecipient.status,
-        ReferralRecipient.reason,
-        ReferralRecipient.note,
-        ReferralRecipient.updated_at,
-    )
+    select(ReferralRecipient.referral_id, *_STATUS_COLUMNS)
     .where(ReferralRecipient.referral_id.in_(bindparam("referral_ids", expanding=True)))
     .order_by(ReferralRecipient.recipient)
 )
 
 
-async def _statuses(db: AsyncSession, referral_ids: Sequence[str]) -> dict[str, list[StatusOut]]:
-    """Every recipient's status of each referral, by recipient."""
-    out: dict[str, list[StatusOut]] = {r: [] for r in referral_ids}
-    if referral_ids:
-        for referral_id, *status in await db.execute(
-            _STATUSES, {"referral_ids": list(referral_ids)}
-        ):
-            out[referral_id].append(_status_out(*status))
-    return out
-
-
-async def _status_dicts(
-    db: AsyncSession, referral_ids: Sequence[str]
-) -> dict[str, list[dict[str, Any]]]:
-    """``_statuses`` in their JSON form."""
-    out: dict[str, list[dict[str, Any]]] = {r: [] for r in referral_ids}
-    if referral_ids:
-        for referral_id, *status in await db.execute(
-            _STATUSES, {"referral_ids": list(referral_ids)}
-        ):
-            out[referral_id].append(_status_dict(*status))
-    return out
-
-
 def _status_dict(
-    recipient: str, status: str, reason: str | None, note: str | None, updated_at: datetime
+    recipient: str, status: str, reason: str | None, note: str | None,
+    signed_at: str | None, signature: str | None, updated_at: datetime,
 ) -> dict[str, Any]:
     """A ``StatusOut`` as JSON, without building the model."""
     return {
@@ -563,16 +599,23 @@ def _status_dict(
         "status": status,
         "reason": reason,
         "note": note,
+        "signed_at": signed_at,
+        "signature": signature,
         "updated_at": rfc3339(updated_at),
     }
 
 
-def _status_out(
-    recipient: str, status: str, reason: str | None, note: str | None, updated_at: datetime
-) -> StatusOut:
-    return StatusOut(
-        recipient=recipient, status=status, reason=reason, note=note, updated_at=updated_at
-    )
+async def _status_dicts(
+    db: AsyncSession, referral_ids: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every recipient's status of each referral, by recipient, in their JSON form."""
+    out: dict[str, list[dict[str, Any]]] = {r: [] for r in referral_ids}
+    if referral_ids:
+        for referral_id, *status in await db.execute(
+            _STATUSES, {"referral_ids": list(referral_ids)}
+        ):
+            out[referral_id].append(_status_dict(*status))
+    return out
 
 
 @cache
@@ -588,23 +631,22 @@ def _page_query(
     received_at = stmt.selected_columns.received_at
     # The received box is driven from the caller's referral_recipient rows: key on them.
     key = Referral.id if box == "sent" else ReferralRecipient.referral_id
+
+    def where_recipient(*conditions: Any) -> Any:
+        if box == "received":
+            return and_(*conditions)
+        return (
+            select(ReferralRecipient.referral_id)
+            .where(ReferralRecipient.referral_id == Referral.id, *conditions)
+            .exists()
+        )
+
     if urgency:
-        stmt = stmt.where(Referral.urgency == bindparam("urgency"))
+        stmt = stmt.where(where_recipient(ReferralRecipient.urgency == bindparam("urgency")))
     if since:
         stmt = stmt.where(received_at >= bindparam("since", type_=UTCDateTime()))
     if status:
-        wanted: BindParameter[str] = bindparam("status_filter")
-        if box == "received":
-            stmt = stmt.where(ReferralRecipient.status == wanted)
-        else:
-            stmt = stmt.where(
-                select(ReferralRecipient.referral_id)
-                .where(
-                    ReferralRecipient.referral_id == Referral.id,
-                    ReferralRecipient.status == wanted,
-                )
-                .exists()
-            )
+        stmt = stmt.where(where_recipient(ReferralRecipient.status == bindparam("status_filter")))
     if cursor:
         after = tuple_(bindparam("after_ts", type_=UTCDateTime()), bindparam("after_id"))
         stmt = stmt.where(tuple_(received_at, key) < after)
@@ -628,7 +670,8 @@ async def list_page(
     """One page of the caller's sent or received box, newest first.
 
     Items are ``ReferralSummary`` objects as JSON text, built directly from the
-    rows (a page is up to 200 of them).
+    rows (a page is up to 200 of them). A recipient's item carries its own
+    request (decoded when it was stored) and its own status only.
     """
     values = authz.params(who, utcnow())
     if cursor:
@@ -652,27 +695,34 @@ async def list_page(
     rows = rows[:limit]
     if box == "sent":
         statuses = await _status_dicts(db, [r.id for r in rows])
-    else:  # the caller's own row came with each item
-        statuses = {
-            r.id: [_status_dict(who.agency_id, r.status, r.reason, r.note, r.updated_at)]
-            for r in rows
-        }
-    items = [
-        # the stored metadata is JSON we wrote: spliced in as it is, not parsed and re-encoded
-        _ENCODE(
-            {
+        items = [
+            _ENCODE({
                 "referral_id": r.id,
                 "sender_agency": r.sender_agency,
-                "created_at": rfc3339(r.created_at),
+                "created_at": r.created_at,
+                "version": r.version,
                 "statuses": statuses[r.id],
+                "request": None,
                 "withdrawn": r.withdrawn_at is not None,
-            }
-        )[:-1]
-        + ',"metadata":'
-        + r.metadata_json
-        + "}"
-        for r in rows
-    ]
+            })
+            for r in rows
+        ]
+    else:
+        items = [
+            # the stored request is canonical JSON we wrote: spliced in, not re-encoded
+            _ENCODE({
+                "referral_id": r.id,
+                "sender_agency": r.sender_agency,
+                "created_at": r.created_at,
+                "version": r.version,
+                "statuses": [_status_dict(
+                    who.agency_id, r.status, r.reason, r.note, r.signed_at,
+                    r.status_signature, r.updated_at,
+                )],
+                "withdrawn": r.withdrawn_at is not None,
+            })[:-1] + ',"request":' + r.request_json + "}"
+            for r in rows
+        ]
     await audit.record(
         db,
         who.actor,
@@ -699,53 +749,84 @@ async def _require(
 ) -> Access:
     access = await relation(db, who, referral_id, utcnow(), content=content, lock_own=lock_own)
     if access is None:
-        raise _not_found(who, action, referral_id)
+        raise await _not_found(db, who, action, referral_id)
     return access
 
 
+_SENDER_PARTS = {
+    "fields": select(ReferralField.fid, ReferralField.disclosure, ReferralField.ciphertext)
+    .where(ReferralField.referral_id == bindparam("rid"))
+    .order_by(ReferralField.fid),
+    "grants": select(ReferralGrant.disclosure)
+    .where(ReferralGrant.referral_id == bindparam("rid"))
+    .order_by(ReferralGrant.fid, ReferralGrant.recipient),
+    "requests": select(ReferralRecipient.request)
+    .where(ReferralRecipient.referral_id == bindparam("rid"))
+    .order_by(ReferralRecipient.recipient),
+    "wrapped": select(WrappedKey.fid, WrappedKey.recipient, WrappedKey.kid, WrappedKey.wrapped_key)
+    .where(WrappedKey.referral_id == bindparam("rid"))
+    .order_by(WrappedKey.fid, WrappedKey.recipient),
+}
+
+
+async def _sender_view(db: AsyncSession, referral_id: str) -> dict[str, Any]:
+    p = {"rid": referral_id}
+    fields = (await db.execute(_SENDER_PARTS["fields"], p)).all()
+    disclosures = [d for _, d, _ in fields]
+    disclosures += list(await db.scalars(_SENDER_PARTS["grants"], p))
+    disclosures += list(await db.scalars(_SENDER_PARTS["requests"], p))
+    wrapped = [
+        {"fid": f, "recipient": r, "kid": k, "wrapped_key": w}
+        for f, r, k, w in await db.execute(_SENDER_PARTS["wrapped"], p)
+    ]
+    return {
+        "disclosures": disclosures,
+        "ciphertexts": {fid: c for fid, _, c in fields},
+        "wrapped_keys": wrapped,
+        "statuses": (await _status_dicts(db, [referral_id]))[referral_id],
+    }
+
+
+def _recipient_view(access: Access, me: str) -> dict[str, Any]:
+    """A recipient's part: its request, its active grants and their fields, its status."""
+    own = access.own
+    if own is None:
+        raise RuntimeError("a recipient always has its row")
+    granted = [g for _, g in sorted(access.fields.items())]
+    disclosures = [own.request]
+    disclosures += [g.disclosure for g in granted if g.disclosure is not None]
+    disclosures += [
+        g.field_disclosure for g in granted
+        if g.field_disclosure is not None and g.wrapped_key is not None
+    ]
+    return {
+        "disclosures": disclosures,
+        "ciphertexts": {
+            g.fid: g.ciphertext for g in granted
+            if g.ciphertext is not None and g.wrapped_key is not None
+        },
+        "wrapped_keys": [
+            {"fid": g.fid, "recipient": me, "kid": g.kid, "wrapped_key": g.wrapped_key}
+            for g in granted if g.wrapped_key is not None
+        ],
+        "statuses": [_status_dict(
+            me, own.status, own.reason, own.note, own.signed_at, own.signature, own.updated_at
+        )],
+    }
+
+
 async def read(db: AsyncSession, who: Principal, referral_id: str) -> str:
-    """The envelope filtered to what the caller may see, plus statuses, as JSON text."""
+    """The referral as the caller may see it, plus statuses, as JSON text."""
     access = await _require(db, who, referral_id, Action.REFERRAL_READ, content=True)
     referral = access.referral
-    if access.relation is Relation.RECIPIENT:
-        # relation() brought each active grant's ciphertext and the caller's wrapped key.
-        ciphertexts = {
-            f: g.ciphertext for f, g in access.fields.items() if g.ciphertext is not None
-        }
-        wrapped = [
-            {"field": f, "recipient": who.agency_id, "kid": g.kid, "wrapped_key": g.wrapped_key}
-            for f, g in access.fields.items()
-            if g.wrapped_key is not None
-        ]
-        own = access.own
-        statuses = (
-            [_status_dict(who.agency_id, own.status, own.reason, own.note, own.updated_at)]
-            if own is not None
-            else []
-        )
-    else:
-        ciphertexts = {
-            f: c
-            for f, c in await db.execute(
-                select(ReferralField.field, ReferralField.ciphertext)
-                .where(ReferralField.referral_id == referral_id)
-                .order_by(ReferralField.field)
-            )
-        }
-        wrapped = [
-            {"field": f, "recipient": r, "kid": k, "wrapped_key": w}
-            for f, r, k, w in await db.execute(
-                select(
-                    WrappedKey.field, WrappedKey.recipient, WrappedKey.kid, WrappedKey.wrapped_key
-                )
-                .where(WrappedKey.referral_id == referral_id)
-                .order_by(WrappedKey.field, WrappedKey.recipient)
-            )
-        ]
-        statuses = (await _status_dicts(db, [referral_id]))[referral_id]
+    recipient = access.relation is Relation.RECIPIENT
+    view = _recipient_view(access, who.agency_id) if recipient else await _sender_view(
+        db, referral_id
+    )
+    served = sorted(view["ciphertexts"])
     grant_detail = {
-        f: {"purpose": g.purpose, "expires_at": rfc3339(g.expires_at) if g.expires_at else None}
-        for f, g in sorted(access.fields.items())
+        fid: {"purpose": g.purpose, "expires_at": rfc3339(g.expires_at) if g.expires_at else None}
+        for fid, g in sorted(access.fields.items())
     }
     purposes = sorted({g.purpose for g in access.fields.values()})
     await audit.record(
@@ -755,20 +836,13 @@ async def read(db: AsyncSession, who: Principal, referral_id: str) -> str:
         "referral",
         referral_id,
         subject_agency=referral.sender_agency,
-        grant=grant_detail if access.relation is Relation.RECIPIENT else None,
+        grant=grant_detail if recipient else None,
         purpose=",".join(purposes) if purposes else None,
-        detail={"relation": str(access.relation), "fields": sorted(ciphertexts)},
+        detail={"relation": str(access.relation), "fids": served, "version": referral.version},
     )
     if referral.manifest_json is None:
         raise RuntimeError("relation(content=True) reads the manifest")
-    rest = _ENCODE(
-        {
-            "signature": referral.signature,
-            "ciphertexts": ciphertexts,
-            "wrapped_keys": wrapped,
-            "statuses": statuses,
-        }
-    )
+    rest = _ENCODE({"signature": referral.signature, **view})
     # the stored manifest is the RFC 8785 text the signature covers: spliced in as it is
     return '{"manifest":' + referral.manifest_json + "," + rest[1:]
 
@@ -776,18 +850,10 @@ async def read(db: AsyncSession, who: Principal, referral_id: str) -> str:
 # ---------------------------------------------------------------- lifecycle
 
 
-# (an UPDATE reserves bind names equal to its table's columns: hence "row_*")
+# (an UPDATE reserves bind names equal to its table's columns: hence "new_*"/"row_*")
 _OWN_ROW = and_(
     ReferralRecipient.referral_id == bindparam("row_referral_id"),
     ReferralRecipient.recipient == bindparam("row_recipient"),
-)
-_SET_NOTE = (
-    update(ReferralRecipient)
-    .where(_OWN_ROW)
-    .values(
-        note=bindparam("new_note"),
-        updated_at=bindparam("new_updated_at", type_=UTCDateTime()),
-    )
 )
 _SET_STATUS = (
     update(ReferralRecipient)
@@ -796,20 +862,37 @@ _SET_STATUS = (
         status=bindparam("new_status"),
         reason=bindparam("new_reason"),
         note=bindparam("new_note"),
+        signed_at=bindparam("new_signed_at"),
+        signature=bindparam("new_signature"),
         updated_at=bindparam("new_updated_at", type_=UTCDateTime()),
     )
 )
+
+
+def _check_note(note: str | None) -> None:
+    if note is None:
+        return
+    try:
+        if len(b64url_decode(note)) > MAX_NOTE_BYTES + 48:
+            raise errors.Unprocessable(
+                f"note is limited to {MAX_NOTE_BYTES} bytes", slug="invalid-note"
+            )
+    except EncodingError:
+        raise errors.Unprocessable(
+            "note must be base64url of a sealed box", slug="invalid-note"
+        ) from None
 
 
 async def update_status(
     db: AsyncSession,
     who: Principal,
     referral_id: str,
+    raw: Mapping[str, Any],
     *,
-    status: str,
-    reason: str | None,
-    note: str | None,
+    settings: Settings,
 ) -> StatusOut:
+    """Store a recipient's signed status change (verified with its current signing key)."""
+    body: StatusIn = _validated(StatusIn, raw)
     access = await _require(db, who, referral_id, Action.REFERRAL_STATUS, lock_own=True)
     if access.relation is not Relation.RECIPIENT:
         raise errors.Forbidden(
@@ -824,64 +907,52 @@ async def update_status(
                 subject_agency=access.referral.sender_agency,
             ),
         )
-    if note is not None:
-        try:
-            if len(b64url_decode(note)) > MAX_NOTE_BYTES:
-                raise errors.Unprocessable(
-                    f"note is limited to {MAX_NOTE_BYTES} bytes", slug="invalid-note"
-                )
-        except EncodingError:
-            raise errors.Unprocessable(
-                "note must be base64url of a sealed box", slug="invalid-note"
-            ) from None
+    _check_note(body.note)
+    directory = await _directory(db, [who.agency_id])
+    try:
+        env.verify_status(
+            {**body.model_dump(), "recipient": who.agency_id},
+            referral_id=referral_id,
+            sig_public=_sig_key(directory, who.agency_id),
+        )
+    except env.EnvelopeError as exc:
+        raise errors.Unprocessable(
+            f"{exc.message} with this agency's current signing key",
+            slug="status/bad-signature",
+        ) from None
+    now = utcnow()
+    skew = settings.referrals.max_clock_skew
+    if abs((parse_time(body.signed_at) - now).total_seconds()) > skew:
+        raise errors.Unprocessable(
+            f"signed_at is more than {skew} seconds from the server's clock ({rfc3339(now)})",
+            slug="status/clock-skew",
+        )
     row = access.own  # locked by relation(lock_own=True) until the transaction ends
     if row is None:  # a recipient always has its row
-        raise _not_found(who, Action.REFERRAL_STATUS, referral_id)
+        raise await _not_found(db, who, Action.REFERRAL_STATUS, referral_id)
     own_row = {"row_referral_id": referral_id, "row_recipient": who.agency_id}
-    if status == row.status and reason == row.reason:
-        # Idempotent: the same status again changes nothing, except a new note.
-        note_changed = note is not None and note != row.note
-        updated_at = row.updated_at
-        if note_changed:
-            updated_at = utcnow()
-            await db.execute(_SET_NOTE, {**own_row, "new_note": note, "new_updated_at": updated_at})
-        await audit.record(
-            db,
-            who.actor,
-            Action.REFERRAL_STATUS,
-            "referral",
-            referral_id,
-            subject_agency=access.referral.sender_agency,
-            detail={
-                "from": status,
-                "to": status,
-                "unchanged": not note_changed,
-                "note": note_changed,
-            },
-        )
-        return _status_out(
-            who.agency_id, status, reason, note if note_changed else row.note, updated_at
-        )
-    if status == "cancelled":
-        raise errors.Conflict("only the sender cancels, by withdrawing", slug="invalid-transition")
-    if status not in TRANSITIONS.get(row.status, frozenset()):
-        raise errors.Conflict(
-            f"a referral that is {row.status} cannot become {status}", slug="invalid-transition"
-        )
-    if status == "rejected" and not reason:
-        raise errors.Unprocessable("rejected needs a reason code", slug="reason-required")
-    previous = row.status
-    updated_at = utcnow()
-    await db.execute(
-        _SET_STATUS,
-        {
+    same = body.status == row.status and body.reason == row.reason
+    if not same:
+        if body.status not in TRANSITIONS.get(row.status, frozenset()):
+            raise errors.Conflict(
+                f"a referral that is {row.status} cannot become {body.status}",
+                slug="invalid-transition",
+            )
+        if body.status == "rejected" and not body.reason:
+            raise errors.Unprocessable("rejected needs a reason code", slug="reason-required")
+    # Idempotent: the same status again changes nothing, except a new note.
+    changed = not same or (body.note is not None and body.note != row.note)
+    updated_at = now if changed else row.updated_at
+    if changed:
+        await db.execute(_SET_STATUS, {
             **own_row,
-            "new_status": status,
-            "new_reason": reason,
-            "new_note": note,
+            "new_status": body.status,
+            "new_reason": body.reason,
+            "new_note": body.note,
+            "new_signed_at": body.signed_at,
+            "new_signature": body.signature,
             "new_updated_at": updated_at,
-        },
-    )
+        })
     await audit.record(
         db,
         who.actor,
@@ -889,22 +960,37 @@ async def update_status(
         "referral",
         referral_id,
         subject_agency=access.referral.sender_agency,
-        detail={"from": previous, "to": status, "reason": reason, "note": note is not None},
-    )
-    await webhooks.enqueue(
-        db,
-        EventType.REFERRAL_STATUS_CHANGED,
-        referral_id,
-        {
-            access.referral.sender_agency: {
-                "recipient": who.agency_id,
-                "status": status,
-                "previous_status": previous,
-                "reason": reason,
-            }
+        detail={
+            "from": row.status,
+            "to": body.status,
+            "reason": body.reason,
+            "note": body.note is not None,
+            "unchanged": not changed,
         },
     )
-    return _status_out(who.agency_id, status, reason, note, updated_at)
+    if not same:
+        await webhooks.enqueue(
+            db,
+            EventType.REFERRAL_STATUS_CHANGED,
+            referral_id,
+            {
+                access.referral.sender_agency: {
+                    "recipient": who.agency_id,
+                    "status": body.status,
+                    "previous_status": row.status,
+                    "reason": body.reason,
+                }
+            },
+        )
+    if not changed:
+        return StatusOut(
+            recipient=who.agency_id, status=row.status, reason=row.reason, note=row.note,
+            signed_at=row.signed_at, signature=row.signature, updated_at=row.updated_at,
+        )
+    return StatusOut(
+        recipient=who.agency_id, status=body.status, reason=body.reason, note=body.note,
+        signed_at=body.signed_at, signature=body.signature, updated_at=updated_at,
+    )
 
 
 async def _require_sender(
@@ -926,21 +1012,30 @@ async def _require_sender(
         )
     referral = await db.get(Referral, referral_id)
     if referral is None:  # cannot happen: relation() just read it, and referrals are not deleted
-        raise _not_found(who, action, referral_id)
+        raise await _not_found(db, who, action, referral_id)
     return referral
 
 
 async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[StatusOut]:
+    """Cancel for every recipient and shred their wrapped keys; they get 404 from then on."""
     referral = await _require_sender(db, who, referral_id, Action.REFERRAL_WITHDRAW)
     now = utcnow()
     first = referral.withdrawn_at is None
+    shredded = 0
     if first:
         referral.withdrawn_at = now
         await db.execute(
             update(ReferralRecipient)
             .where(ReferralRecipient.referral_id == referral_id)
-            .values(status="cancelled", updated_at=now)
+            .values(status="cancelled", reason=None, note=None, signed_at=None, signature=None,
+                    updated_at=now)
         )
+        result = await db.execute(
+            delete(WrappedKey).where(
+                WrappedKey.referral_id == referral_id, WrappedKey.recipient != who.agency_id
+            )
+        )
+        shredded = int(getattr(result, "rowcount", 0) or 0)
         await db.flush()
     await audit.record(
         db,
@@ -949,71 +1044,106 @@ async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[S
         "referral",
         referral_id,
         subject_agency=who.agency_id,
-        detail={"unchanged": not first},
+        detail={"unchanged": not first, "wrapped_keys_deleted": shredded},
     )
-    statuses = (await _statuses(db, [referral_id]))[referral_id]
+    statuses = (await _status_dicts(db, [referral_id]))[referral_id]
     if first:
         await webhooks.enqueue(
             db,
             EventType.REFERRAL_CANCELLED,
             referral_id,
-            {s.recipient: {"sender_agency": who.agency_id} for s in statuses},
+            {s["recipient"]: {"sender_agency": who.agency_id} for s in statuses},
+            visible_only=False,
         )
-    return statuses
+    return [StatusOut.model_validate(s) for s in statuses]
 
 
-async def add_grants(
+_BUMP_VERSION = (
+    update(Referral)
+    .where(Referral.id == bindparam("row_id"), Referral.version == bindparam("row_version"))
+    .values(
+        version=bindparam("new_version"),
+        manifest_json=bindparam("new_manifest"),
+        signature=bindparam("new_signature"),
+    )
+)
+
+
+async def amend(
     db: AsyncSession,
     who: Principal,
     referral_id: str,
-    body: Mapping[str, Any],
+    raw: Mapping[str, Any],
     *,
     settings: Settings,
-) -> list[dict[str, Any]]:
+) -> dict[str, Any]:
+    """Add consent with a new manifest version; the loser of a race gets 409, nothing lost."""
+    body: Amendment = _validated(Amendment, raw)
     referral = await _require_sender(db, who, referral_id, Action.GRANT_ADD)
     if referral.withdrawn_at is not None:
         raise errors.Conflict("the referral was withdrawn", slug="referral-withdrawn")
-    old_manifest = json.loads(referral.manifest_json)
-    new_manifest = body.get("manifest") if isinstance(body, Mapping) else None
-    recipients = new_manifest.get("recipients") if isinstance(new_manifest, dict) else None
-    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+    current = Manifest.model_validate_json(referral.manifest_json)
+    if body.manifest.referral_id != referral_id:
         raise errors.Unprocessable(
-            "manifest.recipients must be a list of ids", slug="envelope/malformed"
+            "manifest.referral_id is not this referral", slug="envelope/manifest-changed"
         )
-    directory = await _directory(db, [who.agency_id, *recipients])
+    _refuse_foreign_sender(who, Action.GRANT_ADD, body.manifest)
+    fids = list(await db.scalars(
+        select(ReferralField.fid).where(ReferralField.referral_id == referral_id)
+    ))
+    recipients = list(await db.scalars(
+        select(ReferralRecipient.recipient).where(ReferralRecipient.referral_id == referral_id)
+    ))
+    directory = await _directory(db, {who.agency_id, *_named_agencies(body.disclosures)})
+    if body.manifest.version != current.version + 1:
+        raise errors.Conflict(
+            f"the referral is at version {current.version}: read it again and amend "
+            f"version {current.version + 1}",
+            slug="version-conflict",
+        )
     try:
-        changed = env.check_grant_update(
-            old_manifest, body, sender_sig_public=_sender_sig_key(directory, who.agency_id)
+        checked = env.check_amendment(
+            current, body, sender_sig_public=_sig_key(directory, who.agency_id), fids=fids,
+            recipients=recipients, max_recipients=settings.referrals.max_recipients,
         )
     except env.EnvelopeError as exc:
         raise _invalid(exc) from None
-    added = [r for r in recipients if r not in old_manifest["recipients"]]
-    _check_recipients(added, directory)
-    _check_recipients(
-        [g["recipient"] for g in changed if g["recipient"] != who.agency_id], directory
-    )
-    _check_grant_kids(changed, directory)
+    grants = [d.value for d in checked.grants.values() if isinstance(d.value, GrantValue)]
+    _check_recipients({g.recipient for g in grants}, directory)
+    _check_kids(grants, directory)
     now = utcnow()
-    pairs = [(g["field"], g["recipient"]) for g in changed]
-    pair_in = tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(pairs)
-    await db.execute(delete(ReferralGrant).where(ReferralGrant.referral_id == referral_id, pair_in))
-    await db.execute(
-        delete(WrappedKey).where(
-            WrappedKey.referral_id == referral_id,
-            tuple_(WrappedKey.field, WrappedKey.recipient).in_(pairs),
+    _check_expiry(grants, now, settings)
+    bumped = await db.execute(_BUMP_VERSION, {
+        "row_id": referral_id,
+        "row_version": current.version,
+        "new_version": body.manifest.version,
+        "new_manifest": checked.manifest_bytes.decode("utf-8"),
+        "new_signature": body.signature,
+    })
+    if getattr(bumped, "rowcount", 0) != 1:
+        raise errors.Conflict(
+            "another amendment of this referral was stored first: read it again and amend "
+            "the new version",
+            slug="version-conflict",
         )
-    )
+    pairs = list(checked.grants)
+    await db.execute(delete(ReferralGrant).where(
+        ReferralGrant.referral_id == referral_id,
+        tuple_(ReferralGrant.fid, ReferralGrant.recipient).in_(pairs),
+    ))
+    await db.execute(delete(WrappedKey).where(
+        WrappedKey.referral_id == referral_id,
+        tuple_(WrappedKey.fid, WrappedKey.recipient).in_(pairs),
+    ))
     await db.execute(
-        insert(ReferralGrant.__table__), _grant_rows(referral_id, changed, now, settings)
+        insert(ReferralGrant.__table__),
+        [_grant_row(referral_id, d, now) for d in checked.grants.values()],
     )
-    await db.execute(insert(WrappedKey.__table__), _wrapped_rows(referral_id, body["wrapped_keys"]))
-    if added:
-        await db.execute(
-            insert(ReferralRecipient.__table__), _recipient_rows(referral_id, added, now)
-        )
-    referral.manifest_json = canonical_json(new_manifest).decode("utf-8")
-    referral.signature = body["signature"]
-    await db.flush()
+    await db.execute(insert(WrappedKey.__table__), _wrapped_rows(referral_id, body.wrapped_keys))
+    new_rows = [_recipient_row(referral_id, d, now) for d in checked.requests.values()]
+    if new_rows:
+        await db.execute(insert(ReferralRecipient.__table__), new_rows)
+    new_recipients = sorted(checked.new_recipients)
     await audit.record(
         db,
         who.actor,
@@ -1022,11 +1152,9 @@ async def add_grants(
         referral_id,
         subject_agency=who.agency_id,
         detail={
-            "grants": [
-                {"field": g["field"], "recipient": g["recipient"], "purpose": g["purpose"]}
-                for g in changed
-            ],
-            "new_recipients": added,
+            "version": body.manifest.version,
+            "grants": _grant_detail(grants),
+            "new_recipients": new_recipients,
         },
     )
     await webhooks.enqueue(
@@ -1034,19 +1162,32 @@ async def add_grants(
         EventType.GRANT_ADDED,
         referral_id,
         {
-            r: {
-                "sender_agency": who.agency_id,
-                "fields": sorted(g["field"] for g in changed if g["recipient"] == r),
-            }
-            for r in {g["recipient"] for g in changed} - {who.agency_id}
+            r: {"sender_agency": who.agency_id,
+                "fids": sorted(g.fid for g in grants if g.recipient == r)}
+            for r in {g.recipient for g in grants}
         },
     )
-    return changed
+    if new_rows:
+        await webhooks.enqueue(
+            db,
+            EventType.REFERRAL_RECEIVED,
+            referral_id,
+            {row["recipient"]: {"sender_agency": who.agency_id,
+                                "request": json.loads(row["request_json"])}
+             for row in new_rows},
+        )
+    return {
+        "referral_id": referral_id,
+        "version": body.manifest.version,
+        "grants": [d.disclosure for d in checked.grants.values()],
+        "new_recipients": new_recipients,
+    }
 
 
 async def revoke(
     db: AsyncSession, who: Principal, referral_id: str, pairs: Sequence[tuple[str, str]]
 ) -> datetime:
+    """Revoke (fid, recipient) consents: their wrapped keys are deleted at once."""
     await _require_sender(db, who, referral_id, Action.CONSENT_REVOKE)
     unique = sorted(set(pairs))
     if any(recipient == who.agency_id for _, recipient in unique):
@@ -1057,29 +1198,29 @@ async def revoke(
     found = {
         (f, r)
         for f, r in await db.execute(
-            select(ReferralGrant.field, ReferralGrant.recipient).where(
+            select(ReferralGrant.fid, ReferralGrant.recipient).where(
                 ReferralGrant.referral_id == referral_id,
-                tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(unique),
+                tuple_(ReferralGrant.fid, ReferralGrant.recipient).in_(unique),
             )
         )
     }
     missing = [p for p in unique if p not in found]
     if missing:
         raise errors.Unprocessable(
-            f"no consent for field {missing[0][0]!r} to {missing[0][1]}", slug="unknown-grant"
+            f"no consent for field {missing[0][0]} to {missing[0][1]}", slug="unknown-grant"
         )
     now = utcnow()
     await db.execute(
         delete(WrappedKey).where(
             WrappedKey.referral_id == referral_id,
-            tuple_(WrappedKey.field, WrappedKey.recipient).in_(unique),
+            tuple_(WrappedKey.fid, WrappedKey.recipient).in_(unique),
         )
     )
     await db.execute(
         update(ReferralGrant)
         .where(
             ReferralGrant.referral_id == referral_id,
-            tuple_(ReferralGrant.field, ReferralGrant.recipient).in_(unique),
+            tuple_(ReferralGrant.fid, ReferralGrant.recipient).in_(unique),
             ReferralGrant.revoked_at.is_(None),
         )
         .values(revoked_at=now)
@@ -1091,14 +1232,14 @@ async def revoke(
         "referral",
         referral_id,
         subject_agency=who.agency_id,
-        detail={"revocations": [{"field": f, "recipient": r} for f, r in unique]},
+        detail={"revocations": [{"fid": f, "recipient": r} for f, r in unique]},
     )
     await webhooks.enqueue(
         db,
         EventType.CONSENT_REVOKED,
         referral_id,
         {
-            r: {"sender_agency": who.agency_id, "fields": sorted(f for f, rr in unique if rr == r)}
+            r: {"sender_agency": who.agency_id, "fids": sorted(f for f, rr in unique if rr == r)}
             for r in {r for _, r in unique}
         },
         visible_only=False,

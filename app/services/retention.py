@@ -109,7 +109,7 @@ def _expired_key_condition(now: datetime) -> Any:
     g = ReferralGrant
     return exists().where(
         g.referral_id == WrappedKey.referral_id,
-        g.field == WrappedKey.field,
+        g.fid == WrappedKey.fid,
         g.recipient == WrappedKey.recipient,
         or_(g.revoked_at.is_not(None), and_(g.expires_at.is_not(None), g.expires_at <= now)),
     )
