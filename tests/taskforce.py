@@ -89,36 +89,66 @@ class TaskForce:
         fields: dict[str, str],
         consent: dict[str, dict[str, str]],
         *,
-        recipients: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
+        requests: dict[str, dict[str, Any]] | None = None,
         days: int = 30,
         created_at: datetime | None = None,
+        referral_id: str | None = None,
     ) -> dict[str, Any]:
-        """Build an Envelope v1 body: ``consent`` is {field: {member name: purpose}}."""
+        """Build an Envelope v2 body: ``consent`` is {field: {member name: purpose}}.
+
+        ``requests`` is {member name: request value without ``recipient``}; by
+        default every consented member is asked for ``legal``, urgent, case c-1.
+        """
+        return self.sealed(
+            sender, fields, consent, requests=requests, days=days, created_at=created_at,
+            referral_id=referral_id,
+        ).body
+
+    def sealed(
+        self,
+        sender: str,
+        fields: dict[str, str],
+        consent: dict[str, dict[str, str]],
+        *,
+        requests: dict[str, dict[str, Any]] | None = None,
+        days: int = 30,
+        created_at: datetime | None = None,
+        referral_id: str | None = None,
+    ) -> env.Sealed:
+        """:meth:`seal`, with the sender's map of field names to fids."""
         s = self.members[sender]
-        names = recipients or sorted({r for per in consent.values() for r in per})
         expires = rfc3339(datetime.now(UTC) + timedelta(days=days))
-        consents = [
-            env.Consent(
+        grants = [
+            env.Grant(
                 field=f,
                 recipient=self.members[r].agency_id,
-                recipient_kid=self.members[r].enc_kid,
-                recipient_enc_public=self.members[r].keys.enc_public,
+                enc_public=self.members[r].keys.enc_public,
                 purpose=purpose,
                 expires_at=expires,
             )
             for f, per in consent.items()
             for r, purpose in per.items()
         ]
+        names = requests or {
+            r: {} for per in consent.values() for r in per
+        }
+        reqs = [
+            env.Request(
+                recipient=self.members[name].agency_id,
+                services=tuple(spec.get("services", ["legal"])),
+                urgency=spec.get("urgency", "urgent"),
+                case_ref=spec.get("case_ref", "c-1"),
+            )
+            for name, spec in names.items()
+        ]
         return env.seal_envelope(
-            referral_id=str(uuid.uuid4()),
+            referral_id=referral_id or str(uuid.uuid4()),
             sender_agency=s.agency_id,
             sender_sig_seed=s.keys.sig_seed,
             sender_enc_public=s.keys.enc_public,
-            recipients=[self.members[n].agency_id for n in names],
             fields=fields,
-            consents=consents,
-            metadata=metadata or {"services": ["legal"], "urgency": "urgent", "case_ref": "c-1"},
+            grants=grants,
+            requests=reqs,
             created_at=rfc3339(created_at or datetime.now(UTC)),
         )
 

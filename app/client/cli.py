@@ -37,6 +37,7 @@ from app.client.keyfile import (
 )
 from app.client.sdk import RefgateClient, RefgateError, VerificationError
 from app.crypto.passphrase import PassphraseError
+from app.vocab import Service, Urgency
 
 EXIT_OK = 0
 EXIT_USAGE = 1
@@ -216,49 +217,62 @@ async def cmd_agencies(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 
 def _send_input(args: argparse.Namespace) -> dict[str, Any]:
+    """Fields, consent and per-recipient requests from the flags or ``--from-file``."""
     if args.from_file:
-        if args.to or args.field or args.consent:
-            raise UsageError("--from-file excludes --to, --field and --consent")
+        if args.to or args.field or args.consent or args.request:
+            raise UsageError("--from-file excludes --to, --field, --consent and --request")
         try:
             data = json.loads(Path(args.from_file).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {args.from_file}: {exc}") from None
-        if not isinstance(data, dict) or not {"recipients", "fields", "consent"} <= set(data):
-            raise UsageError("the file must hold {recipients, fields, consent[, metadata]}")
-        metadata = dict(data.get("metadata") or {})
-        recipients = list(data["recipients"])
-        fields, consent = data["fields"], data["consent"]
-    else:
-        fields = _pairs(args.field, "--field")
-        consent = _consents(args.consent)
-        recipients = list(args.to or [])
-        metadata = {}
-    if not isinstance(fields, dict) or not fields:
-        raise UsageError("a referral needs at least one field (--field name=value)")
+        if not isinstance(data, dict) or set(data) != {"fields", "consent", "requests"}:
+            raise UsageError(
+                'the file must hold {"fields": {name: value}, "consent": {field: {agency: '
+                'purpose}}, "requests": {agency: {"services": [...], "urgency": ..., '
+                '"case_ref": ...}}}'
+            )
+        return data
+    fields = _pairs(args.field, "--field")
+    consent = _consents(args.consent)
+    recipients = list(dict.fromkeys(args.to or []))
     for recipient in (r for per in consent.values() for r in per):
         if recipient not in recipients:
             recipients.append(recipient)
     if not recipients:
         raise UsageError("a referral needs at least one recipient (--to AGENCY_ID)")
-    if args.urgency:
-        metadata["urgency"] = args.urgency
-    if args.service:
-        metadata["services"] = list(args.service)
-    if args.case_ref:
-        metadata["case_ref"] = args.case_ref
-    return {"recipients": recipients, "fields": fields, "consent": consent,
-            "metadata": metadata}
+    own = _pairs(args.request, "--request")
+    default = list(args.service or [])
+    requests: dict[str, dict[str, Any]] = {}
+    for recipient in recipients:
+        services = own[recipient].split(",") if recipient in own else default
+        if not services:
+            raise UsageError(
+                f"say what {recipient} is asked for: --service SERVICE, or "
+                f"--request {recipient}=SERVICE[,SERVICE]"
+            )
+        requests[recipient] = {"services": services, "urgency": args.urgency or "routine",
+                               "case_ref": args.case_ref}
+    unknown = sorted(set(own) - set(recipients))
+    if unknown:
+        raise UsageError(f"--request names {unknown[0]}, which is not a recipient (--to)")
+    return {"fields": fields, "consent": consent, "requests": requests}
 
 
 async def cmd_send(rc: RefgateClient, args: argparse.Namespace) -> int:
     data = _send_input(args)
     summary = await rc.send_referral(
-        data["recipients"], data["fields"], data["consent"], data["metadata"],
+        data["fields"], data["consent"], data["requests"],
         expires_in_days=args.days, release_ref=args.release_ref,
     )
-    _emit(args, summary, lambda out: out.write(
-        f"sent referral {summary['referral_id']} to {len(summary['statuses'])} agencies\n"
-    ))
+
+    def human(out: TextIO) -> None:
+        out.write(f"sent referral {summary['referral_id']} to "
+                  f"{len(summary['statuses'])} agencies\n")
+        for recipient, expires in sorted(summary["expires_at"].items()):
+            names = sorted(f for f, per in data["consent"].items() if recipient in per)
+            out.write(f"  {recipient}: {', '.join(names)} until {expires}\n")
+
+    _emit(args, summary, human)
     return EXIT_OK
 
 
@@ -270,16 +284,17 @@ async def cmd_inbox(rc: RefgateClient, args: argparse.Namespace) -> int:
     def human(out: TextIO) -> None:
         rows = []
         for item in page.items:
-            meta = item.get("metadata") or {}
+            request = item.get("request") or {}
             statuses = ", ".join(
                 f"{s['status']}" if not args.sent else f"{s['recipient'][:8]}:{s['status']}"
                 for s in item.get("statuses") or []
             )
             rows.append((item["referral_id"], item["created_at"],
                          "" if args.sent else item["sender_agency"],
-                         meta.get("urgency", ""), ",".join(meta.get("services") or []),
-                         statuses))
-        _table(out, ["REFERRAL", "CREATED", "FROM", "URGENCY", "SERVICES", "STATUS"], rows)
+                         request.get("urgency", ""), ",".join(request.get("services") or []),
+                         request.get("case_ref") or "", statuses))
+        _table(out, ["REFERRAL", "CREATED", "FROM", "URGENCY", "SERVICES", "CASE", "STATUS"],
+               rows)
         if page.next_cursor:
             out.write(f"more: --cursor {page.next_cursor}\n")
 
@@ -290,20 +305,31 @@ async def cmd_inbox(rc: RefgateClient, args: argparse.Namespace) -> int:
 async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
     opened = await rc.open_referral(args.referral_id)
     data = {"referral_id": opened.referral_id, "sender_agency": opened.sender_agency,
-            "created_at": opened.manifest["created_at"], "metadata": opened.metadata,
-            "fields": opened.fields, "statuses": opened.statuses, "notes": opened.notes,
+            "created_at": opened.manifest["created_at"], "version": opened.manifest["version"],
+            "fields": opened.fields, "fids": opened.fids, "grants": opened.grants,
+            "requests": opened.requests, "statuses": opened.statuses, "notes": opened.notes,
             "unreadable_notes": list(opened.unreadable_notes)}
 
     def human(out: TextIO) -> None:
-        out.write(f"referral  {opened.referral_id}\nfrom      {opened.sender_agency}\n"
+        out.write(f"referral  {opened.referral_id} (version {opened.manifest['version']})\n"
+                  f"from      {opened.sender_agency}\n"
                   f"created   {opened.manifest['created_at']}\n")
-        for key, value in opened.metadata.items():
-            out.write(f"{key:<9} {','.join(value) if isinstance(value, list) else value}\n")
-        out.write("\nfields (signature, hashes and commitments verified):\n")
+        for recipient, request in sorted(opened.requests.items()):
+            case = f", case {request['case_ref']}" if request.get("case_ref") else ""
+            out.write(f"request   {recipient}: {', '.join(request['services'])} "
+                      f"({request['urgency']}{case})\n")
+        out.write("\nfields (signature, digests, hashes and commitments verified):\n")
         for name, text in sorted(opened.fields.items()):
             out.write(f"  {name}: {text}\n")
         if not opened.fields:
             out.write("  (none shared with this agency)\n")
+        out.write("\nconsent:\n")
+        for g in sorted(opened.grants, key=lambda g: (g["recipient"], g["fid"])):
+            if g["purpose"] == "sender":
+                continue
+            name = opened.field_of(g["fid"]) or g["fid"]
+            out.write(f"  {g['recipient']} may read {name} for {g['purpose']} "
+                      f"until {g['expires_at']}\n")
         out.write("\nstatus:\n")
         for s in opened.statuses:
             extra = f" reason={s['reason']}" if s.get("reason") else ""
@@ -312,7 +338,8 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
                 extra += f" note: {note}"
             elif s["recipient"] in opened.unreadable_notes:
                 extra += " note: (does not open with this agency's key)"
-            out.write(f"  {s['recipient']}  {s['status']}  {s['updated_at']}{extra}\n")
+            signed = " (signature verified)" if s.get("verified") else " (set by the server)"
+            out.write(f"  {s['recipient']}  {s['status']}  {s['updated_at']}{signed}{extra}\n")
 
     _emit(args, data, human)
     return EXIT_OK
@@ -331,12 +358,15 @@ async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
     consent = _consents(args.consent)
     if not consent:
         raise UsageError("give at least one --consent field:AGENCY_ID:purpose")
-    result = await rc.grant(args.referral_id, consent, expires_in_days=args.days,
+    own = _pairs(args.request, "--request")
+    requests = {r: {"services": services.split(","), "urgency": args.urgency or "routine",
+                    "case_ref": args.case_ref} for r, services in own.items()}
+    result = await rc.grant(args.referral_id, consent, requests, expires_in_days=args.days,
                             release_ref=args.release_ref)
     _emit(args, result, lambda out: out.write("".join(
-        f"granted {g['field']} to {g['recipient']} for {g['purpose']} until {g['expires_at']}\n"
-        for g in result.get("grants", [])
-    )))
+        f"granted {name} to {recipient} for {purpose} until {result['expires_at']}\n"
+        for name, per in consent.items() for recipient, purpose in per.items()
+    ) + f"referral {args.referral_id} is now at version {result['version']}\n"))
     return EXIT_OK
 
 
@@ -414,19 +444,26 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--to", action="append", metavar="AGENCY_ID", help="recipient (repeatable)")
     sp.add_argument("--field", action="append", metavar="NAME=VALUE")
     sp.add_argument("--consent", action="append", metavar="FIELD:AGENCY_ID:PURPOSE")
-    sp.add_argument("--urgency", choices=["routine", "urgent", "emergency"])
-    sp.add_argument("--service", action="append", help="service category (repeatable)")
-    sp.add_argument("--case-ref", help="your opaque case reference")
-    sp.add_argument("--days", type=int, default=90, help="consent lifetime (default 90)")
+    sp.add_argument("--urgency", choices=[u.value for u in Urgency],
+                    help="for every recipient (default routine)")
+    sp.add_argument("--service", action="append", choices=[v.value for v in Service],
+                    metavar="SERVICE",
+                    help="what every recipient is asked for (repeatable): "
+                         + ", ".join(v.value for v in Service))
+    sp.add_argument("--request", action="append", metavar="AGENCY_ID=SERVICE[,SERVICE]",
+                    help="what one recipient is asked for, instead of --service")
+    sp.add_argument("--case-ref", help="your opaque case reference (letters, digits, . _ -)")
+    sp.add_argument("--days", type=int, default=90,
+                    help="consent lifetime in days (default 90; the server's maximum applies)")
     sp.add_argument("--release-ref", help="reference of the signed release form")
     sp.add_argument("--from-file", metavar="JSON",
-                    help="{recipients, fields, consent, metadata} instead of the flags")
+                    help="{fields, consent, requests} instead of the flags")
     sp.set_defaults(remote=cmd_send)
 
     sp = sub.add_parser("inbox", help="list received (or --sent) referrals")
     sp.add_argument("--sent", action="store_true")
     sp.add_argument("--status")
-    sp.add_argument("--urgency", choices=["routine", "urgent", "emergency"])
+    sp.add_argument("--urgency", choices=[u.value for u in Urgency])
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--cursor")
     sp.set_defaults(remote=cmd_inbox)
@@ -446,7 +483,12 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("grant", help="widen consent on a referral you sent")
     sp.add_argument("referral_id")
     sp.add_argument("--consent", action="append", metavar="FIELD:AGENCY_ID:PURPOSE")
-    sp.add_argument("--days", type=int, default=90)
+    sp.add_argument("--request", action="append", metavar="AGENCY_ID=SERVICE[,SERVICE]",
+                    help="what a recipient new to the referral is asked for")
+    sp.add_argument("--urgency", choices=[u.value for u in Urgency])
+    sp.add_argument("--case-ref")
+    sp.add_argument("--days", type=int, default=90,
+                    help="consent lifetime in days (default 90; the server's maximum applies)")
     sp.add_argument("--release-ref")
     sp.set_defaults(remote=cmd_grant)
 

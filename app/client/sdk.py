@@ -3,15 +3,19 @@
 What the SDK guarantees, trusting only the key file and the audit log's
 verifier key (never the server):
 
-* **Sending** encrypts on the client (``app.crypto.envelope.seal_envelope``)
+* **Sending** encrypts on the client (``app.crypto.envelope.seal_envelope``,
+  Envelope v2: field names only inside the ciphertext, one salted disclosure
+  per field, grant and request, the manifest signing only their digests)
   to each recipient's *current* X25519 key, and only after checking that the
   key's kid is the hash of the key served and that the key's registration is
   in the audit log (key transparency, below). A server that swaps a key in the
   directory is caught before anything is encrypted to it.
 * **Opening** (``open_referral``) verifies the sender's manifest signature with
-  the sender's signing key (itself checked against the log), every ciphertext
-  hash and every key commitment before returning any plaintext; any failure
-  raises :class:`VerificationError` and nothing is returned.
+  the sender's signing key (itself checked against the log), that every
+  disclosure served hashes to a digest of the manifest, every ciphertext hash
+  and every key commitment, and every recipient's status signature, before
+  returning any plaintext; any failure raises :class:`VerificationError` and
+  nothing is returned.
 * **Widening consent** (``grant``) re-verifies the referral as stored (the
   sender's signature, hashes, commitments) before wrapping a field key for
   anyone, and applies the same key checks as sending.
@@ -171,6 +175,63 @@ def _retry_after(response: httpx.Response, cap: float) -> float:
     return max(0.05, min(value, cap))
 
 
+def _request(recipient: str, spec: Mapping[str, Any]) -> env.Request:
+    return env.Request(
+        recipient=recipient,
+        services=tuple(spec.get("services") or ()),
+        urgency=str(spec.get("urgency", "routine")),
+        case_ref=spec.get("case_ref"),
+    )
+
+
+def _check_request_shape(
+    fields: Mapping[str, str],
+    consent: Mapping[str, Mapping[str, str]],
+    requests: Mapping[str, Mapping[str, Any]],
+    limits: Mapping[str, Any],
+) -> None:
+    """Refuse locally what the server would refuse, with the words of the CLI."""
+    if not fields:
+        raise ValueError("a referral needs at least one field (refgate send --field name=value)")
+    if not requests:
+        raise ValueError("a referral needs at least one recipient (refgate send --to)")
+    unknown = sorted(set(consent) - set(fields))
+    if unknown:
+        raise ValueError(f"consent names field {unknown[0]!r}, which is not in the referral")
+    consented = {r for per in consent.values() for r in per}
+    for recipient in requests:
+        if recipient not in consented:
+            raise ValueError(
+                f"recipient {recipient} has no consented field: it would receive nothing "
+                "(add --consent FIELD:RECIPIENT:PURPOSE, or leave it out)"
+            )
+    for recipient in sorted(consented - set(requests)):
+        raise ValueError(f"consent names {recipient}, which is not a recipient (--to)")
+    purposes = set(limits.get("purposes", ()))
+    for per in consent.values():
+        for purpose in per.values():
+            if purpose not in purposes:
+                raise ValueError(
+                    f"unknown purpose {purpose!r}: one of {', '.join(sorted(purposes))}"
+                )
+    services, urgencies = set(limits.get("services", ())), set(limits.get("urgencies", ()))
+    for recipient, spec in requests.items():
+        asked = list(spec.get("services") or [])
+        if not asked:
+            raise ValueError(f"say which services {recipient} is asked for (--service)")
+        for service in asked:
+            if service not in services:
+                raise ValueError(
+                    f"unknown service {service!r}: one of {', '.join(sorted(services))}"
+                )
+        if spec.get("urgency", "routine") not in urgencies:
+            raise ValueError(f"urgency must be one of {', '.join(sorted(urgencies))}")
+    if len(fields) > int(limits.get("max_fields", 64)):
+        raise ValueError(f"at most {limits['max_fields']} fields")
+    if len(requests) > int(limits.get("max_recipients", 32)):
+        raise ValueError(f"at most {limits['max_recipients']} recipients")
+
+
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -275,16 +336,21 @@ class Page:
 
 @dataclass(frozen=True)
 class OpenedReferral:
-    """A referral whose signature, hashes and commitments all verified.
+    """A referral whose signature, digests, hashes, commitments and statuses all verified.
 
-    ``fields`` holds exactly the fields addressed to the caller. For the
-    sender, ``notes`` maps a recipient to its decrypted status note; notes
-    that do not open with the sender's key are listed in ``unreadable_notes``
-    (a recipient's bad note must not hide the referral from its sender).
+    ``fields`` maps field name to value for exactly the fields addressed to
+    the caller (``fids``: name to opaque id). ``grants`` and ``requests`` are
+    the disclosures served to the caller (a recipient: its own; the sender:
+    all). For the sender, ``notes`` maps a recipient to its decrypted status
+    note; notes that do not open with the sender's key are listed in
+    ``unreadable_notes``.
     """
 
     manifest: dict[str, Any]
     fields: dict[str, str]
+    fids: dict[str, str]
+    grants: list[dict[str, Any]]
+    requests: dict[str, dict[str, Any]]
     statuses: list[dict[str, Any]]
     notes: dict[str, str] = field(default_factory=dict)
     unreadable_notes: tuple[str, ...] = ()
@@ -297,9 +363,9 @@ class OpenedReferral:
     def sender_agency(self) -> str:
         return str(self.manifest["sender_agency"])
 
-    @property
-    def metadata(self) -> dict[str, Any]:
-        return dict(self.manifest["metadata"])
+    def field_of(self, fid: str) -> str | None:
+        """The name of field ``fid`` if the caller could open it."""
+        return next((name for name, f in self.fids.items() if f == fid), None)
 
 
 # ---------------------------------------------------------------- the client
@@ -355,6 +421,7 @@ class RefgateClient:
         self._verified: dict[tuple[str, str, str], bytes] = {}
         self._seen: Checkpoint | None = None
         self._checkpoint_lock = asyncio.Lock()
+        self._limits: dict[str, Any] | None = None
 
     @classmethod
     def from_key_file(
@@ -569,78 +636,105 @@ class RefgateClient:
 
     # ------------------------------------------------------------ referrals
 
+    async def limits(self) -> dict[str, Any]:
+        """The server's limits and vocabularies (``GET /v1/limits``), fetched once."""
+        if self._limits is None:
+            self._limits = _expect(await self._get_json("/v1/limits"), dict, "limits")
+        return self._limits
+
     async def _recipient_keys(self, recipients: Iterable[str]) -> dict[str, tuple[str, bytes]]:
         """Each recipient's verified current encryption key; refuses an inactive agency."""
         out: dict[str, tuple[str, bytes]] = {}
         for recipient in dict.fromkeys(recipients):
             entry = await self.agency(recipient)
             if entry.get("status") != "active":
-                raise ValueError(f"recipient {recipient} is not active ({entry.get('status')})")
+                raise ValueError(
+                    f"recipient {recipient} ({entry.get('name', 'unknown agency')}) is not "
+                    f"active ({entry.get('status')}): it cannot receive referrals"
+                )
             out[recipient] = await self.agency_key(recipient, "enc", entry=entry)
         return out
 
-    async def _consents(
-        self, recipients: Iterable[str], consent: Mapping[str, Mapping[str, str]],
-        expires_at: str, release_ref: str | None,
-    ) -> list[env.Consent]:
-        enc_keys = await self._recipient_keys(recipients)
-        out: list[env.Consent] = []
-        for field_name, per in consent.items():
-            for recipient, purpose in per.items():
-                kid, public = enc_keys[recipient]
-                out.append(env.Consent(
-                    field=field_name, recipient=recipient, recipient_kid=kid,
-                    recipient_enc_public=public, purpose=purpose, expires_at=expires_at,
-                    release_ref=release_ref,
-                ))
-        return out
+    async def _grants(
+        self, consent: Mapping[str, Mapping[str, str]], expires_at: str, release_ref: str | None,
+    ) -> list[env.Grant]:
+        enc_keys = await self._recipient_keys(r for per in consent.values() for r in per)
+        return [
+            env.Grant(field=name, recipient=recipient, enc_public=enc_keys[recipient][1],
+                      purpose=purpose, expires_at=expires_at, release_ref=release_ref)
+            for name, per in consent.items()
+            for recipient, purpose in per.items()
+        ]
+
+    async def _expiry(self, expires_in_days: int) -> tuple[datetime, str]:
+        """(now, expires_at) after checking ``expires_in_days`` against the server's maximum."""
+        maximum = int((await self.limits())["max_consent_days"])
+        if not 1 <= expires_in_days <= maximum:
+            raise ValueError(
+                f"consent must last 1 to {maximum} days (the server's maximum); "
+                f"{expires_in_days} was asked for (refgate send --days)"
+            )
+        now = datetime.now(UTC).replace(microsecond=0)
+        return now, _rfc3339(now + timedelta(days=expires_in_days))
 
     async def send_referral(
         self,
-        recipients: list[str],
         fields: Mapping[str, str],
         consent: Mapping[str, Mapping[str, str]],
-        metadata: Mapping[str, Any],
+        requests: Mapping[str, Mapping[str, Any]],
         *,
         expires_in_days: int = 90,
         release_ref: str | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Encrypt and send a referral; returns the server's summary (``referral_id``, statuses).
+        """Encrypt and send a referral (Envelope v2); returns the server's summary.
 
-        ``consent`` is ``{field: {recipient agency id: purpose}}``; every
-        consent expires ``expires_in_days`` from now (the server may cap it).
-        Each recipient's current encryption key is verified first (module
-        docstring). The POST is retried on a network error or 502/503/504
-        with the same body and ``Idempotency-Key`` (one is generated when none
-        is given), so a retry never creates a second referral.
+        ``fields`` maps field names (``full_name``, ``narrative``, … or a custom
+        ``^[a-z][a-z0-9_]{0,63}$``) to their values; ``consent`` is
+        ``{field name: {recipient agency id: purpose}}`` (purposes:
+        ``service_provision``, ``investigation``, ``prosecution``,
+        ``safety_planning``); ``requests`` is ``{recipient agency id:
+        {"services": [...], "urgency": "routine"|"urgent"|"emergency",
+        "case_ref": None or "ABC-123"}}``, one per recipient. Every consent
+        expires ``expires_in_days`` from now; more than the server's maximum
+        (``GET /v1/limits``) is refused here, before anything is sent.
+
+        Refused locally (``ValueError``): a recipient with no consented field,
+        a consent to an agency with no request, an unknown field in a consent,
+        an unknown service or urgency. Each recipient's current encryption key
+        is verified first (module docstring). The POST is retried on a network
+        error or 502/503/504 with the same body and ``Idempotency-Key`` (one
+        is generated when none is given), so a retry never creates a second
+        referral. The result adds ``expires_at`` (recipient -> effective
+        expiry) and ``fids`` (field name -> its opaque id).
         """
-        if not recipients:
-            raise ValueError("a referral needs at least one recipient")
-        if expires_in_days < 1:
-            raise ValueError("expires_in_days must be at least 1")
-        unlisted = {r for per in consent.values() for r in per} - set(recipients)
-        if unlisted:
-            raise ValueError(f"consent names agencies that are not recipients: {sorted(unlisted)}")
-        now = datetime.now(UTC)
-        consents = await self._consents(
-            recipients, consent, _rfc3339(now + timedelta(days=expires_in_days)), release_ref
-        )
-        body = env.seal_envelope(
+        _check_request_shape(fields, consent, requests, await self.limits())
+        now, expires_at = await self._expiry(expires_in_days)
+        grants = await self._grants(consent, expires_at, release_ref)
+        sealed = env.seal_envelope(
             referral_id=str(uuid.uuid4()),
             sender_agency=self.agency_id,
             sender_sig_seed=self.key.sig_seed,
             sender_enc_public=self.key.enc_public,
-            recipients=list(recipients),
             fields=dict(fields),
-            consents=consents,
-            metadata=dict(metadata),
+            grants=grants,
+            requests=[_request(r, spec) for r, spec in requests.items()],
             created_at=_rfc3339(now),
         )
-        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        result = await self._post_idempotent(
+            "/v1/referrals", sealed.body, idempotency_key or str(uuid.uuid4())
+        )
+        result["expires_at"] = {r: expires_at for r in requests}
+        result["fids"] = sealed.fids
+        return result
+
+    async def _post_idempotent(
+        self, path: str, body: Mapping[str, Any], idempotency_key: str
+    ) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key}
         for attempt in range(3):
             try:
-                response = await self._http.post("/v1/referrals", json=body, headers=headers)
+                response = await self._http.post(path, json=body, headers=headers)
             except httpx.TransportError:
                 if attempt == 2:
                     raise
@@ -656,7 +750,15 @@ class RefgateClient:
         self, status: str | None = None, urgency: str | None = None,
         since: datetime | str | None = None, limit: int = 50, cursor: str | None = None,
     ) -> Page:
-        """One page of received referrals, newest first (metadata and statuses only)."""
+        """One page of received referrals, newest first.
+
+        Each item: ``referral_id``, ``sender_agency``, ``created_at``,
+        ``version``, ``statuses`` (this agency's own), ``request`` (what this
+        agency is asked to do: ``services``, ``urgency``, ``case_ref``) and
+        ``withdrawn``. No content: open an item with :meth:`open_referral`.
+        Poll with ``since`` (the newest ``created_at`` seen) or subscribe to
+        the ``referral.received`` webhook.
+        """
         return await self._referral_page("received", status, urgency, since, limit, cursor)
 
     async def sent(
@@ -677,72 +779,100 @@ class RefgateClient:
         return Page(items=body["items"], next_cursor=body.get("next_cursor"))
 
     async def _sender_sig_public(self, manifest: Mapping[str, Any]) -> bytes:
-        sender, kid = manifest.get("sender_agency"), manifest.get("sender_kid")
-        if not isinstance(sender, str) or not isinstance(kid, str):
-            raise VerificationError("the referral's manifest names no sender or sender_kid")
-        own = keys.sig_public_from_seed(self.key.sig_seed)
-        if sender == self.agency_id and kid == keys.kid(own):
-            return own
-        return (await self.agency_key(sender, "sig", kid))[1]
+        sender = manifest.get("sender_agency")
+        if not isinstance(sender, str):
+            raise VerificationError("the referral's manifest names no sender")
+        return (await self.agency_key(sender, "sig"))[1]
 
-    async def _read_verified(self, referral_id: str) -> tuple[dict[str, Any], dict[str, str]]:
-        envelope = await self._get_json(f"/v1/referrals/{referral_id}")
-        if not isinstance(envelope, dict) or not isinstance(envelope.get("manifest"), dict):
-            raise VerificationError("the server's answer is not an envelope")
-        if envelope["manifest"].get("referral_id") != referral_id:
+    async def _read_verified(self, referral_id: str) -> tuple[dict[str, Any], env.Opened]:
+        document = await self._get_json(f"/v1/referrals/{referral_id}")
+        if not isinstance(document, dict) or not isinstance(document.get("manifest"), dict):
+            raise VerificationError("the server's answer is not a referral")
+        if document["manifest"].get("referral_id") != referral_id:
             raise VerificationError("the server answered with another referral")
-        sig_public = await self._sender_sig_public(envelope["manifest"])
+        sig_public = await self._sender_sig_public(document["manifest"])
         try:
             opened = env.open_envelope(
-                envelope, agency_id=self.agency_id, enc_private=self.key.enc_private,
+                document, agency_id=self.agency_id, enc_private=self.key.enc_private,
                 sender_sig_public=sig_public,
             )
         except env.EnvelopeError as exc:
             raise VerificationError(f"referral {referral_id} does not verify: {exc}") from exc
-        return envelope, opened
+        return document, opened
+
+    async def _verified_statuses(
+        self, referral_id: str, statuses: object
+    ) -> list[dict[str, Any]]:
+        """Statuses whose recipient signature verifies; a rewritten one raises."""
+        out: list[dict[str, Any]] = []
+        for item in _expect(statuses or [], list, "statuses"):
+            s = _expect(item, dict, "status")
+            recipient = s.get("recipient")
+            if s.get("signature") is None:
+                # set by the server: requested at creation, cancelled by a withdraw
+                if s.get("status") not in ("requested", "cancelled") or s.get("note") is not None:
+                    raise VerificationError(
+                        f"the status of {recipient} is not signed by it: an operator may "
+                        "have rewritten it"
+                    )
+                out.append({**s, "verified": False})
+                continue
+            _, sig_public = await self.agency_key(str(recipient), "sig")
+            try:
+                env.verify_status(s, referral_id=referral_id, sig_public=sig_public)
+            except env.EnvelopeError as exc:
+                raise VerificationError(
+                    f"the status of {recipient} on referral {referral_id}: {exc.message}; "
+                    "it was not written by that agency"
+                ) from exc
+            out.append({**s, "verified": True})
+        return out
 
     async def open_referral(self, referral_id: str) -> OpenedReferral:
-        """Fetch, verify and decrypt a referral (see the module docstring)."""
-        envelope, opened = await self._read_verified(referral_id)
-        statuses = list(envelope.get("statuses") or [])
+        """Fetch, verify and decrypt a referral (see the module docstring).
+
+        Every status signed by a recipient is verified with that agency's
+        current signing key before it is returned (``verified`` is True on
+        it); a status or note rewritten on the server raises
+        :class:`VerificationError`.
+        """
+        document, opened = await self._read_verified(referral_id)
+        statuses = await self._verified_statuses(referral_id, document.get("statuses"))
         notes: dict[str, str] = {}
         unreadable: list[str] = []
-        if envelope["manifest"]["sender_agency"] == self.agency_id:
+        if opened.manifest.sender_agency == self.agency_id:
             for s in statuses:
-                if isinstance(s, dict) and isinstance(s.get("note"), str):
+                if isinstance(s.get("note"), str):
                     try:
                         notes[s["recipient"]] = env.open_note(s["note"], self.key.enc_private)
                     except env.EnvelopeError:
                         unreadable.append(str(s.get("recipient")))
         return OpenedReferral(
-            manifest=envelope["manifest"], fields=opened, statuses=statuses, notes=notes,
-            unreadable_notes=tuple(unreadable),
+            manifest=opened.manifest.model_dump(), fields=opened.fields, fids=opened.fids,
+            grants=[g.model_dump() for g in opened.grants],
+            requests={r: v.model_dump() for r, v in opened.requests.items()},
+            statuses=statuses, notes=notes, unreadable_notes=tuple(unreadable),
         )
 
     async def update_status(
         self, referral_id: str, status: str, reason: str | None = None, note: str | None = None
     ) -> dict[str, Any]:
-        """Post this recipient's status; ``note`` is sealed to the sender's current enc key.
+        """Post this recipient's signed status; ``note`` is sealed to the sender.
 
-        With a note, the referral's manifest signature is verified first so
-        that the sender it names (whose key the note is sealed to) is the one
-        that signed it.
+        The referral is opened first (its manifest signature verified), so the
+        note is sealed to the current key of the agency that signed it.
         """
         sealed: str | None = None
         if note is not None:
-            envelope = await self._get_json(f"/v1/referrals/{referral_id}")
-            manifest = _expect(envelope.get("manifest"), dict, "manifest")
-            try:
-                env.verify_manifest(
-                    manifest, envelope.get("signature"), await self._sender_sig_public(manifest)
-                )
-            except env.EnvelopeError as exc:
-                raise VerificationError(f"referral {referral_id} does not verify: {exc}") from exc
-            _, sender_enc = await self.agency_key(manifest["sender_agency"], "enc")
+            _, opened = await self._read_verified(referral_id)
+            _, sender_enc = await self.agency_key(opened.manifest.sender_agency, "enc")
             sealed = env.seal_note(note, sender_enc)
+        body = env.sign_status(
+            referral_id=referral_id, recipient=self.agency_id, status=status, reason=reason,
+            note=sealed, signed_at=_rfc3339(datetime.now(UTC)), sig_seed=self.key.sig_seed,
+        )
         result: dict[str, Any] = await self._post_json(
-            f"/v1/referrals/{referral_id}/status",
-            {"status": status, "reason": reason, "note": sealed},
+            f"/v1/referrals/{referral_id}/status", body
         )
         return result
 
@@ -757,44 +887,61 @@ class RefgateClient:
         self,
         referral_id: str,
         consent: Mapping[str, Mapping[str, str]],
+        requests: Mapping[str, Mapping[str, Any]] | None = None,
         *,
         expires_in_days: int = 90,
         release_ref: str | None = None,
     ) -> dict[str, Any]:
-        """Widen consent on a referral this agency sent: ``{field: {recipient: purpose}}``.
+        """Widen consent on a referral this agency sent: ``{field name: {recipient: purpose}}``.
 
-        The referral as stored is verified first (signature, hashes,
-        commitments) and each recipient's key as in :meth:`send_referral`.
-        A new recipient is added to the referral.
+        ``requests`` is needed for recipients new to the referral (as in
+        :meth:`send_referral`). The referral as stored is verified first
+        (signature, digests, hashes, commitments) and each recipient's key as
+        in :meth:`send_referral`. If another amendment is stored first (409
+        ``version-conflict``), the referral is read again and the amendment
+        rebuilt on the new version, up to three times.
         """
-        if expires_in_days < 1:
-            raise ValueError("expires_in_days must be at least 1")
-        envelope, _ = await self._read_verified(referral_id)
-        if envelope["manifest"]["sender_agency"] != self.agency_id:
-            raise ValueError("only the sending agency can widen consent")
-        expires = _rfc3339(datetime.now(UTC) + timedelta(days=expires_in_days))
-        body = env.add_grants(
-            envelope, sender_agency=self.agency_id, sender_sig_seed=self.key.sig_seed,
-            sender_enc_private=self.key.enc_private,
-            consents=await self._consents(
-                [r for per in consent.values() for r in per], consent, expires, release_ref
-            ),
-        )
-        result: dict[str, Any] = await self._post_json(f"/v1/referrals/{referral_id}/grants", body)
-        return result
+        _, expires_at = await self._expiry(expires_in_days)
+        grants = await self._grants(consent, expires_at, release_ref)
+        for attempt in range(3):
+            document, _ = await self._read_verified(referral_id)
+            body = env.amend(
+                document, sender_agency=self.agency_id, sender_sig_seed=self.key.sig_seed,
+                sender_enc_private=self.key.enc_private, grants=grants,
+                requests=[_request(r, spec) for r, spec in (requests or {}).items()],
+            )
+            try:
+                result: dict[str, Any] = await self._post_json(
+                    f"/v1/referrals/{referral_id}/grants", body
+                )
+            except RefgateError as exc:
+                if exc.status == 409 and exc.type and exc.type.endswith("version-conflict") \
+                        and attempt < 2:
+                    continue
+                raise
+            result["expires_at"] = expires_at
+            return result
+        raise AssertionError("unreachable")
 
     async def revoke(
         self, referral_id: str, pairs: list[tuple[str, str]]
     ) -> dict[str, Any]:
-        """Revoke consent for (field, recipient) pairs: the server deletes those wrapped keys."""
+        """Revoke consent for (field name, recipient) pairs: the server deletes those keys.
+
+        Field names are mapped to their ids by opening the referral as its sender.
+        """
+        _, opened = await self._read_verified(referral_id)
+        unknown = sorted({f for f, _ in pairs} - set(opened.fids))
+        if unknown:
+            raise ValueError(f"the referral has no field {unknown[0]!r}")
         result: dict[str, Any] = await self._post_json(
             f"/v1/referrals/{referral_id}/revocations",
-            {"revocations": [{"field": f, "recipient": r} for f, r in pairs]},
+            {"revocations": [{"fid": opened.fids[f], "recipient": r} for f, r in pairs]},
         )
         return result
 
     async def withdraw(self, referral_id: str) -> list[dict[str, Any]]:
-        """Withdraw a referral this agency sent; returns every recipient's (cancelled) status."""
+        """Withdraw a referral this agency sent: recipients' keys deleted, statuses cancelled."""
         result: list[dict[str, Any]] = await self._post_json(
             f"/v1/referrals/{referral_id}/withdraw", None
         )
