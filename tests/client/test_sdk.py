@@ -98,7 +98,7 @@ CONSENT = {
     "narrative": {"legal": "service_provision"},
 }
 FIELDS = {"full_name": "Maria Example", "narrative": "She was recruited with a false job offer."}
-METADATA = {"services": ["legal"], "urgency": "urgent", "case_ref": "c-1"}
+REQUEST = {"services": ["legal"], "urgency": "urgent", "case_ref": "c-1"}
 
 
 def consent_ids(tf: TaskForce, consent: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
@@ -108,7 +108,7 @@ def consent_ids(tf: TaskForce, consent: dict[str, dict[str, str]]) -> dict[str, 
 async def send(tf: TaskForce, shelter: RefgateClient, consent: dict[str, dict[str, str]] = CONSENT,
                recipients: tuple[str, ...] = ("legal", "police")) -> str:
     sent = await shelter.send_referral(
-        [tf[r].agency_id for r in recipients], FIELDS, consent_ids(tf, consent), METADATA
+        FIELDS, consent_ids(tf, consent), {tf[r].agency_id: REQUEST for r in recipients}
     )
     return str(sent["referral_id"])
 
@@ -123,7 +123,8 @@ async def test_sdk_round_trip_shows_each_agency_only_its_consented_fields(
     legal = await sdk("legal").open_referral(rid)
     assert legal.fields == FIELDS
     assert legal.sender_agency == tf["shelter"].agency_id
-    assert legal.metadata == METADATA
+    assert legal.requests == {tf["legal"].agency_id: {"recipient": tf["legal"].agency_id,
+                                                      **REQUEST}}
 
     police = sdk("police", "liaison")
     assert (await police.open_referral(rid)).fields == {"full_name": "Maria Example"}
@@ -236,7 +237,7 @@ async def test_checkpoints_seen_later_must_extend_earlier_ones(
     assert await auditor.trusted_log_key() == log_key_of(app)
 
 
-@pytest.mark.parametrize("part", ["ciphertext", "metadata", "wrapped_key"])
+@pytest.mark.parametrize("part", ["ciphertext", "disclosure", "wrapped_key"])
 async def test_open_referral_refuses_a_tampered_envelope(
     app: Any, tf: TaskForce, sdk: MakeSdk, part: str
 ) -> None:
@@ -248,11 +249,18 @@ async def test_open_referral_refuses_a_tampered_envelope(
             return None
         body = response.json()
         if part == "ciphertext":
-            blob = bytearray(b64url_decode(body["ciphertexts"]["narrative"]))
+            fid = sorted(body["ciphertexts"])[0]
+            blob = bytearray(b64url_decode(body["ciphertexts"][fid]))
             blob[30] ^= 1
-            body["ciphertexts"]["narrative"] = b64url_encode(bytes(blob))
-        elif part == "metadata":
-            body["manifest"]["metadata"]["urgency"] = "routine"
+            body["ciphertexts"][fid] = b64url_encode(bytes(blob))
+        elif part == "disclosure":  # the request re-encoded with another urgency
+            request = next(d for d in body["disclosures"]
+                           if json.loads(b64url_decode(d))[1] == "request")
+            salt, kind, value = json.loads(b64url_decode(request))
+            value["urgency"] = "routine"
+            body["disclosures"].remove(request)
+            body["disclosures"].append(
+                b64url_encode(json.dumps([salt, kind, value]).encode()))
         else:
             other = keys.seal(tf["legal"].keys.enc_public, b"\x00" * 32)
             body["wrapped_keys"][0]["wrapped_key"] = b64url_encode(other)
@@ -302,11 +310,11 @@ async def test_grant_then_revoke_through_the_sdk(tf: TaskForce, sdk: MakeSdk) ->
     changed = await shelter.grant(
         rid, consent_ids(tf, {"narrative": {"legal": "service_provision"},
                               "full_name": {"police": "investigation"}}),
+        {tf["police"].agency_id: {"services": ["investigation"], "urgency": "routine"}},
         expires_in_days=30,
     )
-    assert {(g["field"], g["recipient"]) for g in changed["grants"]} == {
-        ("narrative", tf["legal"].agency_id), ("full_name", tf["police"].agency_id)
-    }
+    assert changed["version"] == 2
+    assert changed["new_recipients"] == [tf["police"].agency_id]
     assert (await sdk("legal").open_referral(rid)).fields == FIELDS
     assert (await police.open_referral(rid)).fields == {"full_name": "Maria Example"}
 
@@ -329,7 +337,7 @@ async def test_grant_refuses_a_referral_the_server_altered(
     async def rewrite(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
         if request.method == "GET" and request.url.path == f"/v1/referrals/{rid}":
             body = response.json()
-            body["manifest"]["recipients"].append(tf["ngo"].agency_id)
+            body["manifest"]["digests"][0] = b64url_encode(b"\x05" * 32)
             return json_response(response, body)
         return None
 
@@ -338,6 +346,48 @@ async def test_grant_refuses_a_referral_the_server_altered(
     with pytest.raises(VerificationError):
         await shelter.grant(rid, consent_ids(tf, {"narrative": {"police": "investigation"}}))
     assert ("POST", f"/v1/referrals/{rid}/grants") not in transport.requests
+
+
+async def test_a_status_rewritten_in_the_database_is_refused_by_the_sender(
+    app: Any, tf: TaskForce, sdk: MakeSdk
+) -> None:
+    await tf.sequence()
+    shelter = sdk("shelter")
+    rid = await send(tf, shelter)
+    await sdk("legal").update_status(rid, "accepted", note="Intake Monday 10:00")
+    opened = await shelter.open_referral(rid)
+    assert [s["verified"] for s in opened.statuses if s["status"] == "accepted"] == [True]
+    forged_note = b64url_encode(keys.seal(tf["shelter"].keys.enc_public, b"Do not come"))
+    from sqlalchemy import text
+
+    for change in ("status = 'rejected', reason = 'no_capacity'", f"note = '{forged_note}'"):
+        async with app.state.sessionmaker() as db, db.begin():
+            await db.execute(text(
+                f"UPDATE referral_recipient SET {change} "  # noqa: S608 (test constants)
+                "WHERE referral_id = :rid AND recipient = :r"
+            ), {"rid": rid, "r": tf["legal"].agency_id})
+        with pytest.raises(VerificationError, match="signature does not verify"):
+            await shelter.open_referral(rid)
+
+
+async def test_send_refuses_locally_what_the_server_would_refuse(
+    tf: TaskForce, sdk: MakeSdk
+) -> None:
+    transport = Lying(tf.app)
+    shelter = sdk("shelter", transport=transport, verify_keys=False)
+    legal, police = tf["legal"].agency_id, tf["police"].agency_id
+    one = {"full_name": {legal: "service_provision"}}
+    with pytest.raises(ValueError, match="no consented field"):
+        await shelter.send_referral(FIELDS, one, {legal: REQUEST, police: REQUEST})
+    with pytest.raises(ValueError, match="180 days"):
+        await shelter.send_referral(FIELDS, one, {legal: REQUEST}, expires_in_days=400)
+    with pytest.raises(ValueError, match="unknown service 'tvisa'"):
+        await shelter.send_referral(FIELDS, one, {legal: {**REQUEST, "services": ["tvisa"]}})
+    with pytest.raises(ValueError, match="not a recipient"):
+        await shelter.send_referral(FIELDS, {"full_name": {legal: "service_provision",
+                                                           police: "investigation"}},
+                                    {legal: REQUEST})
+    assert ("POST", "/v1/referrals") not in transport.requests
 
 
 async def test_token_is_refreshed_when_it_expires_or_is_refused(
