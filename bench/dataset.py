@@ -4,9 +4,11 @@
 - a task force seeded in-process through ``app.services.agencies``: four
   sending agencies and three recipients (shelter, legal aid, law enforcement),
   plus an auditor;
-- N distinct signed envelopes (8 fields, about 4 KiB of ciphertext, 3
-  recipients with per-field consent) built with ``seal_envelope`` in a process
-  pool, so client-side crypto is never in the measured loop;
+- N distinct signed Envelope v2 bodies (8 fields, about 4 KiB of ciphertext, 3
+  recipients with per-field consent and one request each) built with
+  ``seal_envelope`` in a process pool, so client-side crypto is never in the
+  measured loop; status bodies are signed by the recipient's key the same way
+  (``status_body``), just before the scenario that posts them;
 - an audit log of a million events, loaded with COPY together with its Merkle
   leaves and nodes (``app.crypto.merkle.append_leaves``) and a signed checkpoint,
   exactly as the sequencer would have left it;
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import random
@@ -75,6 +78,13 @@ SENDERS = {
     "hotline": "ngo",
 }
 RECIPIENTS = {"shelter": "shelter", "legal": "legal_aid", "police": "law_enforcement"}
+# What each recipient is asked to do (the ``services`` of its request disclosure).
+SERVICES = {
+    "shelter": ["shelter", "safety_planning", "basic_needs", "interpretation"],
+    "legal": ["legal", "immigration_legal", "victim_advocacy"],
+    "police": ["investigation", "safety_planning"],
+}
+URGENCIES = ["routine", "routine", "urgent", "emergency"]
 
 
 def rfc3339(dt: datetime) -> str:
@@ -227,12 +237,11 @@ def _seal_batch(args: tuple[int, int, dict[str, Any]]) -> list[str]:
     count, seed, spec = args
     rng = random.Random(seed)  # content only; keys and nonces come from the OS CSPRNG
     expires = rfc3339(datetime.now(UTC) + timedelta(days=90))
-    consents = [
-        env.Consent(
+    grants = [
+        env.Grant(
             field=f,
             recipient=r["agency_id"],
-            recipient_kid=keys.kid(r["enc_public"]),
-            recipient_enc_public=r["enc_public"],
+            enc_public=r["enc_public"],
             purpose=r["purpose"],
             expires_at=expires,
         )
@@ -246,22 +255,27 @@ def _seal_batch(args: tuple[int, int, dict[str, Any]]) -> list[str]:
         fields = {
             name: "".join(rng.choices(_ALPHABET, k=size)) for name, size in FIELD_SIZES.items()
         }
-        body = env.seal_envelope(
+        urgency = rng.choice(URGENCIES)
+        requests = [
+            env.Request(
+                recipient=r["agency_id"],
+                services=tuple(rng.sample(r["services"], k=2)),
+                urgency=urgency,
+                case_ref=f"case-{seed}-{i}",
+            )
+            for r in spec["recipients"]
+        ]
+        sealed = env.seal_envelope(
             referral_id=str(uuid.uuid4()),
             sender_agency=s["agency_id"],
             sender_sig_seed=s["sig_seed"],
             sender_enc_public=s["enc_public"],
-            recipients=[r["agency_id"] for r in spec["recipients"]],
             fields=fields,
-            consents=consents,
-            metadata={
-                "services": rng.sample(["shelter", "legal", "medical", "translation"], k=2),
-                "urgency": rng.choice(["routine", "routine", "urgent", "emergency"]),
-                "case_ref": f"case-{seed}-{i}",
-            },
+            grants=grants,
+            requests=requests,
             created_at=rfc3339(datetime.now(UTC)),
         )
-        out.append(s["name"] + "\t" + json.dumps(body, separators=(",", ":")))
+        out.append(s["name"] + "\t" + json.dumps(sealed.body, separators=(",", ":")))
     return out
 
 
@@ -289,6 +303,7 @@ def build_envelopes(tf: TaskForce, count: int, workers: int) -> list[Envelope]:
                 "enc_public": tf.members[name].keys.enc_public,
                 "purpose": purpose,
                 "fields": fields,
+                "services": SERVICES[name],
             }
             for name, (purpose, fields) in CONSENT.items()
         ],
@@ -309,6 +324,24 @@ def build_envelopes(tf: TaskForce, count: int, workers: int) -> list[Envelope]:
         referral_id = json.loads(body)["manifest"]["referral_id"]
         out.append(Envelope(sender, referral_id, body))
     return out
+
+
+def status_body(member: Member, referral_id: str, status: str, reason: str | None = None) -> str:
+    """A recipient's signed ``POST /v1/referrals/{id}/status`` body, as one line of JSON.
+
+    ``signed_at`` is now: the server refuses one more than its clock skew
+    (five minutes) away, so build these just before the scenario that posts them.
+    """
+    body = env.sign_status(
+        referral_id=referral_id,
+        recipient=member.agency_id,
+        status=status,
+        reason=reason,
+        note=None,
+        signed_at=rfc3339(datetime.now(UTC)),
+        sig_seed=member.keys.sig_seed,
+    )
+    return json.dumps(body, separators=(",", ":"))
 
 
 # ------------------------------------------------------------------ audit log
@@ -381,7 +414,11 @@ def _event_rows(
     weights = [w for _, _, w in ACTIONS]
     span_us = int((pools.last_ts - pools.first_ts).total_seconds() * 1_000_000)
     first_naive = pools.first_ts.replace(tzinfo=None)
-    field_sets = [sorted(rng.sample(list(FIELD_SIZES), k=3)) for _ in range(32)]
+    # Audit events name fields by their opaque fid (base64url of 16 bytes), never by name.
+    fids = [
+        base64.urlsafe_b64encode(rng.randbytes(16)).decode().rstrip("=") for _ in range(256)
+    ]
+    field_sets = [sorted(rng.sample(fids, k=3)) for _ in range(32)]
     reads = [
         (
             _canonical(
@@ -390,12 +427,17 @@ def _event_rows(
                     for f in fs
                 }
             ),
-            _canonical({"fields": fs, "relation": "recipient"}),
+            _canonical({"fids": fs, "relation": "recipient", "version": 1}),
         )
         for fs in field_sets
     ]
     lists = [_canonical({"box": "received", "count": c}) for c in range(50)]
-    create_detail = _canonical({"urgency": "routine"})
+    create_detail = _canonical(
+        {
+            "fids": sorted(rng.sample(fids, k=len(FIELD_SIZES))),
+            "recipients": sorted(pools.agencies[:3]),
+        }
+    )
     status_detail = _canonical({"to": "accepted"})
     denied_detail = _canonical({"reason": "not visible"})
     template = (

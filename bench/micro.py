@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import os
 import pstats
 import random
@@ -136,8 +135,11 @@ async def run(args: argparse.Namespace) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://micro") as http:
             await dataset.mint_tokens(tf, http, "http://micro/oauth/token")
 
+        def recipient(k: int) -> str:
+            return list(dataset.RECIPIENTS)[k % 3]
+
         def recipient_token(k: int) -> str:
-            name = list(dataset.RECIPIENTS)[k % 3]
+            name = recipient(k)
             return tf.client(name, dataset.recipient_role(name)).token
 
         warm = [
@@ -159,7 +161,10 @@ async def run(args: argparse.Namespace) -> None:
                     "POST",
                     f"/v1/referrals/{ids[k // 3]}/status",
                     recipient_token(k),
-                    json.dumps({"status": "accepted", "reason": None, "note": None}).encode(),
+                    # signed by the recipient's key now (client-side work, not measured)
+                    dataset.status_body(
+                        tf.members[recipient(k)], ids[k // 3], "accepted"
+                    ).encode(),
                 )
                 for k in range(n)
             ],

@@ -401,10 +401,14 @@ class Runner:
             [agency[p[1]] for p in pairs],
         )
         out = []
-        for status in ("on-hold", "in-progress"):
-            body = json.dumps({"status": status, "reason": None, "note": None})
+        for status in ("on-hold", "in-progress"):  # signed now: signed_at must be recent
             out += [
-                Request("POST", f"/v1/referrals/{rid}/status", self._recipient_token(n), body)
+                Request(
+                    "POST",
+                    f"/v1/referrals/{rid}/status",
+                    self._recipient_token(n),
+                    dataset.status_body(self.tf.members[n], rid, status),
+                )
                 for rid, n in pairs
             ]
         return out

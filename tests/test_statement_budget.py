@@ -1,18 +1,27 @@
-"""The hot paths cost a few set-based statements, whatever the number of rows."""
+"""The hot paths cost a few set-based statements, whatever the number of rows.
+
+Budgets are what Envelope v2 does (``app/services/referrals.py`` states them),
+counted per backend: PostgreSQL writes a new referral's five tables in one
+statement and the audit event with its pending entry in another; SQLite needs
+one executemany per table. Authentication (one read of the client) is counted.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from sqlalchemy import event
 
-from tests.taskforce import TaskForce
+from app.crypto import envelope as env
+from tests.taskforce import TaskForce, rfc3339
 
 FIELDS = {f"field_{i}": "x" * 400 for i in range(8)}
+WRITE = re.compile(r"\b(INSERT INTO|UPDATE \w+ SET|DELETE FROM)\b")
 
 
 @contextmanager
@@ -22,7 +31,7 @@ def count_statements(app: Any) -> Iterator[list[str]]:
     def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         words = statement.split()
         if "rate_limit" not in words[:3]:  # the limiter's own background sharing
-            seen.append(" ".join(words[:3]).upper())
+            seen.append(" ".join(words).upper())
 
     engine = app.state.engine.sync_engine
     event.listen(engine, "before_cursor_execute", before)
@@ -30,6 +39,19 @@ def count_statements(app: Any) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", before)
+
+
+def _writes(seen: list[str]) -> list[str]:
+    """Statements that write (a CTE that inserts counts once; SELECT … FOR UPDATE does not)."""
+    return [s for s in seen if WRITE.match(s) or (s.startswith("WITH ") and WRITE.search(s))]
+
+
+def _short(seen: list[str]) -> list[str]:
+    return [s[:60] for s in seen]
+
+
+def _pg(app: Any) -> bool:
+    return bool(app.state.engine.dialect.name == "postgresql")
 
 
 async def test_create_with_8_fields_and_3_recipients_is_a_few_statements(
@@ -45,11 +67,12 @@ async def test_create_with_8_fields_and_3_recipients_is_a_few_statements(
     with count_statements(app) as seen:
         r = await client.post("/v1/referrals", json=body, headers=headers)
     assert r.status_code == 201, r.text
-    # 8 fields x 4 copies = 32 wrapped keys and grants, 3 recipients: still one
-    # statement per table (executemany batches), plus reads and the audit event.
-    writes = [s for s in seen if s.split()[0] in ("INSERT", "UPDATE", "DELETE")]
-    assert len(writes) <= 8, "\n".join(seen)
-    assert len(seen) <= 16, seen
+    # 8 fields x 4 copies = 32 wrapped keys and grants, 3 requests: authentication, one
+    # directory read, the five tables (one statement on PostgreSQL, one executemany each
+    # on SQLite), the audit event and the webhook subscriptions.
+    writes = _writes(seen)
+    assert len(writes) <= (2 if _pg(app) else 7), _short(seen)
+    assert len(seen) <= (5 if _pg(app) else 10), _short(seen)
 
 
 async def test_recipient_read_is_a_few_statements(
@@ -63,7 +86,54 @@ async def test_recipient_read_is_a_few_statements(
     with count_statements(app) as seen:
         r = await client.get(f"/v1/referrals/{body['manifest']['referral_id']}", headers=headers)
     assert r.status_code == 200
-    assert len(seen) <= 12, seen
+    assert len(r.json()["ciphertexts"]) == len(FIELDS)
+    # authentication, the referral with the caller's own row, its grants with their
+    # fields and wrapped keys, and the audit event
+    assert len(_writes(seen)) <= (1 if _pg(app) else 2), _short(seen)
+    assert len(seen) <= (4 if _pg(app) else 5), _short(seen)
+
+
+async def test_inbox_page_is_a_few_statements_whatever_its_length(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    consent = {f: {"legal": "service_provision"} for f in FIELDS}
+    for _ in range(5):
+        body = tf.seal("shelter", FIELDS, consent)
+        r = await client.post("/v1/referrals", json=body, headers=await tf.headers("shelter"))
+        assert r.status_code == 201, r.text
+    for box, name in (("received", "legal"), ("sent", "shelter")):
+        headers = await tf.headers(name)
+        with count_statements(app) as seen:
+            r = await client.get(f"/v1/referrals?box={box}", headers=headers)
+        assert r.status_code == 200
+        assert len(r.json()["items"]) == 5
+        # authentication, the page (and, for the sent box, every recipient's status in one
+        # statement), and the audit event
+        budget = 4 if box == "sent" else (3 if _pg(app) else 4)
+        assert len(seen) <= budget, (box, _short(seen))
+
+
+async def test_signed_status_change_is_a_few_statements(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    consent = {f: {"legal": "service_provision"} for f in FIELDS}
+    body = tf.seal("shelter", FIELDS, consent)
+    rid = body["manifest"]["referral_id"]
+    r = await client.post("/v1/referrals", json=body, headers=await tf.headers("shelter"))
+    assert r.status_code == 201
+    legal = tf["legal"]
+    status = env.sign_status(
+        referral_id=rid, recipient=legal.agency_id, status="accepted", reason=None, note=None,
+        signed_at=rfc3339(datetime.now(UTC)), sig_seed=legal.keys.sig_seed,
+    )
+    headers = await tf.headers("legal")
+    with count_statements(app) as seen:
+        r = await client.post(f"/v1/referrals/{rid}/status", json=status, headers=headers)
+    assert r.status_code == 200, r.text
+    # authentication, the locked own row with the referral, the poster's signing key,
+    # the update, the audit event and the webhook subscriptions
+    assert len(_writes(seen)) <= (2 if _pg(app) else 3), _short(seen)
+    assert len(seen) <= (6 if _pg(app) else 7), _short(seen)
 
 
 async def test_every_get_route_writes_nothing_but_its_audit_event(
@@ -100,6 +170,7 @@ async def test_every_get_route_writes_nothing_but_its_audit_event(
         "/v1/audit/log-key": ("", auditor),
         "/v1/audit/proof/consistency": ("?first=1", auditor),
         "/v1/audit/proof/inclusion": ("?seq=0", auditor),
+        "/v1/limits": ("", legal),
         "/v1/referrals": ("?box=received", legal),
         "/v1/referrals/{referral_id}": (f"/v1/referrals/{referral}", legal),
         "/v1/webhooks": ("", legal),

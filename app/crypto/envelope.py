@@ -1076,18 +1076,18 @@ def verify_status(
     if not isinstance(signature, str) or not isinstance(signed_at, str):
         raise EnvelopeError("bad-signature", "the status is not signed")
     try:
+        note_hash = note_sha256(item.get("note"))
         StatusSigned.model_validate({
             "referral_id": referral_id, "recipient": item.get("recipient"),
             "status": item.get("status"), "reason": item.get("reason"),
-            "note_sha256": note_sha256(item.get("note")), "signed_at": signed_at,
+            "note_sha256": note_hash, "signed_at": signed_at,
         }, strict=True)
         raw = b64url_decode(signature, length=keys.SIGNATURE_SIZE)
-    except (pydantic.ValidationError, EncodingError):
+    except (pydantic.ValidationError, EncodingError, EnvelopeError):
         raise EnvelopeError("bad-signature", "the status signature does not verify") from None
     message = status_signing_input(
         referral_id=referral_id, recipient=str(item["recipient"]), status=str(item["status"]),
-        reason=item.get("reason"), note_sha256=note_sha256(item.get("note")),
-        signed_at=signed_at,
+        reason=item.get("reason"), note_sha256=note_hash, signed_at=signed_at,
     )
     if not keys.verify(sig_public, message, raw):
         raise EnvelopeError("bad-signature", "the status signature does not verify")

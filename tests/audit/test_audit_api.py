@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,10 +15,11 @@ from sqlalchemy import text
 
 from app.client.assertion import client_assertion, token_form
 from app.crypto import checkpoint, keys, merkle
+from app.crypto import envelope as env
 from app.crypto.canonical import canonical_json
 from app.services import audit, audit_log
 from app.services.audit import Action, Actor
-from tests.taskforce import TaskForce
+from tests.taskforce import TaskForce, rfc3339
 
 TOKEN_URL = "http://test/oauth/token"
 
@@ -42,16 +44,23 @@ async def _events(client: httpx.AsyncClient, headers: dict[str, str], **params: 
             return items
 
 
-async def _send(client: httpx.AsyncClient, tf: TaskForce) -> dict[str, Any]:
-    body = tf.seal(
+async def _send_sealed(client: httpx.AsyncClient, tf: TaskForce) -> env.Sealed:
+    sealed = tf.sealed(
         "shelter",
         {"full_name": "Ana Example", "narrative": "Recruited with a false job offer."},
         {"full_name": {"legal": "service_provision", "police": "investigation"},
          "narrative": {"legal": "service_provision"}},
     )
-    r = await client.post("/v1/referrals", json=body, headers=await tf.headers("shelter"))
+    r = await client.post("/v1/referrals", json=sealed.body, headers=await tf.headers("shelter"))
     assert r.status_code == 201, r.text
-    return body
+    return sealed
+
+
+async def _send(client: httpx.AsyncClient, tf: TaskForce) -> dict[str, Any]:
+    return (await _send_sealed(client, tf)).body
+
+
+FIELD_NAMES = ("full_name", "narrative")
 
 
 async def _db_rows(app: Any, sql: str) -> list[tuple[Any, ...]]:
@@ -106,8 +115,8 @@ async def test_token_issuance_is_recorded_granted_and_refused(
 async def test_referral_create_read_and_denied_read_are_recorded(
     client: httpx.AsyncClient, tf: TaskForce
 ) -> None:
-    body = await _send(client, tf)
-    rid = body["manifest"]["referral_id"]
+    sealed = await _send_sealed(client, tf)
+    rid = sealed.body["manifest"]["referral_id"]
     r = await client.get(f"/v1/referrals/{rid}", headers=await tf.headers("legal"))
     assert r.status_code == 200
     r = await client.get(f"/v1/referrals/{rid}", headers=await tf.headers("ngo"))
@@ -122,15 +131,22 @@ async def test_referral_create_read_and_denied_read_are_recorded(
     ])
     by_action = {(e["event"]["action"], e["event"]["outcome"]): e["event"] for e in events}
     create = by_action[("referral:create", "ok")]
+    fids = {sealed.fids["full_name"], sealed.fids["narrative"]}
     assert create["subject_agency"] == tf["shelter"].agency_id
-    assert set(create["detail"]["fields"]) == {"full_name", "narrative"}
+    assert set(create["detail"]["fids"]) == fids
+    assert create["detail"]["recipients"] == sorted(
+        [tf["legal"].agency_id, tf["police"].agency_id]
+    )
     read = by_action[("referral:read", "ok")]
     assert read["actor_agency"] == tf["legal"].agency_id
     assert read["purpose"] == "service_provision"
-    assert set(read["grant"]) == {"full_name", "narrative"}  # the consent that allowed the read
+    assert set(read["grant"]) == fids  # the consent that allowed the read, by field id
+    assert set(read["detail"]["fids"]) == fids
     denied = by_action[("referral:read", "denied")]
     assert denied["actor_agency"] == tf["ngo"].agency_id
     assert denied["grant"] is None
+    for e in events:  # field ids only: a field's name never reaches the log
+        assert not any(name in json.dumps(e["event"]) for name in FIELD_NAMES)
 
 
 async def test_filters_select_matching_events(client: httpx.AsyncClient, tf: TaskForce) -> None:
@@ -390,22 +406,33 @@ async def _record_then_fail(app: Any) -> None:
 async def test_no_event_carries_ciphertext_keys_or_tokens(
     client: httpx.AsyncClient, tf: TaskForce
 ) -> None:
-    body = await _send(client, tf)
+    sealed = await _send_sealed(client, tf)
+    body = sealed.body
     rid = body["manifest"]["referral_id"]
     for name, role in [("legal", "caseworker"), ("police", "liaison"), ("shelter", "caseworker")]:
         r = await client.get(f"/v1/referrals/{rid}", headers=await tf.headers(name, role))
         assert r.status_code == 200, r.text
     r = await client.post(
         f"/v1/referrals/{rid}/revocations",
-        json={"revocations": [{"field": "full_name", "recipient": tf["police"].agency_id}]},
+        json={"revocations": [{"fid": sealed.fids["full_name"],
+                               "recipient": tf["police"].agency_id}]},
         headers=await tf.headers("shelter"),
     )
+    assert r.status_code == 200, r.text
+    note = env.seal_note("Intake Monday 10:00 at the back door", tf["shelter"].keys.enc_public)
+    status = env.sign_status(
+        referral_id=rid, recipient=tf["legal"].agency_id, status="accepted", reason=None,
+        note=note, signed_at=rfc3339(datetime.now(UTC)), sig_seed=tf["legal"].keys.sig_seed,
+    )
+    r = await client.post(f"/v1/referrals/{rid}/status", json=status,
+                          headers=await tf.headers("legal"))
     assert r.status_code == 200, r.text
     await tf.sequence()
     secrets = [
         *body["ciphertexts"].values(),
         *(w["wrapped_key"] for w in body["wrapped_keys"]),
         body["signature"],
+        note,
         *(m._tokens[role] for m in tf.members.values() for role in m._tokens),
     ]
     assert len(secrets) > 8
@@ -416,3 +443,6 @@ async def test_no_event_carries_ciphertext_keys_or_tokens(
         for part in (secret, secret[:43]):
             assert part not in exported
             assert not any(part in c for c in canonicals)
+    for name in FIELD_NAMES:
+        assert name not in exported
+        assert not any(name in c for c in canonicals)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -21,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from app.crypto import envelope as env
+from app.crypto import keys
 from bench import dataset, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +132,65 @@ def test_once_mode_sends_each_request_at_most_once(echo_server: str, tmp_path: P
     result = load.run_load("python", echo_server, path, connections=2, duration=5, once=True)
     assert result.requests == 5
     assert result.exhausted
+
+
+def _offline_task_force() -> dataset.TaskForce:
+    """The benchmark's task force with fresh keys and no database (for client-side checks)."""
+    members = {
+        name: dataset.Member(name, kind, f"00000000-0000-4000-8000-{i:012d}",
+                             keys.generate_agency_keys())
+        for i, (name, kind) in enumerate({**dataset.SENDERS, **dataset.RECIPIENTS}.items())
+    }
+    return dataset.TaskForce(members)
+
+
+def test_benchmark_envelopes_are_v2_and_each_recipient_opens_only_its_consent() -> None:
+    tf = _offline_task_force()
+    (e,) = dataset.build_envelopes(tf, 1, workers=1)
+    body = json.loads(e.body)
+    sender = tf.members[e.sender]
+    assert body["manifest"]["v"] == 2
+    assert body["manifest"]["referral_id"] == e.referral_id
+    for name in dataset.FIELD_SIZES:  # names travel only inside ciphertexts
+        assert name not in e.body
+    opened = env.open_envelope(body, agency_id=sender.agency_id,
+                               enc_private=sender.keys.enc_private,
+                               sender_sig_public=sender.keys.sig_public)
+    assert set(opened.fields) == set(dataset.FIELD_SIZES)
+    for name, (_, fields) in dataset.CONSENT.items():
+        member = tf.members[name]
+        got = env.open_envelope(body, agency_id=member.agency_id,
+                                enc_private=member.keys.enc_private,
+                                sender_sig_public=sender.keys.sig_public)
+        assert set(got.fields) == set(fields), name
+        request = opened.requests[member.agency_id]
+        assert set(request.services) <= set(dataset.SERVICES[name])
+    urgencies = {r.urgency for r in opened.requests.values()}
+    assert len(urgencies) == 1, "one urgency per referral, asked of every recipient"
+
+
+def test_benchmark_status_bodies_are_signed_by_the_recipient() -> None:
+    tf = _offline_task_force()
+    legal = tf.members["legal"]
+    rid = "0b7f4c1e-2d3a-4e5f-8a9b-0c1d2e3f4a5b"
+    body = json.loads(dataset.status_body(legal, rid, "on-hold"))
+    env.verify_status({**body, "recipient": legal.agency_id}, referral_id=rid,
+                      sig_public=legal.keys.sig_public)
+    with pytest.raises(env.EnvelopeError, match="does not verify"):
+        env.verify_status({**body, "recipient": legal.agency_id, "status": "in-progress"},
+                          referral_id=rid, sig_public=legal.keys.sig_public)
+
+
+def test_loaded_audit_events_are_canonical_and_name_fields_only_by_fid() -> None:
+    pools = dataset.make_pools(3000)
+    rows, leaves = dataset._event_rows(pools, 0, 3000, 3000, random.Random(11))
+    assert len(rows) == len(leaves) == 3000
+    dataset.check_canonical(rows)
+    events = [json.loads(r[-1]) for r in rows]
+    reads = [e for e in events if e["action"] == "referral:read"]
+    assert reads
+    for e in reads:
+        assert set(e["grant"]) == set(e["detail"]["fids"])
+    for r in rows:
+        for name in dataset.FIELD_SIZES:
+            assert name not in r[-1]

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -16,10 +17,11 @@ import httpx
 import pytest
 
 from app.config import AuditSettings, Settings
+from app.crypto import envelope as env
 from app.main import create_app
 from app.migrate import upgrade
 from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, _pg_admin, _pg_reachable, _plain
-from tests.taskforce import TaskForce
+from tests.taskforce import TaskForce, rfc3339
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = secrets.token_hex(16)
@@ -76,19 +78,45 @@ async def test_the_gateway_runs_end_to_end_as_the_application_role(
     transport = httpx.ASGITransport(app=app_role_app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         tf = await TaskForce.create(app_role_app, client)
-        body = tf.seal("shelter", {"full_name": "A. Person"},
-                       {"full_name": {"legal": "service_provision", "police": "investigation"}})
-        rid = body["manifest"]["referral_id"]
-        assert (await client.post("/v1/referrals", json=body,
-                                  headers=await tf.headers("shelter"))).status_code == 201
+        shelter = await tf.headers("shelter")
+        assert (await client.get("/v1/limits", headers=shelter)).status_code == 200
+        sealed = tf.sealed(
+            "shelter", {"full_name": "A. Person", "narrative": "Met at the bus station."},
+            {"full_name": {"legal": "service_provision", "police": "investigation"}},
+        )
+        rid = sealed.body["manifest"]["referral_id"]
+        assert (await client.post("/v1/referrals", json=sealed.body,
+                                  headers=shelter)).status_code == 201
         assert (await client.get(f"/v1/referrals/{rid}",
                                  headers=await tf.headers("legal"))).status_code == 200
+        status = env.sign_status(
+            referral_id=rid, recipient=tf["legal"].agency_id, status="accepted", reason=None,
+            note=None, signed_at=rfc3339(datetime.now(UTC)), sig_seed=tf["legal"].keys.sig_seed,
+        )
+        r = await client.post(f"/v1/referrals/{rid}/status", json=status,
+                              headers=await tf.headers("legal"))
+        assert r.status_code == 200, r.text
+        own = (await client.get(f"/v1/referrals/{rid}", headers=shelter)).json()
+        amendment = env.amend(
+            own, sender_agency=tf["shelter"].agency_id, sender_sig_seed=tf["shelter"].keys.sig_seed,
+            sender_enc_private=tf["shelter"].keys.enc_private,
+            grants=[env.Grant("narrative", tf["legal"].agency_id, tf["legal"].keys.enc_public,
+                              "service_provision", rfc3339(datetime.now(UTC) + timedelta(days=7)))],
+            requests=[],
+        )
+        r = await client.post(f"/v1/referrals/{rid}/grants", json=amendment, headers=shelter)
+        assert r.status_code == 200, r.text
         r = await client.post(
             f"/v1/referrals/{rid}/revocations",
-            json={"revocations": [{"field": "full_name", "recipient": tf["police"].agency_id}]},
-            headers=await tf.headers("shelter"),
+            json={"revocations": [{"fid": sealed.fids["full_name"],
+                                   "recipient": tf["police"].agency_id}]},
+            headers=shelter,
         )
-        assert r.status_code == 200
+        assert r.status_code == 200, r.text
+        r = await client.post(f"/v1/referrals/{rid}/withdraw", headers=shelter)
+        assert r.status_code == 200, r.text
+        assert (await client.get(f"/v1/referrals/{rid}",
+                                 headers=await tf.headers("legal"))).status_code == 404
         assert await tf.sequence() > 0
         auditor = await tf.headers("office", "auditor")
         assert (await client.get("/v1/audit/checkpoint", headers=auditor)).status_code == 200

@@ -6,9 +6,10 @@ out of the document), so a new route without an entry in ``ROUTES`` fails
 and whether it is a denial; the test then checks, for every cell:
 
 - the status, and problem+json on every error;
-- no body shows a ciphertext, a wrapped key, a webhook secret or the id of a
-  referral to a caller the design does not allow (sender and consented
-  recipients only; a law-enforcement recipient only while it holds a grant),
+- no body shows a ciphertext, a wrapped key, a disclosure (field, grant or
+  request), a webhook secret or the id of a referral to a caller the design
+  does not allow (sender and consented recipients only, each recipient only its
+  own request and grants; a law-enforcement recipient only while it holds a grant),
   nor an audit record (auditors see all; caseworkers and liaisons the events
   of their own agency; key registrations are public by design: key transparency);
 - every denial left an ``outcome = denied`` audit event carrying the cell's
@@ -18,8 +19,8 @@ and whether it is a denial; the test then checks, for every cell:
 Callers: anonymous, an expired token, a suspended agency's token, each role of
 the sending agency (shelter: caseworker, liaison, auditor, admin), a recipient
 (legal aid), a law-enforcement recipient (police liaison and caseworker; it
-holds consent on referral A and none on B), an unrelated agency (NGO), and the
-task force's auditor and admin (government). Resources: referrals A and B
+holds consent on referral A; on B its only grant was revoked), an unrelated
+agency (NGO), and the task force's auditor and admin (government). Resources: referrals A and B
 (sent by the shelter), C (sent by legal aid to the shelter), D (NGO to legal
 aid) and a missing id; own and another agency's directory entry, key, audit
 event and webhook. A mutation expected to succeed runs on a fresh copy, so the
@@ -48,6 +49,7 @@ from app.config import MetricsSettings, Settings
 from app.crypto import envelope as env
 from app.crypto import keys
 from app.crypto.encoding import b64url_encode
+from app.crypto.wire import FieldValue, GrantValue
 from app.models.tables import ApiClient
 from app.models.webhook_tables import WebhookDelivery
 from app.services import agencies
@@ -108,7 +110,8 @@ KIND = {
 
 SP, INV = "service_provision", "investigation"
 SHAPES: dict[str, dict[str, Any]] = {
-    # sender, recipients, consent {field: {recipient: purpose}}, grant added by POST /grants
+    # sender, recipients, consent {field: {recipient: purpose}}, grant added by POST /grants,
+    # revocation of the cell, and consent revoked right after creation ("revoked")
     "A": {
         "sender": "shelter",
         "recipients": ["legal", "police"],
@@ -119,7 +122,9 @@ SHAPES: dict[str, dict[str, Any]] = {
     "B": {
         "sender": "shelter",
         "recipients": ["legal", "police"],
-        "consent": {"full_name": {"legal": SP}},
+        # v2 refuses a recipient without a grant: police gets one, revoked at once
+        "consent": {"full_name": {"legal": SP, "police": INV}},
+        "revoked": ("full_name", "police"),
         "widen": ("full_name", "police", INV),
         "revoke": ("full_name", "legal"),
     },
@@ -149,6 +154,11 @@ class Referral:
     sender: str
     recipients: set[str]
     grants: dict[str, set[str]]  # recipient member -> consented fields
+    fids: dict[str, str] = field(default_factory=dict)  # field name -> fid
+    notified: set[str] = field(default_factory=set)  # members sent referral.received
+
+    def field_of(self, fid: str) -> str:
+        return next(name for name, f in self.fids.items() if f == fid)
 
     def visible_to(self, member: str | None) -> bool:
         if member is None:
@@ -242,22 +252,34 @@ class World:
 
     async def new_referral(self, shape: str) -> Referral:
         s = SHAPES[shape]
-        body = self.tf.seal(
+        sealed = self.tf.sealed(
             s["sender"],
             {f: f"{f} of person {shape}" for f in s["consent"]},
             s["consent"],
-            recipients=s["recipients"],
+            requests={member: {} for member in s["recipients"]},
         )
-        r = await self.http.post(
-            "/v1/referrals", json=body, headers=await self.tf.headers(s["sender"])
-        )
+        body = sealed.body
+        headers = await self.tf.headers(s["sender"])
+        r = await self.http.post("/v1/referrals", json=body, headers=headers)
         assert r.status_code == 201, r.text
         grants: dict[str, set[str]] = {}
         for f, per in s["consent"].items():
             for member in per:
                 grants.setdefault(member, set()).add(f)
+        rid = body["manifest"]["referral_id"]
+        if "revoked" in s:
+            name, member = s["revoked"]
+            r = await self.http.post(
+                f"/v1/referrals/{rid}/revocations",
+                json={"revocations": [{"fid": sealed.fids[name],
+                                       "recipient": self.agency_id(member)}]},
+                headers=headers,
+            )
+            assert r.status_code == 200, r.text
+            grants[member].discard(name)
         ref = Referral(
-            shape, body["manifest"]["referral_id"], body, s["sender"], set(s["recipients"]), grants
+            shape, rid, body, s["sender"], set(s["recipients"]), grants, sealed.fids,
+            notified=set(s["recipients"]),
         )
         self.all_referrals.append(ref)
         return ref
@@ -297,20 +319,34 @@ class World:
         field_name, member, purpose = SHAPES[ref.shape]["widen"]
         sender = self.tf[ref.sender]
         target = self.tf[member]
-        consent = env.Consent(
+        grant = env.Grant(
             field=field_name,
             recipient=target.agency_id,
-            recipient_kid=target.enc_kid,
-            recipient_enc_public=target.keys.enc_public,
+            enc_public=target.keys.enc_public,
             purpose=purpose,
             expires_at=rfc3339(datetime.now(UTC) + timedelta(days=10)),
         )
-        return env.add_grants(
-            ref.body,
+        new = member not in SHAPES[ref.shape]["recipients"]
+        return env.amend(
+            ref.body,  # as sent: version 1, which a fresh copy still is
             sender_agency=sender.agency_id,
             sender_sig_seed=sender.keys.sig_seed,
             sender_enc_private=sender.keys.enc_private,
-            consents=[consent],
+            grants=[grant],
+            requests=[env.Request(target.agency_id, ("legal",), "routine")] if new else [],
+        )
+
+    def status_update(self, c: Caller, ref: Referral | None) -> dict[str, Any]:
+        """A status signed by the caller's agency, as its recipient (the server decides)."""
+        member = self.tf[self.member_of(c)]
+        return env.sign_status(
+            referral_id=ref.id if ref else str(uuid.uuid4()),
+            recipient=member.agency_id,
+            status="received",
+            reason=None,
+            note=None,
+            signed_at=rfc3339(datetime.now(UTC)),
+            sig_seed=member.keys.sig_seed,
         )
 
     # -- helpers for cells
@@ -450,29 +486,31 @@ async def _referral_req(w: World, c: Caller, res: str, fresh: bool, suffix: str)
     return Req(f"/v1/referrals/{ref.id}{suffix}")
 
 
-def _referral_route(suffix: str, body: Callable[[World, Referral | None], Any]) -> Builder:
+def _referral_route(
+    suffix: str, body: Callable[[World, Caller, Referral | None], Any]
+) -> Builder:
     async def build(w: World, c: Caller, res: str, fresh: bool) -> Req:
         req = await _referral_req(w, c, res, fresh, suffix)
         ref_id = req.path.split("/")[3]
         ref = next((r for r in w.all_referrals if r.id == ref_id), None)
-        req.json = body(w, ref)
+        req.json = body(w, c, ref)
         return req
 
     return build
 
 
-def _status_body(w: World, ref: Referral | None) -> Any:
-    return {"status": "received"}
+def _status_body(w: World, c: Caller, ref: Referral | None) -> Any:
+    return w.status_update(c, ref)
 
 
-def _grants_body(w: World, ref: Referral | None) -> Any:
+def _grants_body(w: World, c: Caller, ref: Referral | None) -> Any:
     return w.grant_update(ref or w.referrals["A"])
 
 
-def _revocation_body(w: World, ref: Referral | None) -> Any:
+def _revocation_body(w: World, c: Caller, ref: Referral | None) -> Any:
     ref = ref or w.referrals["A"]
     field_name, member = SHAPES[ref.shape]["revoke"]
-    return {"revocations": [{"field": field_name, "recipient": w.agency_id(member)}]}
+    return {"revocations": [{"fid": ref.fids[field_name], "recipient": w.agency_id(member)}]}
 
 
 async def _after_referral_mutation(w: World, path: str, r: httpx.Response) -> None:
@@ -494,11 +532,17 @@ async def _create_referral_req(w: World, c: Caller, res: str, fresh: bool) -> Re
         own = "shelter"
     sender = own if res == "own" else ("legal" if own == "shelter" else "shelter")
     recipient = "legal" if sender != "legal" else "shelter"
-    body = w.tf.seal(sender, {"full_name": "Created In Matrix"}, {"full_name": {recipient: SP}})
+    sealed = w.tf.sealed(
+        sender, {"full_name": "Created In Matrix"}, {"full_name": {recipient: SP}}
+    )
+    body = sealed.body
     if res == "own" and c.auth == "valid" and Scope.REFERRALS_SEND in c.scopes:
         grants = {recipient: {"full_name"}}
         w.all_referrals.append(
-            Referral("new", body["manifest"]["referral_id"], body, sender, {recipient}, grants)
+            Referral(
+                "new", body["manifest"]["referral_id"], body, sender, {recipient}, grants,
+                sealed.fids,
+            )
         )
     return Req("/v1/referrals", json=body)
 
@@ -696,7 +740,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Oracle, Builder, bool]] = {
     "GET /v1/referrals/{referral_id}": (
         REFERRAL_RESOURCES,
         _referral_item(Scope.REFERRALS_READ, 200),
-        _referral_route("", lambda w, r: None),
+        _referral_route("", lambda w, c, r: None),
         False,
     ),
     "POST /v1/referrals/{referral_id}/status": (
@@ -708,7 +752,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Oracle, Builder, bool]] = {
     "POST /v1/referrals/{referral_id}/withdraw": (
         REFERRAL_RESOURCES,
         _referral_item(Scope.REFERRALS_SEND, 200, sender_only=True),
-        _referral_route("/withdraw", lambda w, r: None),
+        _referral_route("/withdraw", lambda w, c, r: None),
         True,
     ),
     "POST /v1/referrals/{referral_id}/grants": (
@@ -723,6 +767,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Oracle, Builder, bool]] = {
         _referral_route("/revocations", _revocation_body),
         True,
     ),
+    "GET /v1/limits": (ONE, _plain(None, 200), _fixed("/v1/limits"), False),
     "GET /v1/audit/events": (ONE, _audit_reader(200), _fixed("/v1/audit/events?limit=1000"), False),
     "GET /v1/audit/export": (ONE, _audit_reader(200), _fixed("/v1/audit/export"), False),
     "GET /v1/audit/events/{seq}": (("own", "other"), _audit_reader(200), _audit_seq_req, False),
@@ -859,21 +904,45 @@ def _leaks(w: World, c: Caller, route: str, path: str, body: str) -> list[str]:
     found: list[str] = []
     member = c.member if c.auth == "valid" else None
     reads = member is not None and Scope.REFERRALS_READ in c.scopes
+    agency = w.agency_id(member) if member is not None else None
     for ref in w.all_referrals:
-        for name, ciphertext in ref.body["ciphertexts"].items():
+        for fid, ciphertext in ref.body["ciphertexts"].items():
+            name = ref.field_of(fid)
             if ciphertext in body and not (reads and member and ref.may_read_field(member, name)):
                 found.append(f"ciphertext {ref.shape}.{name}")
         for wk in ref.body["wrapped_keys"]:
             holder = next((m for m in w.tf.members if w.agency_id(m) == wk["recipient"]), None)
-            own_copy = member == holder and ref.may_read_field(holder, wk["field"])
+            name = ref.field_of(wk["fid"])
+            own_copy = member == holder and holder is not None and ref.may_read_field(holder, name)
             allowed = reads and (member == ref.sender or own_copy)
             if wk["wrapped_key"] in body and not allowed:
-                found.append(f"wrapped key {ref.shape}.{wk['field']}->{holder}")
+                found.append(f"wrapped key {ref.shape}.{name}->{holder}")
+        for disclosure in ref.body["disclosures"]:
+            if disclosure not in body:
+                continue
+            d = env.parse_disclosure(disclosure)
+            value = d.value
+            if member == ref.sender and reads:
+                continue
+            if isinstance(value, FieldValue):
+                name = ref.field_of(value.fid)
+                ok = member is not None and ref.may_read_field(member, name)
+            elif isinstance(value, GrantValue):
+                name = ref.field_of(value.fid)
+                ok = value.recipient == agency and ref.may_read_field(member or "", name)
+            else:
+                ok = value.recipient == agency and ref.visible_to(member)
+            if not (reads and ok):
+                found.append(f"{d.kind} disclosure of {ref.shape} to {value.recipient}")
+        # a webhook's delivery log is the history of what it was sent: a recipient was
+        # notified of a referral it may no longer see (its grant revoked since)
+        history = route.startswith("GET /v1/webhooks") and member in ref.notified
         if (
             route.startswith(("GET /v1/referrals", "POST /v1/referrals", "GET /v1/webhooks"))
             and ref.id in body
             and ref.id not in path
             and not (member is not None and ref.visible_to(member))
+            and not history
         ):
             found.append(f"referral id {ref.shape}")
     for secret, owner in w.secrets.items():

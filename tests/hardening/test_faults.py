@@ -2,7 +2,7 @@
 
 A real ``refgate-server serve --workers 2`` runs on a free port against the
 test's PostgreSQL database. Concurrent clients create referrals (shelter) and
-post status updates on them (legal aid) while a fault strikes mid-load:
+post signed status updates on them (legal aid) while a fault strikes mid-load:
 
 (a) every connection of the test database is killed with
     ``pg_terminate_backend``, twice. From the gateway's point of view that is
@@ -16,8 +16,9 @@ post status updates on them (legal aid) while a fault strikes mid-load:
 
 Afterwards, with the server's own sequencer given time to catch up:
 
-- every create answered 201 is stored whole (each field's ciphertext as sent,
-  every grant, wrapped key and recipient) and readable through the API;
+- every create answered 201 is stored whole (each field's disclosure and
+  ciphertext as sent, every grant, wrapped key and request) and readable through
+  the API;
 - every create that failed is either absent from every table or stored whole
   (its commit may have succeeded before the answer was lost): nothing partial;
 - every committed referral has exactly one ``referral:create`` event and no
@@ -44,6 +45,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +55,13 @@ import pytest
 from sqlalchemy import text
 
 from app.config import Settings
+from app.crypto import envelope
+from app.crypto.wire import FieldValue
 from app.main import create_app
 from app.services import sequencer
 from tests.conftest import PG_ADMIN_URL
 from tests.hardening import quiet_settings, verify_audit_log
-from tests.taskforce import TaskForce
+from tests.taskforce import TaskForce, rfc3339
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 
@@ -203,7 +207,6 @@ async def _drive(
                 "full_name": {"legal": "service_provision"},
                 "narrative": {"legal": "service_provision"},
             },
-            recipients=["legal"],
         )
         for i in range(CREATES)
     ]
@@ -237,9 +240,12 @@ async def _drive(
                 await fault()
             if load.creates[rid] == "201":
                 for status in ("received", "accepted"):
-                    outcome = await call(
-                        http, f"/v1/referrals/{rid}/status", {"status": status}, legal
+                    signed = envelope.sign_status(
+                        referral_id=rid, recipient=tf["legal"].agency_id, status=status,
+                        reason=None, note=None, signed_at=rfc3339(datetime.now(UTC)),
+                        sig_seed=tf["legal"].keys.sig_seed,
                     )
+                    outcome = await call(http, f"/v1/referrals/{rid}/status", signed, legal)
                     load.statuses.append((rid, status, outcome))
 
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
@@ -354,12 +360,14 @@ async def _verify(settings: Settings, load: Load, tf: TaskForce) -> dict[str, in
 
 
 def _expected(body: dict[str, Any]) -> dict[str, Any]:
-    m = body["manifest"]
+    disclosed = [envelope.parse_disclosure(d) for d in body["disclosures"]]
+    kinds = Counter(d.kind for d in disclosed)
+    fields = {d.value.fid: d.disclosure for d in disclosed if isinstance(d.value, FieldValue)}
     return {
-        "fields": dict(body["ciphertexts"]),
-        "grants": len(m["grants"]),
+        "fields": {fid: (fields[fid], c) for fid, c in body["ciphertexts"].items()},
+        "grants": kinds["grant"],
         "wrapped": len(body["wrapped_keys"]),
-        "recipients": len(m["recipients"]),
+        "recipients": kinds["request"],
     }
 
 
@@ -372,17 +380,17 @@ async def _stored(conn: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
         for (r,) in (await conn.execute(text(stmt), params)).all()
     }
     orphans: set[str] = set()
-    for rid, name, ciphertext in (
+    for rid, fid, disclosure, ciphertext in (
         await conn.execute(
             text(
-                "SELECT referral_id, field, ciphertext FROM referral_field "
+                "SELECT referral_id, fid, disclosure, ciphertext FROM referral_field "
                 "WHERE referral_id = ANY(:ids)"
             ),
             params,
         )
     ).all():
         if rid in out:
-            out[rid]["fields"][name] = ciphertext
+            out[rid]["fields"][fid] = (disclosure, ciphertext)
         else:
             orphans.add(rid)
     for table, key in (

@@ -1,8 +1,8 @@
 """Logs, metrics and HTTP hygiene.
 
 - The JSON access log of a referral's create and read carries the request id,
-  the client and the agency, and never a plaintext, a ciphertext, a wrapped key,
-  a signature, an assertion or a token.
+  the client and the agency, and never a plaintext, a field name, a ciphertext,
+  a wrapped key, a disclosure, a signature, an assertion or a token.
 - ``GET /metrics`` is Prometheus text for the bearer secret only; request counts
   and latency by route template and status, sequencer lag, checkpoint age and
   webhook queue depth; counters add up across workers.
@@ -19,6 +19,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -29,10 +30,11 @@ from sqlalchemy import text
 
 import app.metrics as metrics_module
 from app.config import CorsSettings, MetricsSettings, Settings
+from app.crypto import envelope as env
 from app.logging import JsonFormatter
 from app.main import create_app
 from tests.hardening import assert_problem, quiet_settings
-from tests.taskforce import TaskForce
+from tests.taskforce import TaskForce, rfc3339
 
 METRICS_TOKEN = "s3cret-metrics-bearer-token-0123456789"
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
@@ -104,6 +106,8 @@ async def test_access_log_names_request_client_and_agency_and_never_content(
 
     secrets = [
         *plaintext.values(),
+        *plaintext,  # field names: the server never sees one
+        *body["disclosures"],
         *body["ciphertexts"].values(),
         *(w["wrapped_key"] for w in body["wrapped_keys"]),
         *(w["wrapped_key"] for w in read_back["wrapped_keys"]),
@@ -180,10 +184,13 @@ async def test_metrics_count_requests_by_route_template_and_show_the_log_state(
         headers=shelter,
     )
     assert hook.status_code == 201, hook.text
+    legal = tf["legal"]
+    status = env.sign_status(
+        referral_id=rid, recipient=legal.agency_id, status="received", reason=None, note=None,
+        signed_at=rfc3339(datetime.now(UTC)), sig_seed=legal.keys.sig_seed,
+    )
     r = await client.post(
-        f"/v1/referrals/{rid}/status",
-        json={"status": "received"},
-        headers=await tf.headers("legal"),
+        f"/v1/referrals/{rid}/status", json=status, headers=await tf.headers("legal")
     )
     assert r.status_code == 200, r.text
 

@@ -18,12 +18,13 @@ from sqlalchemy import func, select
 from app import server_cli
 from app.client.audit_verify import verify_log
 from app.config import RetentionSettings, Settings, WebhookSettings
+from app.crypto import envelope as env
 from app.models.tables import Referral, ReferralField, WrappedKey
 from app.models.types import utcnow
 from app.services import retention
 from app.services.webhooks import WebhookRunner
 from tests.rawdb import raw_database
-from tests.taskforce import TaskForce
+from tests.taskforce import TaskForce, rfc3339
 
 LEGAL = "service_provision"
 
@@ -92,26 +93,31 @@ async def test_purge_removes_ciphertext_from_the_raw_database_and_the_log_still_
     }
     legal = await tf.headers("legal")
     for status in ("accepted", "completed"):
-        r = await client.post(
-            f"/v1/referrals/{ids['closed']}/status", json={"status": status}, headers=legal
+        signed = env.sign_status(
+            referral_id=ids["closed"], recipient=tf["legal"].agency_id, status=status,
+            reason=None, note=None, signed_at=rfc3339(utcnow()), sig_seed=tf["legal"].keys.sig_seed,
         )
+        r = await client.post(f"/v1/referrals/{ids['closed']}/status", json=signed, headers=legal)
         assert r.status_code == 200, r.text
-    r = await client.post(
-        f"/v1/referrals/{ids['withdrawn']}/withdraw", headers=await tf.headers("shelter")
-    )
-    assert r.status_code == 200, r.text
 
     before = await raw_database(settings)
     for body in (closed, withdrawn, still_open):
         for secret in _secrets(body):
             assert secret in before, "the check must be able to see what it looks for"
+    # withdrawing shreds the recipients' wrapped keys at once; the sender's copy waits
+    r = await client.post(
+        f"/v1/referrals/{ids['withdrawn']}/withdraw", headers=await tf.headers("shelter")
+    )
+    assert r.status_code == 200, r.text
+    assert await _count(app, WrappedKey, [ids["withdrawn"]]) == 1
 
     now = utcnow()
-    # Day 31: the withdrawn referral (30 days) goes; the consents (30 days) expired,
-    # so their wrapped keys go too; closed (90 days) and expired (+30 days) wait.
+    # Day 31: the withdrawn referral (30 days) goes, with the sender's copy of its key;
+    # the consents (30 days) expired, so their wrapped keys go too; closed (90 days)
+    # and expired (+30 days) wait.
     first = await retention.run(app.state.engine, settings, now + timedelta(days=31))
     assert (first.referrals, first.withdrawn, first.closed, first.expired) == (1, 1, 0, 0)
-    assert (first.fields, first.wrapped_keys, first.expired_grant_keys) == (1, 2, 3)
+    assert (first.fields, first.wrapped_keys, first.expired_grant_keys) == (1, 1, 3)
     assert first.referral_ids == [ids["withdrawn"]]
     # Day 91: the closed referral, and the open one whose consents ended 61 days ago.
     second = await retention.run(app.state.engine, settings, now + timedelta(days=91))
@@ -141,7 +147,7 @@ async def test_purge_removes_ciphertext_from_the_raw_database_and_the_log_still_
     ).json()["items"]
     details = sorted((e["event"]["detail"] for e in events), key=lambda d: d["referrals"])
     assert [(d["referrals"], d["fields"], d["wrapped_keys"]) for d in details] == [
-        (1, 1, 2),
+        (1, 1, 1),
         (2, 3, 3),
     ]
     assert all(e["event"]["role"] == "system" for e in events)
@@ -157,13 +163,14 @@ async def test_dry_run_counts_and_changes_nothing(
     later = utcnow() + timedelta(days=31)
     dry = await retention.run(app.state.engine, settings, later, dry_run=True)
     assert dry.dry_run
-    assert (dry.referrals, dry.withdrawn, dry.fields, dry.wrapped_keys) == (1, 1, 1, 2)
+    # the recipient's key went with the withdrawal: only the sender's copy is left
+    assert (dry.referrals, dry.withdrawn, dry.fields, dry.wrapped_keys) == (1, 1, 1, 1)
     assert await _count(app, ReferralField, [rid]) == 1
-    assert await _count(app, WrappedKey, [rid]) == 2
+    assert await _count(app, WrappedKey, [rid]) == 1
     async with app.state.sessionmaker() as db:
         assert (await db.get(Referral, rid)).purged_at is None  # type: ignore[union-attr]
     real = await retention.run(app.state.engine, settings, later)
-    assert (real.referrals, real.fields, real.wrapped_keys) == (1, 1, 2)
+    assert (real.referrals, real.fields, real.wrapped_keys) == (1, 1, 1)
 
 
 async def test_expired_consent_loses_its_wrapped_key_but_the_referral_stays(
@@ -171,11 +178,12 @@ async def test_expired_consent_loses_its_wrapped_key_but_the_referral_stays(
 ) -> None:
     body = await _send(client, tf, ["full_name"], days=1)
     rid = body["manifest"]["referral_id"]
+    (fid,) = body["ciphertexts"]
     report = await retention.run(app.state.engine, settings, utcnow() + timedelta(days=2))
     assert (report.referrals, report.expired_grant_keys) == (0, 1)
     async with app.state.sessionmaker() as db:
-        left = [(w.recipient, w.field) for w in await db.scalars(select(WrappedKey))]
-    assert left == [(tf["shelter"].agency_id, "full_name")], "the sender keeps its own copy"
+        left = [(w.recipient, w.fid) for w in await db.scalars(select(WrappedKey))]
+    assert left == [(tf["shelter"].agency_id, fid)], "the sender keeps its own copy"
     assert await _count(app, ReferralField, [rid]) == 1
 
 

@@ -171,9 +171,13 @@ async def test_consented_recipient_is_notified_with_a_verifiable_signed_payload(
         await client.get("/v1/webhooks", headers=await tf.headers("legal"))
     ).json()["items"][0]
 
-    # police is listed but has no consented field: the referral does not exist for it
+    # police subscribed but is not a recipient: it hears nothing of this referral
     body = await _send(
-        client, tf, {"full_name": {"legal": "service_provision"}}, recipients=["legal", "police"]
+        client,
+        tf,
+        {"full_name": {"legal": "service_provision"}},
+        requests={"legal": {"services": ["legal", "immigration_legal"], "urgency": "emergency",
+                            "case_ref": "case-17"}},
     )
     rid = body["manifest"]["referral_id"]
     report = await _dispatch(app, http)
@@ -186,10 +190,16 @@ async def test_consented_recipient_is_notified_with_a_verifiable_signed_payload(
     assert payload["data"] == {
         "referral_id": rid,
         "sender_agency": tf["shelter"].agency_id,
-        "urgency": "urgent",
+        "request": {
+            "recipient": tf["legal"].agency_id,
+            "services": ["legal", "immigration_legal"],
+            "urgency": "emergency",
+            "case_ref": "case-17",
+        },
     }
     for secret in body["ciphertexts"].values():
         assert secret.encode() not in req.body
+    assert b"full_name" not in req.body
     with pytest.raises(WebhookVerificationError):
         verify_webhook(police["secret"], req.headers, req.body)
 
@@ -202,11 +212,37 @@ async def test_consented_recipient_is_notified_with_a_verifiable_signed_payload(
     )
     assert await _deliveries(client, tf, "ngo", ngo["id"]) == []
 
-    # with a consented field, law enforcement hears of the next one
-    await _send(client, tf, {"full_name": {"police": "investigation"}})
+    # with a consented field, law enforcement hears of the next one, and only of its own request
+    await _send(
+        client,
+        tf,
+        {"full_name": {"police": "investigation"}, "narrative": {"legal": "service_provision"}},
+        requests={"police": {"services": ["investigation"], "urgency": "routine"},
+                  "legal": {"services": ["legal"], "urgency": "urgent"}},
+    )
     await _dispatch(app, http)
-    assert [r.path for r in receiver.requests] == ["/legal", "/police"]
-    verify_webhook(police["secret"], receiver.requests[1].headers, receiver.requests[1].body)
+    assert sorted(r.path for r in receiver.requests[1:]) == ["/legal", "/police"]
+    (to_police,) = [r for r in receiver.requests[1:] if r.path == "/police"]
+    payload = verify_webhook(police["secret"], to_police.headers, to_police.body)
+    assert payload["data"]["request"] == {
+        "recipient": tf["police"].agency_id,
+        "services": ["investigation"],
+        "urgency": "routine",
+        "case_ref": "c-1",
+    }
+    assert tf["legal"].agency_id.encode() not in to_police.body
+
+
+async def _post_status(
+    client: httpx.AsyncClient, tf: TaskForce, name: str, rid: str, status: str, role: str
+) -> httpx.Response:
+    body = env.sign_status(
+        referral_id=rid, recipient=tf[name].agency_id, status=status, reason=None, note=None,
+        signed_at=rfc3339(datetime.now(UTC)), sig_seed=tf[name].keys.sig_seed,
+    )
+    return await client.post(
+        f"/v1/referrals/{rid}/status", json=body, headers=await tf.headers(name, role)
+    )
 
 
 async def test_lifecycle_events_reach_the_agencies_concerned(
@@ -216,21 +252,21 @@ async def test_lifecycle_events_reach_the_agencies_concerned(
         name: await _subscribe(client, tf, name, f"{receiver.url}/{name}")
         for name in ("shelter", "legal", "ngo")
     }
-    body = await _send(
-        client,
-        tf,
+    sealed = tf.sealed(
+        "shelter",
+        {"full_name": "secret full_name", "narrative": "secret narrative"},
         {"full_name": {"legal": "service_provision"}, "narrative": {"legal": "service_provision"}},
     )
-    rid = body["manifest"]["referral_id"]
-    legal_h = await tf.headers("legal")
+    r = await client.post("/v1/referrals", json=sealed.body, headers=await tf.headers("shelter"))
+    assert r.status_code == 201, r.text
+    rid = sealed.body["manifest"]["referral_id"]
+    narrative = sealed.fids["narrative"]
     for _ in range(2):  # the second, unchanged status is not an event
-        r = await client.post(
-            f"/v1/referrals/{rid}/status", json={"status": "accepted"}, headers=legal_h
-        )
+        r = await _post_status(client, tf, "legal", rid, "accepted", "caseworker")
         assert r.status_code == 200, r.text
     r = await client.post(
         f"/v1/referrals/{rid}/revocations",
-        json={"revocations": [{"field": "narrative", "recipient": tf["legal"].agency_id}]},
+        json={"revocations": [{"fid": narrative, "recipient": tf["legal"].agency_id}]},
         headers=await tf.headers("shelter"),
     )
     assert r.status_code == 200, r.text
@@ -238,21 +274,21 @@ async def test_lifecycle_events_reach_the_agencies_concerned(
     shelter = tf["shelter"]
     own = (await client.get(f"/v1/referrals/{rid}", headers=await tf.headers("shelter"))).json()
     expires = rfc3339(datetime.now(UTC) + timedelta(days=10))
-    update = env.add_grants(
+    update = env.amend(
         own,
         sender_agency=shelter.agency_id,
         sender_sig_seed=shelter.keys.sig_seed,
         sender_enc_private=shelter.keys.enc_private,
-        consents=[
-            env.Consent(
+        grants=[
+            env.Grant(
                 field="narrative",
                 recipient=tf["legal"].agency_id,
-                recipient_kid=tf["legal"].enc_kid,
-                recipient_enc_public=tf["legal"].keys.enc_public,
+                enc_public=tf["legal"].keys.enc_public,
                 purpose="service_provision",
                 expires_at=expires,
             )
         ],
+        requests=[],
     )
     r = await client.post(
         f"/v1/referrals/{rid}/grants", json=update, headers=await tf.headers("shelter")
@@ -283,9 +319,13 @@ async def test_lifecycle_events_reach_the_agencies_concerned(
         "referral.cancelled",
         "referral.received",
     ]
-    assert by_type["consent.revoked"]["fields"] == ["narrative"]
-    assert by_type["grant.added"]["fields"] == ["narrative"]
+    assert by_type["consent.revoked"]["fids"] == [narrative]
+    assert by_type["grant.added"]["fids"] == [narrative]
+    assert by_type["referral.received"]["request"]["recipient"] == tf["legal"].agency_id
     assert "ngo" not in seen
+    for req in receiver.requests:  # ids and statuses only: never a field name
+        assert b"narrative" not in req.body
+        assert b"full_name" not in req.body
 
 
 async def test_delivery_is_retried_after_the_receiver_fails_twice(
