@@ -74,7 +74,8 @@ async def test_a_liaison_sees_only_its_own_part_and_nothing_of_the_rest(
     for name in MARIA:
         assert name.encode() not in raw
     assert tf["legal"].agency_id.encode() not in raw
-    assert b"HH-2026-0117" not in raw and b"immigration_legal" not in raw
+    assert b"HH-2026-0117" not in raw
+    assert b"immigration_legal" not in raw
     served = set(police["disclosures"])
     for other in set(sealed.body["disclosures"]) - served:
         assert other.encode() not in raw
@@ -201,7 +202,8 @@ async def test_a_rewritten_status_is_refused_by_the_sender(
                              signed_at=rfc3339(_now()), sig_seed=legal.keys.sig_seed)
     r = await client.post(f"/v1/referrals/{rid}/status", json=forged,
                           headers=await tf.headers("police", "liaison"))
-    assert r.status_code == 422 and r.json()["type"].endswith("status/bad-signature")
+    assert r.status_code == 422
+    assert r.json()["type"].endswith("status/bad-signature")
 
     def statuses_of(doc: dict[str, Any]) -> dict[str, Any]:
         return {s["recipient"]: s for s in doc["statuses"]}
@@ -256,7 +258,8 @@ async def test_an_amendment_adds_consent_and_a_stale_one_is_a_409(
     assert r.status_code == 200, r.text
     assert r.json()["version"] == 2
     r = await client.post(f"/v1/referrals/{rid}/grants", json=second, headers=shelter)
-    assert r.status_code == 409 and r.json()["type"].endswith("version-conflict")
+    assert r.status_code == 409
+    assert r.json()["type"].endswith("version-conflict")
     police = (await client.get(f"/v1/referrals/{rid}",
                                headers=await tf.headers("police", "liaison"))).json()
     assert _open(tf, "police", "shelter", police).fields == {
