@@ -656,6 +656,18 @@ def _page_query(
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+def _summary(r: Any, statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """The members of a list item both boxes share (``ReferralSummary`` less ``request``)."""
+    return {
+        "referral_id": r.id,
+        "sender_agency": r.sender_agency,
+        "created_at": r.created_at,
+        "version": r.version,
+        "statuses": statuses,
+        "withdrawn": r.withdrawn_at is not None,
+    }
+
+
 async def list_page(
     db: AsyncSession,
     who: Principal,
@@ -695,32 +707,14 @@ async def list_page(
     rows = rows[:limit]
     if box == "sent":
         statuses = await _status_dicts(db, [r.id for r in rows])
-        items = [
-            _ENCODE({
-                "referral_id": r.id,
-                "sender_agency": r.sender_agency,
-                "created_at": r.created_at,
-                "version": r.version,
-                "statuses": statuses[r.id],
-                "request": None,
-                "withdrawn": r.withdrawn_at is not None,
-            })
-            for r in rows
-        ]
+        items = [_ENCODE({**_summary(r, statuses[r.id]), "request": None}) for r in rows]
     else:
         items = [
             # the stored request is canonical JSON we wrote: spliced in, not re-encoded
-            _ENCODE({
-                "referral_id": r.id,
-                "sender_agency": r.sender_agency,
-                "created_at": r.created_at,
-                "version": r.version,
-                "statuses": [_status_dict(
-                    who.agency_id, r.status, r.reason, r.note, r.signed_at,
-                    r.status_signature, r.updated_at,
-                )],
-                "withdrawn": r.withdrawn_at is not None,
-            })[:-1] + ',"request":' + r.request_json + "}"
+            _ENCODE(_summary(r, [_status_dict(
+                who.agency_id, r.status, r.reason, r.note, r.signed_at, r.status_signature,
+                r.updated_at,
+            )]))[:-1] + ',"request":' + r.request_json + "}"
             for r in rows
         ]
     await audit.record(
