@@ -8,6 +8,7 @@ tests and the benchmark build isolated apps.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -95,14 +96,32 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the
+            # path; a path served by several routes allows all of theirs.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(app, request))}
         return _problem(
             exc.status_code,
             errors.title_for(exc.status_code),
             str(exc.detail),
             errors.PROBLEM_BASE + slug,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
             request=request,
         )
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method the OpenAPI document lists for the request's path."""
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = [
+            (re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path))),
+             sorted(m.upper() for m in ops if m != "parameters"))
+            for path, ops in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allow_table = table
+    return sorted({m for pattern, ms in table if pattern.fullmatch(request.url.path) for m in ms})
 
 
 def _install_openapi(app: FastAPI) -> None:

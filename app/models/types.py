@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, WithJsonSchema
 from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -40,3 +42,36 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_QUERY_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _query_time(value: Any) -> datetime:
+    """An RFC 3339 date-time with its offset, as UTC; a number is not a date."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and _QUERY_TIME.fullmatch(value):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("not a valid date-time") from None
+    else:
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-12-01T00:00:00Z")
+    if parsed.tzinfo is None:
+        raise ValueError("must carry a time zone offset, e.g. 2026-12-01T00:00:00Z")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the range of dates this service stores") from None
+
+
+QueryTime = Annotated[
+    datetime,
+    BeforeValidator(_query_time),
+    WithJsonSchema({"type": "string", "format": "date-time",
+                    "description": "RFC 3339 date-time with an offset (Z or +hh:mm)"}),
+]
+"""A time in a query string: RFC 3339 with an offset, normalised to UTC."""

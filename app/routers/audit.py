@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -11,6 +10,7 @@ from app.auth import AnyPrincipal, Principal, Scope
 from app.crypto.checkpoint import verifier_key
 from app.db import Db
 from app.models.schemas import AuditItem, AuditList, ConsistencyProof, InclusionProof
+from app.models.types import QueryTime
 from app.services import audit, audit_log
 from app.services.audit import Action
 from app.services.audit_log import EventFilter
@@ -46,8 +46,8 @@ async def event_filter(  # async: a plain def would run in the threadpool
     resource_id: str | None = Query(None, max_length=128),
     action: Action | None = None,
     outcome: Literal["ok", "denied", "error"] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: QueryTime | None = None,
+    until: QueryTime | None = None,
 ) -> EventFilter:
     return EventFilter(
         actor=actor,

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
@@ -21,6 +20,7 @@ from app.models.schemas import (
     RevocationsDone,
     StatusOut,
 )
+from app.models.types import QueryTime
 from app.services import referrals
 from app.vocab import Urgency
 
@@ -74,7 +74,7 @@ async def list_referrals(
     box: Literal["sent", "received"] = "received",
     status: TaskStatus | None = None,
     urgency: Urgency | None = None,
-    since: datetime | None = None,
+    since: QueryTime | None = None,
     limit: int = Query(50, ge=1, le=200),
     cursor: str | None = Query(None, max_length=256),
 ) -> Response:

@@ -3,8 +3,9 @@
 ``record()`` writes one event in the caller's transaction: the event commits or
 rolls back with the action it describes. Events carry identifiers and small
 detail objects only; never plaintext, ciphertext, keys or tokens (callers pass
-ids, counts, field names and purposes; ``_check_detail`` refuses long opaque
-strings that look like key material or ciphertext).
+ids, counts, field ids and purposes; ``scrub_detail`` replaces any long opaque
+run that looks like key material or ciphertext with ``[redacted]``, so a bug
+that passes one cannot leak it and a caller's odd input never fails a request).
 
 The leaf of the Merkle log is the RFC 8785 encoding of the event object stored
 in ``audit_event.canonical``. The sequencer (``app.services.sequencer``) later
@@ -114,20 +115,29 @@ def denied(
     )
 
 
-# Opaque base64 runs this long are key material or ciphertext, never audit detail.
+# Key material and ciphertext, base64 encoded, are long runs that mix upper and
+# lower case (32 random bytes give 43 characters; the chance that they hold no
+# upper- or no lower-case letter is below 1e-9). Reason codes, ids and slugs
+# are lower case, so a long one is kept.
 _OPAQUE = re.compile(r"[A-Za-z0-9_+/=-]{43,}")
+REDACTED = "[redacted]"
 
 
-def _check_detail(value: Any) -> None:
+def _opaque(match: re.Match[str]) -> str:
+    run = match.group()
+    mixed = any(c.isupper() for c in run) and any(c.islower() for c in run)
+    return REDACTED if mixed else run
+
+
+def scrub_detail(value: Any) -> Any:
+    """``value`` with every opaque run that looks like key material redacted."""
     if isinstance(value, str):
-        if _OPAQUE.search(value):
-            raise ValueError("audit detail must not carry key material or ciphertext")
-    elif isinstance(value, dict):
-        for v in value.values():
-            _check_detail(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            _check_detail(v)
+        return _OPAQUE.sub(_opaque, value)
+    if isinstance(value, dict):
+        return {k: scrub_detail(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_detail(v) for v in value]
+    return value
 
 
 def _rfc3339(ts: datetime) -> str:
@@ -136,7 +146,6 @@ def _rfc3339(ts: datetime) -> str:
 
 def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, Any]:
     """The event object whose RFC 8785 bytes form the Merkle leaf."""
-    _check_detail(p.detail)
     return {
         "event_id": event_id,
         "ts": _rfc3339(ts),
@@ -151,7 +160,7 @@ def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, An
         "request_id": request_id_var.get(),
         "grant": p.grant,
         "purpose": p.purpose,
-        "detail": p.detail,
+        "detail": scrub_detail(p.detail),
     }
 
 

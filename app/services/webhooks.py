@@ -173,6 +173,7 @@ def _public(ip: _Address) -> bool:
 def _parse_url(url: str, settings: WebhookSettings) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
+        parsed.host  # noqa: B018 - decoding an invalid IDNA label (xn--…) raises here
     except (httpx.InvalidURL, TypeError, ValueError):
         raise TargetRefused("the URL is not valid") from None
     allowed = ("https", "http") if settings.allow_private_targets else ("https",)
@@ -197,7 +198,7 @@ async def _resolve(host: str, port: int) -> list[_Address]:
         infos = await asyncio.wait_for(
             loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=5
         )
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, UnicodeError):  # UnicodeError: a label IDNA cannot encode
         raise TargetRefused(f"the host {host} does not resolve") from None
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
