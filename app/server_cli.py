@@ -119,9 +119,35 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None when it can."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot use the address {host}: {exc.strerror or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"port {port} on {host} is already in use ({exc.strerror or exc})"
+    return None
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    busy = _port_in_use(args.host, args.port)
+    if busy:
+        print(
+            f"refgate-server: {busy}. Is refgate already running? Stop it, or choose another "
+            f"port: ./dev serve --port {args.port + 1}",
+            file=sys.stderr,
+        )
+        return 2
     if args.demo:
         summary = _seed_demo(settings, args)
         print(_demo_instructions(summary, _server_url(args, settings)), flush=True)
@@ -173,12 +199,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def serve_flags(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--host", default="127.0.0.1")
-        sp.add_argument("--port", type=int, default=8000)
+        sp.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        sp.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
 
     sp = sub.add_parser("serve", help="run the gateway (uvicorn)")
     serve_flags(sp)
-    sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     sp.add_argument(
         "--demo", action="store_true", help="migrate and seed the demo task force first"
     )
