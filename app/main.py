@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import __version__, errors
 from app.auth import token_key_set
 from app.config import Settings, get_settings
-from app.context import request_id_var
+from app.context import problem_var, request_id_var
 from app.db import create_engine, read_sessionmaker, sessionmaker
 from app.logging import configure_logging
 from app.metrics import Metrics
@@ -47,6 +47,7 @@ def _problem(
     extra: dict[str, Any] | None = None,
     request: Request | None = None,
 ) -> JSONResponse:
+    problem_var.set(type_.rsplit("/", 1)[-1])
     body: dict[str, Any] = {
         "type": type_,
         "title": title,

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.context import agency_var, client_var, request_id_var
+from app.context import agency_var, client_var, problem_var, request_id_var
 from app.errors import PROBLEM_BASE, PROBLEM_JSON
 
 log = logging.getLogger("refgate.access")
@@ -73,6 +73,7 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         client_var.set(None)
         agency_var.set(None)
+        problem_var.set(None)
         started = time.perf_counter()
         status_holder = {"status": 500, "started": False}
 
@@ -145,16 +146,26 @@ class RequestContextMiddleware:
         finally:
             route_path = getattr(scope.get("route"), "path", None) or "unmatched"
             seconds = time.perf_counter() - started
-            log.info(
+            status = status_holder["status"]
+            # 4xx at warning and 5xx at error, so an operator sees which partner
+            # is failing and why (the problem type; never a token or key)
+            level = (
+                logging.ERROR if status >= 500
+                else logging.WARNING if status >= 400
+                else logging.INFO
+            )
+            log.log(
+                level,
                 "request",
                 extra={
                     "request_id": request_id,
                     "method": scope.get("method"),
                     "route": route_path,
-                    "status": status_holder["status"],
+                    "status": status,
                     "duration_ms": round(seconds * 1000, 2),
                     "client_id": client_var.get(),
                     "agency_id": agency_var.get(),
+                    "problem": problem_var.get(),
                 },
             )
             if self.observe is not None:
@@ -183,6 +194,7 @@ class RequestContextMiddleware:
         *,
         close: bool = False,
     ) -> None:
+        problem_var.set(slug)
         body = problem_body(status, title, detail, slug, request_id)
         headers: list[Any] = [
             (b"content-type", PROBLEM_JSON.encode()),

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import errors
 from app.auth import decode_jws, issue_access_token, okp_public
 from app.config import Settings
+from app.context import agency_var, client_var
 from app.crypto.encoding import EncodingError, b64url_decode
 from app.models.tables import Agency, ApiClient, UsedAssertion
 from app.services import audit
@@ -113,12 +114,24 @@ async def issue_token(
     client_id = _claimed_client_id(assertion)
     client = await db.get(ApiClient, client_id)
     if client is None:
-        raise _refuse("unknown_client", "unknown client")
+        raise _refuse(
+            "unknown_client",
+            f"no API client {client_id[:64]!r} is registered here: check the key file's client_id"
+            " and the server URL, or ask the task-force administrator to register the client",
+        )
+    client_var.set(client.client_id)  # claimed, not yet proven: for the access log only
+    agency_var.set(client.agency_id)
     try:
         public = b64url_decode(client.auth_public_key, length=32)
         claims = decode_jws(assertion, okp_public(public)).claims
     except (JoseError, ValueError, EncodingError):
-        raise _refuse("bad_signature", "the assertion signature does not verify", client) from None
+        raise _refuse(
+            "bad_signature",
+            f"the client assertion is not signed by the key registered for client"
+            f" {client.client_id}: is this the key file of that client? (a key file"
+            " from an earlier keygen, or another agency's, signs with another key)",
+            client,
+        ) from None
     jti, exp = _check_claims(claims, audience=audience, settings=settings, client=client)
     agency = await db.get(Agency, client.agency_id)
     if client.status != "active" or agency is None or agency.status != "active":

@@ -412,3 +412,36 @@ def test_the_sdk_timeout_default_is_bounded() -> None:
     default = inspect.signature(RefgateClient.__init__).parameters["timeout"].default
     assert default is not None
     assert default is not inspect.Parameter.empty
+
+
+async def test_refusals_are_warnings_naming_the_client_agency_and_problem_type(
+    client: httpx.AsyncClient, tf: TaskForce, log_lines: io.StringIO
+) -> None:
+    from app.client.assertion import client_assertion, token_form
+    from app.crypto import keys
+
+    client_id, _ = tf["shelter"].clients["caseworker"]
+    wrong = keys.generate_signing_key()  # another key file's key
+    r = await client.post(
+        "/oauth/token", data=token_form(client_assertion(client_id, wrong.seed, "http://test/oauth/token"))
+    )
+    assert r.status_code == 401
+    assert f"not signed by the key registered for client {client_id}" in r.json()["detail"]
+    assert "is this the key file of that client?" in r.json()["detail"]
+    r = await client.get("/v1/referrals/nope", headers=await tf.headers("ngo"))
+    assert r.status_code == 404
+
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    requests = [rec for rec in lines if rec.get("msg") == "request"]
+    refused_token = next(rec for rec in requests if rec["route"] == "/oauth/token"
+                         and rec["status"] == 401)
+    assert refused_token["level"] == "warning"
+    assert refused_token["client_id"] == client_id
+    assert refused_token["agency_id"] == tf["shelter"].agency_id
+    assert refused_token["problem"]
+    missing = next(rec for rec in requests if rec["status"] == 404)
+    assert missing["level"] == "warning"
+    assert missing["problem"] == "not-found"
+    assert missing["agency_id"] == tf["ngo"].agency_id
+    assert all(rec["level"] == "info" for rec in requests if rec["status"] < 400)
+    assert wrong.seed.hex() not in log_lines.getvalue()
