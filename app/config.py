@@ -170,6 +170,26 @@ class Settings(BaseSettings):
             self.public_url = self.public_url.rstrip("/")
         return self
 
+    def risks(self) -> list[str]:
+        """Settings an operator should know are risky, in plain words (logged at start)."""
+        out = []
+        sqlite = self.resolved_database_url.startswith("sqlite")
+        if sqlite and self.env == "production":
+            out.append("the database is the embedded SQLite file: use PostgreSQL in production "
+                       "(REFGATE_DATABASE_URL)")
+        if not self.public_url:
+            out.append("no REFGATE_PUBLIC_URL: token audiences follow each request's Host "
+                       "header; set it behind a proxy or in production")
+        if not self.ratelimit.enabled:
+            out.append("rate limits are off (REFGATE_RATELIMIT__ENABLED=false)")
+        if not self.audit.sequencer_enabled:
+            out.append("the audit sequencer is off in this process: events wait for "
+                       "another worker or `refgate-server sequence`")
+        if self.webhooks.allow_private_targets:
+            out.append("webhooks may call private and loopback addresses "
+                       "(REFGATE_WEBHOOKS__ALLOW_PRIVATE_TARGETS)")
+        return out
+
     @property
     def resolved_database_url(self) -> str:
         """The configured URL, or an SQLite file inside the data directory."""

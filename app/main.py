@@ -170,6 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for risk in settings.risks() if settings.env != "test" else []:
+            logging.getLogger("refgate.config").warning("risky configuration: %s", risk)
         engine = create_engine(settings)
         server_keys = load_server_keys(settings)
         app.state.settings = settings
