@@ -34,6 +34,14 @@ class Service(StrEnum):
     TRANSPORTATION = "transportation"
 
 
+REASON_EXAMPLES = (
+    "no_capacity", "not_eligible", "out_of_area", "client_declined", "unable_to_contact",
+    "duplicate", "referred_elsewhere",
+)
+"""Reason codes in common use for ``rejected``, ``failed`` and ``on-hold`` (any code of
+lower-case letters, digits, ``.``, ``_`` or ``-``, 1 to 64 characters, is accepted)."""
+
+
 class Urgency(StrEnum):
     ROUTINE = "routine"
     URGENT = "urgent"

@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TextIO
 
 import httpx
 
+from app import vocab
 from app.client import webhook_listen
 from app.client.keyfile import (
     KeyFile,
@@ -476,7 +477,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("referral_id")
     sp.add_argument("state", choices=["received", "accepted", "rejected", "in-progress",
                                       "on-hold", "completed", "failed"])
-    sp.add_argument("--reason", help="reason code (required for rejected)")
+    sp.add_argument("--reason", help="reason code, required for rejected: "
+                    + ", ".join(vocab.REASON_EXAMPLES) + " or your own (lower case, _ . -)")
     sp.add_argument("--note", help="note for the sender (encrypted to the sender)")
     sp.set_defaults(remote=cmd_status)
 

@@ -24,6 +24,7 @@ does), because a readable key file is a leaked key.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -235,18 +236,32 @@ def _read_private(path: Path) -> Any:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+        hint = " (make one with: refgate keygen --out FILE)" if exc.errno == errno.ENOENT else ""
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}{hint}") from None
     with os.fdopen(fd, "rb") as fh:
         mode = os.fstat(fh.fileno()).st_mode
-        if os.name == "posix" and stat.S_IMODE(mode) & 0o077:
-            raise KeyFileError(
-                f"key file {path} may be read by others (mode {stat.S_IMODE(mode):04o}); "
-                "run: chmod 600 " + str(path)
-            )
         try:
-            return json.loads(fh.read())
+            data = json.loads(fh.read(1024 * 1024))
         except ValueError:
-            raise KeyFileError(f"key file {path} is not JSON") from None
+            data = None
+    if not _looks_like_key_file(data):
+        raise KeyFileError(
+            f"{path} is not a refgate key file: pass the file `refgate keygen --out FILE` wrote "
+            "(or the demo's .refgate/demo/*.key.json) with --key-file"
+        )
+    if os.name == "posix" and stat.S_IMODE(mode) & 0o077:
+        raise KeyFileError(
+            f"key file {path} may be read by others (mode {stat.S_IMODE(mode):04o}); "
+            "run: chmod 600 " + str(path)
+        )
+    return data
+
+
+def _looks_like_key_file(data: Any) -> bool:
+    """A JSON object with a version and private keys (plain or sealed)."""
+    return isinstance(data, dict) and "v" in data and (
+        "sealed" in data or "enc_private" in data
+    )
 
 
 def _write_private(path: Path, data: Mapping[str, Any], *, overwrite: bool) -> None:

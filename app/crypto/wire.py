@@ -19,6 +19,7 @@ taken over the disclosure strings exactly as sent.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -89,7 +90,24 @@ AgencyId = Uuid
 Time = Annotated[str, Field(pattern=RFC3339_RE, max_length=40,
                             description="RFC 3339 time in UTC ending in Z")]
 CaseRef = Annotated[str, Field(pattern=CASE_REF_RE, description="sender's opaque reference")]
-ReasonCode = Annotated[str, Field(pattern=REASON_RE, description="a reason code")]
+_REASON = re.compile(REASON_RE)
+
+
+def _reason_code(value: str) -> str:
+    if not _REASON.match(value):
+        raise ValueError(
+            "a reason code is 1 to 64 lower-case letters, digits, '.', '_' or '-', such as "
+            + ", ".join(vocab.REASON_EXAMPLES)
+        )
+    return value
+
+
+ReasonCode = Annotated[
+    str,
+    AfterValidator(_reason_code),
+    WithJsonSchema({"type": "string", "pattern": REASON_RE,
+                    "description": "a reason code, e.g. " + ", ".join(vocab.REASON_EXAMPLES)}),
+]
 Ciphertext = Annotated[
     str,
     Field(
