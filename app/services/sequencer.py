@@ -193,7 +193,7 @@ async def directory_state(session: AsyncSession, below: int) -> dict[str, dict[s
 async def requeue_lost(session: AsyncSession) -> int:
     """Put committed events found outside the tree and the queue back in the queue."""
     result = await session.execute(_REQUEUE)
-    lost = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    lost = int(result.rowcount or 0)
     if lost:
         log.warning(
             "requeued %d committed audit event(s) missing from the sequencing queue", lost
