@@ -153,6 +153,7 @@ class RequestContextMiddleware:
                 "request",
                 extra={
                     "request_id": request_id,
+                    "client_request_id": client_request_id_var.get(),
                     "method": scope.get("method"),
                     "route": route_path,
                     "status": status_holder["status"],

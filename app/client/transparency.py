@@ -239,7 +239,7 @@ class Transparency:
             ):
                 return self._current
             key = await self.log_key()
-            note = (await self._get_ok("/v1/audit/checkpoint")).text
+            note = await self._latest_note()
             try:
                 cp = open_checkpoint(note, key)
             except CheckpointError as exc:
@@ -259,6 +259,22 @@ class Transparency:
             self.pins.save()
             self._current, self._fetched_at = cp, time.monotonic()
             return cp
+
+    async def _latest_note(self) -> str:
+        """The served checkpoint note; waits up to ``key_proof_timeout`` for the first one."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            response = await self._get("/v1/audit/checkpoint", None)
+            if response.status_code != 503:
+                self._raise_for(response)
+                return response.text
+            if time.monotonic() >= deadline:
+                raise KeyTransparencyError(
+                    "no key transparency proof is possible yet: the server has not signed a "
+                    "checkpoint of its audit log, so no agency's key can be verified. Retry "
+                    "in a minute."
+                )
+            await asyncio.sleep(_RETRY_SLEEP)
 
     async def _extends_pin(self, cp: Checkpoint) -> None:
         size, root = self.pins.size, self.pins.root
@@ -299,10 +315,15 @@ class Transparency:
             response = await self._get(
                 f"/v1/agencies/{agency_id}/keys/proof", {"tree_size": cp.size}
             )
-            if response.status_code in (409, 503) and time.monotonic() < deadline:
-                await asyncio.sleep(_RETRY_SLEEP)
-                fresh = True
-                continue
+            if response.status_code in (409, 503):
+                if time.monotonic() < deadline:
+                    await asyncio.sleep(_RETRY_SLEEP)
+                    fresh = True
+                    continue
+                raise KeyTransparencyError(
+                    f"no key transparency proof for agency {agency_id} yet: its keys are not "
+                    f"in a signed checkpoint (checkpoint of size {cp.size}). Retry in a minute."
+                )
             self._raise_for(response)
             assert cp.directory is not None  # noqa: S101 (checked by checkpoint())
             body = response.json()

@@ -93,7 +93,7 @@ async def test_access_log_names_request_client_and_agency_and_never_content(
 
     text_out = log_lines.getvalue()
     records = [json.loads(line) for line in text_out.splitlines()]
-    by_id = {rec.get("request_id"): rec for rec in records if rec.get("msg") == "request"}
+    by_id = {rec.get("client_request_id"): rec for rec in records if rec.get("msg") == "request"}
     create, read = by_id["obs-create-1"], by_id["obs-read-1"]
     assert create["route"] == "/v1/referrals"
     assert create["status"] == 201
