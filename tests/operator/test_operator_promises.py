@@ -33,8 +33,10 @@ from app.client.keyfile import KeyFile
 from app.client.sdk import RefgateClient
 from app.client.transparency import Pins
 from app.crypto import keydir, keys
+from app.crypto.canonical import canonical_json
 from app.crypto.checkpoint import directory_line, open_checkpoint, sign_checkpoint, verifier_key
 from app.crypto.encoding import b64_encode, b64url_encode
+from app.services import sequencer
 from migrations import append_only
 from tests.taskforce import TaskForce
 
@@ -193,10 +195,8 @@ async def test_duplicated_directory_leaf_for_one_agency_is_refused(
 
     async def forged_directory() -> list[dict[str, Any]]:
         async with app.state.sessionmaker() as db:
-            from app.services.sequencer import directory_state, tree_head
-
-            head = await tree_head(db)
-            state = await directory_state(db, head.size)
+            head = await sequencer.tree_head(db)
+            state = await sequencer.directory_state(db, head.size)
         leaves = [dict(leaf) for leaf in keydir.sorted_leaves(state)]
         i = next(i for i, leaf in enumerate(leaves) if leaf["agency"] == police)
         twin = {**leaves[i], "enc_kid": evil.enc_kid}
@@ -316,10 +316,8 @@ async def test_read_erased_from_the_queue_is_named_by_verify_full(
         " ON audit_pending" if app.state.engine.dialect.name == "postgresql" else ""), {}))
     await _sql(app, ("DELETE FROM audit_pending WHERE event_id = :i", {"i": row_id}))
     async with app.state.sessionmaker() as db, db.begin():
-        from app.services.sequencer import integrate_batch, sign_checkpoint as sign
-
-        await integrate_batch(db, 1000)  # no sweep: the read stays out
-        await sign(db, app.state.settings, app.state.server_keys)
+        await sequencer.integrate_batch(db, 1000)  # no sweep: the read stays out
+        await sequencer.sign_checkpoint(db, app.state.settings, app.state.server_keys)
     report, out = await _verify_full(app, tf, tmp_path, grace=0)
     assert not report.ok
     assert f"event {event_id} (referral:read by {tf['police'].agency_id}" in out
@@ -381,8 +379,6 @@ async def test_bent_leaf_to_hide_a_read_is_named_by_verify_full(
             {"r": rid})).one()
     bent = json.loads(canonical)
     bent["subject_agency"] = tf["ngo"].agency_id
-    from app.crypto.canonical import canonical_json
-
     await _as_superuser(app, ("UPDATE audit_event SET canonical = :c WHERE id = :i",
                               {"c": canonical_json(bent).decode(), "i": row_id}))
     async with app.state.engine.connect() as conn:
@@ -439,10 +435,8 @@ async def test_key_event_left_out_of_the_directory_is_caught(
     police.keys = fresh
     await tf.sequence()
     async with app.state.sessionmaker() as db:
-        from app.services.sequencer import directory_state, tree_head
-
-        head = await tree_head(db)
-        state = await directory_state(db, head.size)
+        head = await sequencer.tree_head(db)
+        state = await sequencer.directory_state(db, head.size)
     state[police.agency_id] = {**state[police.agency_id], "enc_kid": old_kid}
     n, root = keydir.root_of(keydir.sorted_leaves(state))
     await _sql(app, ("UPDATE audit_tree_state SET directory_size = :n, directory_root = :r",
