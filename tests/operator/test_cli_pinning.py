@@ -120,8 +120,8 @@ def test_cli_through_a_proxy_with_its_own_log_key_refuses_before_sending(
 
     legal = ids["legal"]
     send = [REFGATE, "--key-file", "shelter.json", "--server", proxy_url, "send", "--to", legal,
-            "--field", "full_name=Maria Example", "--consent", f"full_name:{legal}:service_provision",
-            "--service", "legal"]
+            "--field", "full_name=Maria Example",
+            "--consent", f"full_name:{legal}:service_provision", "--service", "legal"]
     [refused] = run_all([send], env, tmp_path)
     assert refused.code == 3, refused.out + refused.err
     assert pins["log_key"] in refused.err
