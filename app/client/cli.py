@@ -53,7 +53,8 @@ EXIT_REFUSED = 2
 EXIT_VERIFY = 3
 EXIT_NETWORK = 4
 
-DEFAULT_STATE_FILE = Path("~/.refgate/audit-state.json")
+AUDIT_STATE_SUFFIX = ".audit-state.json"
+"""``audit verify`` keeps its state beside the key file, like the pins."""
 
 
 class UsageError(Exception):
@@ -429,9 +430,12 @@ async def cmd_withdraw(rc: RefgateClient, args: argparse.Namespace) -> int:
 async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
     from app.client.audit_verify import main_verify
 
+    state_file = args.state_file or _key_path(args).with_name(
+        _key_path(args).name + AUDIT_STATE_SUFFIX
+    )
     code = await main_verify(
         rc,
-        state_file=args.state_file,
+        state_file=state_file,
         checkpoint_file=args.checkpoint_file,
         full=args.full,
         log_key=args.audit_log_key or args.log_key or os.environ.get("REFGATE_LOG_KEY") or None,
@@ -561,8 +565,9 @@ def parser() -> argparse.ArgumentParser:
     sp = audit_sub.add_parser("verify", help="verify checkpoints, proofs and (--full) every event")
     sp.add_argument("--checkpoint-file", type=_user_path,
                     help="an earlier checkpoint the log must extend")
-    sp.add_argument("--state-file", type=_user_path, default=str(DEFAULT_STATE_FILE),
-                    help=f"pinned log key and last checkpoint (default {DEFAULT_STATE_FILE})")
+    sp.add_argument("--state-file", type=_user_path,
+                    help=f"pinned log key and last checkpoint (default <key file>"
+                         f"{AUDIT_STATE_SUFFIX})")
     sp.add_argument("--full", action="store_true", help="also rebuild the tree from every event")
     sp.add_argument("--log-key", dest="audit_log_key", help="log verifier key to pin")
     sp.add_argument("--grace", type=float, default=300.0, metavar="SECONDS",

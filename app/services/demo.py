@@ -8,8 +8,9 @@ Idempotent: an already seeded database is left as it is.
 A reseed (a fresh database) starts a new audit log, which every pin of the
 old one would rightly refuse as a rollback. So with each key file it writes,
 the seed replaces the pin store beside it (``<key file>.pins.json``) with one
-that pins the demo's log key and no checkpoint yet: the demo never trusts on
-first use, and a reset demo is not mistaken for tampering.
+that pins the demo's log key and no checkpoint yet, and removes the
+``audit verify`` state beside it: the demo never trusts on first use, and a
+reset demo is not mistaken for tampering.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ async def unsafe_onboard_generated(
 def _fresh_pins(key_file: Path, log_key: str | None) -> None:
     pins = key_file.with_name(key_file.name + ".pins.json")
     pins.unlink(missing_ok=True)
+    key_file.with_name(key_file.name + ".audit-state.json").unlink(missing_ok=True)
     if log_key is not None:
         _write_private(
             pins,
