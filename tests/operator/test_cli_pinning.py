@@ -131,4 +131,30 @@ def test_cli_through_a_proxy_with_its_own_log_key_refuses_before_sending(
     assert not [p for _, p in imposter.forwarded if p.startswith("/v1/agencies")]
     # the pin did not move, and the honest server still works with it
     assert json.loads((tmp_path / "shelter.json.pins.json").read_text()) == pins
-    ok_all([[REFGATE, "--key-file", "shelter.json", "inbox", "--sent"]], env, tmp_path)
+    [sent] = ok_all([[*send[:3], "--json", *send[5:]]], env, tmp_path)
+    rid = json.loads(sent.out)["referral_id"]
+    ok_all([[SERVER, "sequence"]], env, tmp_path)
+    [report] = ok_all([[REFGATE, "--key-file", "shelter.json", "audit", "report", rid, "--csv"]],
+                      env, tmp_path)
+    lines = report.out.splitlines()
+    assert lines[0].startswith("seq,ts,action,outcome,actor_agency")
+    assert any(",referral:create,ok," in line and line.endswith(",ok") for line in lines)
+
+
+def test_configure_pins_a_log_key_on_purpose(tmp_path: Path) -> None:
+    """`refgate configure --log-key` pins without contacting anyone; a new key forgets
+    the pinned checkpoint; a quorum larger than the witnesses given is refused."""
+    key_file = tmp_path / "k.json"
+    ok_all([[REFGATE, "--server", "http://127.0.0.1:9", "keygen", "--out", str(key_file)]],
+           {}, tmp_path)
+    log_key = verifier_key(ORIGIN, keys.generate_signing_key().public)
+    witness = verifier_key("witness.example", keys.generate_signing_key().public)
+    [done] = ok_all([[REFGATE, "--key-file", str(key_file), "--json", "configure",
+                      "--log-key", log_key, "--witness", witness, "--quorum", "1"]], {}, tmp_path)
+    pins = json.loads((tmp_path / "k.json.pins.json").read_text())
+    assert pins == json.loads(done.out)
+    assert (pins["log_key"], pins["witnesses"], pins["quorum"]) == (log_key, [witness], 1)
+    [refused] = run_all([[REFGATE, "--key-file", str(key_file), "configure", "--log-key",
+                          log_key, "--quorum", "2"]], {}, tmp_path)
+    assert refused.code == 1
+    assert "quorum of 2" in refused.err
