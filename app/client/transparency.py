@@ -190,6 +190,8 @@ class Transparency:
         self._lock = asyncio.Lock()
         self._current: Checkpoint | None = None
         self._fetched_at = 0.0
+        # (agency, use) -> (checkpoint size, kid, public key) verified against that checkpoint
+        self._keys: dict[tuple[str, str], tuple[int, str, bytes]] = {}
         self.trusted_on_first_use = False
 
     async def _get_ok(self, path: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
@@ -352,6 +354,9 @@ class Transparency:
         """(kid, raw public key) of the agency's ``use`` key as the signed directory states it."""
         deadline = time.monotonic() + self._timeout
         fresh = False
+        known = self._keys.get((agency_id, use))
+        if known is not None and known[0] == (await self.checkpoint()).size:
+            return known[1], known[2]
         while True:
             cp, leaf = await self.directory_leaf(agency_id, fresh=fresh)
             if leaf.status != "active":
@@ -367,6 +372,7 @@ class Transparency:
                        if isinstance(k, dict) and k.get("use") == use
                        and k.get("status") == "current"]
             if kid is not None and served is not None and current == [kid]:
+                self._keys[(agency_id, use)] = (cp.size, kid, served)
                 return kid, served
             if time.monotonic() >= deadline:
                 raise AgencyKeyError(agency_id, (
