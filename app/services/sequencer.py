@@ -11,11 +11,12 @@ Guarantees:
   a rolled-back action never gets a position, and an event committed late (a
   lower id committing after a higher one) is still picked up.
 - The tree is stored as perfect-subtree nodes, so proofs read O(log n) rows.
-- On PostgreSQL a batch is four statements whatever its size: the locking
-  UPDATE, one DELETE … RETURNING that takes the batch out of ``audit_pending``
-  and reads its events, COPY of the leaves and of the nodes (on the session's
-  own connection, inside its transaction), and the final UPDATE of the head.
-  SQLite takes the same steps with executemany.
+- On PostgreSQL a batch is five statements whatever its size: the locking
+  UPDATE, one SELECT of the oldest queued events, COPY of the leaves and of
+  the nodes (on the session's own connection, inside its transaction),
+  ``refgate_dequeue`` of the integrated events, and the final UPDATE of the
+  head; a batch holding key events adds two (read the directory, insert its
+  new entries). SQLite takes the same steps with executemany.
 - One runner per deployment does the work: on PostgreSQL it holds an advisory
   lock on its own connection, and another worker takes over when it dies; the
   row lock above keeps even two runners correct.
