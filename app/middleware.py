@@ -14,7 +14,13 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.context import agency_var, client_var, problem_var, request_id_var
+from app.context import (
+    agency_var,
+    client_request_id_var,
+    client_var,
+    problem_var,
+    request_id_var,
+)
 from app.errors import PROBLEM_BASE, PROBLEM_JSON
 
 log = logging.getLogger("refgate.access")
@@ -68,9 +74,13 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # The request id is always the server's own; a caller's X-Request-ID is kept
+        # apart as client_request_id (DESIGN.md "Audit log"), so no caller can make
+        # two requests look like one in the log.
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        client_token = client_request_id_var.set(incoming if _REQUEST_ID.match(incoming) else None)
         client_var.set(None)
         agency_var.set(None)
         problem_var.set(None)
@@ -159,6 +169,7 @@ class RequestContextMiddleware:
                 "request",
                 extra={
                     "request_id": request_id,
+                    "client_request_id": client_request_id_var.get(),
                     "method": scope.get("method"),
                     "route": route_path,
                     "status": status,
@@ -171,6 +182,7 @@ class RequestContextMiddleware:
             if self.observe is not None:
                 self.observe(str(scope.get("method")), route_path, status_holder["status"], seconds)
             request_id_var.reset(token)
+            client_request_id_var.reset(client_token)
 
     async def _reject(self, send: Send, request_id: str) -> None:
         await self._problem(

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import errors
 from app.config import Settings, get_settings
+from app.crypto.checkpoint import verifier_key
 from app.db import create_engine, sessionmaker
 from app.migrate import upgrade
 from app.services import agencies, demo, retention, sequencer
@@ -93,7 +94,10 @@ def _seed_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         engine = create_engine(settings)
         try:
             return await demo.seed(
-                sessionmaker(engine), settings.data_dir, _server_url(args, settings)
+                sessionmaker(engine), settings.data_dir, _server_url(args, settings),
+                log_key=verifier_key(
+                    settings.audit.log_origin, load_server_keys(settings).log_public
+                ),
             )
         finally:
             await engine.dispose()

@@ -502,14 +502,6 @@ def _event_rows(
                 event_no + 1,
                 event_id,
                 pools.first_ts + offset,
-                actor,
-                actor_agency,
-                subject,
-                role,
-                action,
-                rtype,
-                resource_id,
-                outcome,
                 canonical,
             )
         )

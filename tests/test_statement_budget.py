@@ -159,10 +159,7 @@ async def test_every_get_route_writes_nothing_but_its_audit_event(
     gets = {
         "/v1/agencies": ("", legal),
         "/v1/agencies/{agency_id}": (f"/v1/agencies/{agency}", legal),
-        "/v1/agencies/{agency_id}/keys/{kid}/proof": (
-            f"/v1/agencies/{agency}/keys/{tf['legal'].enc_kid}/proof",
-            legal,
-        ),
+        "/v1/agencies/{agency_id}/keys/proof": (f"/v1/agencies/{agency}/keys/proof", legal),
         "/v1/audit/checkpoint": ("", auditor),
         "/v1/audit/events": ("?limit=5", auditor),
         "/v1/audit/events/{seq}": ("/v1/audit/events/0", auditor),

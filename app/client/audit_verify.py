@@ -16,6 +16,11 @@ What a successful run proves, trusting only the log's verifier key:
    located by bisection with consistency proofs against the signed root:
    ``O(log n)`` requests, each proving that a prefix of the events the
    verifier holds is the one that was signed.
+4. With ``full``: the key events among the first ``size`` events, replayed
+   (``app.crypto.keydir``), give exactly the key directory the checkpoint's
+   ``directory`` line commits to; and no committed event is still outside the
+   tree ``grace`` seconds after it was recorded (an event held out of the log
+   is named by its ``event_id``).
 
 The verifier key comes from ``log_key``, else the state file, else the server
 (trust on first use, announced loudly). It is pinned in the state file; the
@@ -31,12 +36,13 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol, TextIO
 
 import httpx
 
-from app.crypto import merkle
+from app.crypto import keydir, merkle
 from app.crypto.canonical import CanonicalizationError, canonical_json
 from app.crypto.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_verifier_key
 from app.crypto.encoding import EncodingError, b64_decode, b64_encode
@@ -73,10 +79,15 @@ class _Failed(Exception):
 
 
 class _Run:
-    def __init__(self, http: httpx.AsyncClient, out: TextIO, report: VerifyReport) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, out: TextIO, report: VerifyReport, grace: float = 300.0
+    ) -> None:
         self.http = http
         self.out = out
         self.report = report
+        self.grace = grace
+        # events recorded after this (the verifier's own reads) are never "held out"
+        self.started = datetime.now(UTC)
 
     def say(self, line: str) -> None:
         self.out.write(line + "\n")
@@ -268,7 +279,45 @@ async def _bisect(run: _Run, cp: Checkpoint, leaves: _LeafStore) -> int:
     return lo
 
 
+def _held_out(run: _Run, event: Any, now: datetime) -> None:
+    """FAIL for a committed event still outside the tree after the grace period."""
+    if not isinstance(event, dict):
+        return
+    try:
+        ts = datetime.strptime(str(event.get("ts")), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        run.fail(f"event {event.get('event_id')} outside the tree has no valid time")
+        return
+    age = (now - ts).total_seconds()
+    if age >= run.grace and ts < run.started:
+        run.fail(
+            f"event {event.get('event_id')} ({event.get('action')} by "
+            f"{event.get('actor_agency') or event.get('actor')}, outcome "
+            f"{event.get('outcome')}, recorded {event.get('ts')}) is committed but still "
+            f"outside the tree after {age:.0f}s (grace {run.grace:.0f}s): the log is being "
+            "held back or the event was taken out of the sequencing queue"
+        )
+
+
+def _check_directory(run: _Run, cp: Checkpoint, state: dict[str, dict[str, Any]]) -> None:
+    if cp.directory is None:
+        run.fail(f"the checkpoint of size {cp.size} commits to no key directory")
+        return
+    size, root = keydir.root_of(keydir.sorted_leaves(state))
+    if size == cp.directory[0] and hmac.compare_digest(root, cp.directory[1]):
+        run.say(f"ok: the key events replayed give the signed key directory ({size} agencies)")
+        return
+    run.fail(
+        f"key directory: the checkpoint of size {cp.size} commits to a directory of "
+        f"{cp.directory[0]} agencies, root {b64_encode(cp.directory[1])}, but its key events "
+        f"give {size} agencies, root {b64_encode(root)}: an agency's keys or status were "
+        "changed outside the log, or a key event was left out"
+    )
+
+
 async def _check_events(run: _Run, cp: Checkpoint) -> None:
+    now = run.started
+    directory: dict[str, dict[str, Any]] = {}
     builder = merkle.RootBuilder()
     leaves = _LeafStore()
     root_at_size = merkle.EMPTY_ROOT if cp.size == 0 else None
@@ -290,8 +339,9 @@ async def _check_events(run: _Run, cp: Checkpoint) -> None:
                     seq, event, served = item["seq"], item["event"], item["leaf_hash"]
                 except (ValueError, KeyError, TypeError):
                     raise run.abort("export line is not a log item", expected) from None
-                if seq is None:
-                    continue  # not sequenced yet: no position to check
+                if seq is None:  # not sequenced yet: no position to check, but not for long
+                    _held_out(run, event, now)
+                    continue
                 if not isinstance(seq, int) or isinstance(seq, bool):
                     raise run.abort("export line has a non-integer seq", expected)
                 if seq != expected:
@@ -317,6 +367,7 @@ async def _check_events(run: _Run, cp: Checkpoint) -> None:
                 if seq < cp.size:
                     builder.append(leaf)
                     leaves.append(leaf)
+                    keydir.apply_event(directory, seq, event)
                     if builder.size == cp.size:
                         root_at_size = builder.root()
                 expected += 1
@@ -332,6 +383,7 @@ async def _check_events(run: _Run, cp: Checkpoint) -> None:
             return
         if root_at_size is not None and hmac.compare_digest(root_at_size, cp.root):
             run.say(f"ok: {cp.size} events rebuild the signed root; {expected} events checked")
+            _check_directory(run, cp, directory)
             return
         if first_leaf_mismatch is not None:
             run.fail(f"root of the first {cp.size} events differs from the signed root")
@@ -402,6 +454,7 @@ async def verify_log(
     full: bool = False,
     log_key: str | None = None,
     out: TextIO,
+    grace: float = 300.0,
 ) -> VerifyReport:
     """Verify the audit log served at ``http`` (see the module docstring).
 
@@ -414,7 +467,7 @@ async def verify_log(
     lines that were printed.
     """
     report = VerifyReport()
-    run = _Run(http, out, report)
+    run = _Run(http, out, report, grace)
     try:
         await _run_checks(
             run, state_file=state_file, checkpoint_file=checkpoint_file, full=full,
@@ -443,6 +496,7 @@ async def main_verify(
     full: bool,
     log_key: str | None,
     out: TextIO,
+    grace: float = 300.0,
 ) -> int:
     """Entry point of ``refgate audit verify``; returns the process exit code.
 
@@ -453,6 +507,6 @@ async def main_verify(
     """
     report = await verify_log(
         client.http, state_file=state_file, checkpoint_file=checkpoint_file, full=full,
-        log_key=log_key, out=out,
+        log_key=log_key, out=out, grace=grace,
     )
     return 0 if report.ok else 1

@@ -5,8 +5,15 @@ Global flags come before the command: ``--key-file PATH`` (or
 ``--json`` (machine-readable output), ``--passphrase-env VAR`` (the name of
 the environment variable holding a sealed key file's passphrase; without it
 the passphrase is prompted for on a terminal), ``--log-key KEY`` (or
-``REFGATE_LOG_KEY``: the audit log's verifier key, pinned for key
-transparency; without it the server's key is trusted on first use, per run).
+``REFGATE_LOG_KEY``: the audit log's verifier key to pin).
+
+Pinning: the log key and the newest verified checkpoint are pinned beside the
+key file (``<key file>.pins.json``, see ``app.client.transparency``). Every
+command that talks to the server first verifies the server's checkpoint
+against the pin and advances it, and refuses (exit 3) on a mismatch, before
+anything is sent. Without a configured key, the first use trusts the server's
+and says so; ``refgate configure --log-key KEY [--witness V ...] [--quorum K]``
+pins on purpose.
 
 Exit codes: 0 ok, 1 usage or input error, 2 the server refused (4xx),
 3 verification failure (signature, hash, commitment, key transparency, audit
@@ -37,6 +44,7 @@ from app.client.keyfile import (
     update_settings,
 )
 from app.client.sdk import RefgateClient, RefgateError, VerificationError
+from app.client.transparency import Pins, pins_path
 from app.crypto.passphrase import PassphraseError
 from app.vocab import Service, Urgency
 
@@ -46,7 +54,8 @@ EXIT_REFUSED = 2
 EXIT_VERIFY = 3
 EXIT_NETWORK = 4
 
-DEFAULT_STATE_FILE = Path("~/.refgate/audit-state.json")
+AUDIT_STATE_SUFFIX = ".audit-state.json"
+"""``audit verify`` keeps its state beside the key file, like the pins."""
 
 
 class UsageError(Exception):
@@ -141,9 +150,18 @@ def _load_key(args: argparse.Namespace) -> KeyFile:
         return KeyFile.load(path, _passphrase(args))
 
 
+def _announce_first_use(key: str) -> None:
+    bar = "!" * 72
+    print(f"{bar}\nNo audit log key is pinned for this key file; trusting the server's on first "
+          f"use:\n    {key}\nCompare it with the log key the task force published. If it "
+          "differs, stop and report it.\nIt is pinned from now on (to pin on purpose: refgate "
+          f"configure --log-key KEY).\n{bar}", file=sys.stderr)
+
+
 def _client(args: argparse.Namespace) -> RefgateClient:
     log_key = args.log_key or os.environ.get("REFGATE_LOG_KEY") or None
-    return RefgateClient(_load_key(args), base_url=args.server, log_key=log_key)
+    return RefgateClient(_load_key(args), base_url=args.server, log_key=log_key,
+                         pins=pins_path(_key_path(args)), announce=_announce_first_use)
 
 
 # ---------------------------------------------------------------- local commands
@@ -186,12 +204,29 @@ def cmd_configure(args: argparse.Namespace) -> int:
         ("server", args.set_server or args.server), ("agency_id", args.agency_id),
         ("client_id", args.client_id), ("role", args.role),
     ) if value is not None}
-    if not changes:
-        raise UsageError("nothing to configure: give --agency-id, --client-id, --server or --role")
     path = _key_path(args)
+    if args.pin_log_key or args.witness or args.quorum is not None:
+        return _configure_pins(args, path)
+    if not changes:
+        raise UsageError("nothing to configure: give --agency-id, --client-id, --server, --role "
+                         "or --log-key")
     settings = update_settings(path, **changes)
     _emit(args, {"key_file": str(path), **settings}, lambda out: out.write(
         "".join(f"{k:<10} {v if v is not None else '-'}\n" for k, v in settings.items())
+    ))
+    return EXIT_OK
+
+
+def _configure_pins(args: argparse.Namespace, path: Path) -> int:
+    pins = Pins.load(pins_path(path))
+    key = args.pin_log_key or pins.log_key
+    if key is None:
+        raise UsageError("give --log-key: witnesses and a quorum belong to a pinned log key")
+    pins.repin(key.strip(), args.witness, args.quorum)
+    _emit(args, pins.as_json(), lambda out: out.write(
+        f"pinned in {pins.path}:\n  log key   {pins.log_key}\n"
+        f"  witnesses {', '.join(pins.witnesses) or '-'} (quorum {pins.quorum})\n"
+        "The next command verifies the server's checkpoint with this key.\n"
     ))
     return EXIT_OK
 
@@ -396,15 +431,32 @@ async def cmd_withdraw(rc: RefgateClient, args: argparse.Namespace) -> int:
 async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
     from app.client.audit_verify import main_verify
 
+    state_file = args.state_file or _key_path(args).with_name(
+        _key_path(args).name + AUDIT_STATE_SUFFIX
+    )
     code = await main_verify(
         rc,
-        state_file=args.state_file,
+        state_file=state_file,
         checkpoint_file=args.checkpoint_file,
         full=args.full,
         log_key=args.audit_log_key or args.log_key or os.environ.get("REFGATE_LOG_KEY") or None,
         out=sys.stdout,
+        grace=args.grace,
     )
     return EXIT_OK if code == 0 else EXIT_VERIFY
+
+
+async def cmd_audit_report(rc: RefgateClient, args: argparse.Namespace) -> int:
+    from app.client.access_report import access_report, render
+
+    cp, rows = await access_report(rc, args.referral_id)
+    render(sys.stdout, rows, "json" if args.json else "csv" if args.csv else "table", cp)
+    if any(r["proof"] == "NOT PROVEN" for r in rows):
+        print("verification failed: some events are not in the signed log (NOT PROVEN): the "
+              "server's record of this referral was changed. Report it to the task force.",
+              file=sys.stderr)
+        return EXIT_VERIFY
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- wiring
@@ -436,6 +488,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--client-id")
     sp.add_argument("--server", dest="set_server")
     sp.add_argument("--role", choices=["caseworker", "liaison", "auditor", "admin"])
+    sp.add_argument("--log-key", dest="pin_log_key",
+                    help="pin this audit log key on purpose (forgets the pinned checkpoint "
+                         "if the key changes)")
+    sp.add_argument("--witness", action="append", metavar="VKEY",
+                    help="witness verifier key to pin (repeatable)")
+    sp.add_argument("--quorum", type=int, help="witness cosignatures required")
     sp.set_defaults(local=cmd_configure)
 
     sub.add_parser("token", help="print an access token").set_defaults(remote=cmd_token)
@@ -509,11 +567,19 @@ def parser() -> argparse.ArgumentParser:
     sp = audit_sub.add_parser("verify", help="verify checkpoints, proofs and (--full) every event")
     sp.add_argument("--checkpoint-file", type=_user_path,
                     help="an earlier checkpoint the log must extend")
-    sp.add_argument("--state-file", type=_user_path, default=str(DEFAULT_STATE_FILE),
-                    help=f"pinned log key and last checkpoint (default {DEFAULT_STATE_FILE})")
+    sp.add_argument("--state-file", type=_user_path,
+                    help=f"pinned log key and last checkpoint (default <key file>"
+                         f"{AUDIT_STATE_SUFFIX})")
     sp.add_argument("--full", action="store_true", help="also rebuild the tree from every event")
     sp.add_argument("--log-key", dest="audit_log_key", help="log verifier key to pin")
+    sp.add_argument("--grace", type=float, default=300.0, metavar="SECONDS",
+                    help="with --full: fail on a committed event still outside the tree this "
+                         "long after it was recorded (default 300)")
     sp.set_defaults(remote=cmd_audit_verify)
+    sp = audit_sub.add_parser("report", help="access report of a referral you sent, proven")
+    sp.add_argument("referral_id")
+    sp.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    sp.set_defaults(remote=cmd_audit_report)
     wh = sub.add_parser("webhook", help="webhook tools").add_subparsers(
         dest="webhook_command", required=True, parser_class=_Parser
     )
@@ -530,6 +596,9 @@ async def _run_remote(
     handler: Callable[[RefgateClient, argparse.Namespace], Awaitable[int]],
 ) -> int:
     async with rc:
+        # every command checks the server's log against the pins and advances them
+        # before it does anything else (app.client.transparency)
+        await rc.check_log()
         return await handler(rc, args)
 
 

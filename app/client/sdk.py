@@ -20,26 +20,17 @@ verifier key (never the server):
   sender's signature, hashes, commitments) before wrapping a field key for
   anyone, and applies the same key checks as sending.
 
-Key transparency. ``GET /v1/agencies/{id}/keys/{kid}/proof`` returns the
-key's ``key:register``/``key:rotate`` event, its leaf hash, an RFC 9162
-inclusion proof and the signed checkpoint. The SDK checks the checkpoint's
-signature with the log verifier key, that the leaf hash is
-``merkle.leaf_hash(canonical_json(event))``, that the event binds this kid
-and use to this agency, and the inclusion proof against the signed root. It
-also remembers the newest checkpoint it has verified and requires every later
-one to be consistent with it (a consistency proof, or equal roots at equal
-sizes), so a server cannot show this client two different logs. The server
-answers 409 (or 503 before its first checkpoint) with ``Retry-After`` until the
-key's event is in a checkpoint; the SDK retries for up to
-``key_proof_timeout`` seconds. Verified keys are cached per client instance.
-
-The log verifier key should be pinned (``log_key=``: published out of band by
-the task force). Without it the SDK fetches ``GET /v1/audit/log-key`` once and
-trusts it for the life of the client (trust on first use): that protects
-against a key swapped *later*, not against a server that lies from the start.
-``trusted_log_key`` exposes the key in use so that an application can persist
-it. ``verify_keys=False`` turns key transparency off: it exists for tests that
-run no sequencer, never for production.
+Key transparency and pinning live in ``app.client.transparency``: before
+anything is encrypted to an agency or its signature trusted, the latest
+checkpoint is verified with the pinned log key and against the pinned
+checkpoint (which then advances), and the agency's leaf in the signed key
+directory is proven; only the kid the leaf states is used, and a suspended
+agency or a kid the directory serves against the log is refused. Sending also
+checks that the log states this key file's own keys. Pins are kept in
+``pins`` (a ``Pins`` or the path of a pin store; ``from_key_file`` puts it
+beside the key file) or in memory. ``verify_keys=False`` turns key
+transparency off: it exists for tests that run no sequencer, never for
+production.
 
 Authentication is OAuth 2.0 client credentials with ``private_key_jwt``
 (RFC 7523): :class:`PrivateKeyJWT` is an ``httpx.Auth`` that posts a fresh
@@ -63,8 +54,8 @@ Errors::
     RefgateSDKError
     ├── RefgateError          the server refused (problem+json): .status, .problem
     └── VerificationError     something served does not verify (signature, hash,
-        │                     commitment, note, checkpoint)
-        └── KeyTransparencyError   a directory key is not the one the audit log shows
+                              commitment, note, checkpoint); its subclasses for
+                              keys and pins are in ``app.client.errors``
 
 Invalid arguments (an unknown field name, a consent for an unlisted
 recipient) raise ``ValueError`` (``EnvelopeError`` is one); network failures
@@ -95,15 +86,27 @@ import httpx
 
 from app import __version__
 from app.client.assertion import client_assertion, token_form
+from app.client.errors import (
+    AgencyKeyError,
+    KeyTransparencyError,
+    LogConsistencyError,
+    PinMismatchError,
+    RefgateSDKError,
+    VerificationError,
+)
 from app.client.keyfile import KeyFile
+from app.client.transparency import Pins, Transparency, pins_path
 from app.crypto import envelope as env
-from app.crypto import keys, merkle
-from app.crypto.canonical import CanonicalizationError, canonical_json
-from app.crypto.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_verifier_key
-from app.crypto.encoding import EncodingError, b64_decode, b64url_decode
+from app.crypto import keys
+from app.crypto.checkpoint import Checkpoint, CheckpointError, parse_verifier_key
+from app.crypto.encoding import EncodingError, b64url_decode
 
 __all__ = [
+    "AgencyKeyError",
     "KeyTransparencyError",
+    "LogConsistencyError",
+    "PinMismatchError",
+    "Pins",
     "OpenedReferral",
     "Page",
     "PrivateKeyJWT",
@@ -113,12 +116,7 @@ __all__ = [
     "VerificationError",
 ]
 
-KEY_EVENTS = frozenset({"key:register", "key:rotate"})
 _RETRYABLE = frozenset({502, 503, 504})
-
-
-class RefgateSDKError(Exception):
-    """Base class of every error the SDK raises on purpose."""
 
 
 class RefgateError(RefgateSDKError):
@@ -141,14 +139,6 @@ class RefgateError(RefgateSDKError):
     def type(self) -> str | None:
         value = self.problem.get("type")
         return value if isinstance(value, str) else None
-
-
-class VerificationError(RefgateSDKError):
-    """Data served by the server failed a cryptographic check; nothing was used."""
-
-
-class KeyTransparencyError(VerificationError):
-    """An agency key could not be proven to be the one the audit log registered."""
 
 
 def _problem_of(response: httpx.Response) -> dict[str, Any]:
@@ -387,6 +377,8 @@ class RefgateClient:
         base_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         log_key: str | None = None,
+        pins: Pins | Path | None = None,
+        announce: Callable[[str], None] | None = None,
         verify_keys: bool = True,
         timeout: float = 30.0,
         key_proof_timeout: float = 15.0,
@@ -408,8 +400,6 @@ class RefgateClient:
         self.agency_id: str = key.agency_id
         self.client_id: str = key.client_id
         self.verify_keys = verify_keys
-        self._log_key = log_key.strip() if log_key else None
-        self._key_proof_timeout = key_proof_timeout
         self._auth = PrivateKeyJWT(key.client_id, key.auth_seed, f"{url}/oauth/token")
         self._http = httpx.AsyncClient(
             base_url=url,
@@ -418,16 +408,21 @@ class RefgateClient:
             timeout=timeout,
             headers={"User-Agent": f"refgate-sdk/{__version__}", "Accept": "application/json"},
         )
-        self._verified: dict[tuple[str, str, str], bytes] = {}
-        self._seen: Checkpoint | None = None
-        self._checkpoint_lock = asyncio.Lock()
+        if not isinstance(pins, Pins):
+            pins = Pins.load(pins)
+        self.transparency = Transparency(
+            self._raw_get, _raise_for, pins=pins, log_key=log_key, announce=announce,
+            key_proof_timeout=key_proof_timeout,
+        )
         self._limits: dict[str, Any] | None = None
 
     @classmethod
     def from_key_file(
         cls, path: Path, *, passphrase: bytes | None = None, **kwargs: Any
     ) -> RefgateClient:
-        """Load a key file and build a client. Blocking: a sealed file runs Argon2id."""
+        """Load a key file and build a client whose pins live beside it
+        (``<key file>.pins.json``). Blocking: a sealed file runs Argon2id."""
+        kwargs.setdefault("pins", pins_path(path))
         return cls(KeyFile.load(path, passphrase), **kwargs)
 
     async def __aenter__(self) -> RefgateClient:
@@ -459,6 +454,10 @@ class RefgateClient:
         _raise_for(response)
         return response
 
+    async def _raw_get(self, path: str, params: Mapping[str, Any] | None) -> httpx.Response:
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        return await self._http.get(path, params=clean)
+
     async def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         return (await self._request("GET", path, params=params)).json()
 
@@ -488,151 +487,50 @@ class RefgateClient:
         return entry
 
     async def agency_key(
-        self, agency_id: str, use: Literal["enc", "sig"], kid: str | None = None,
+        self, agency_id: str, use: Literal["enc", "sig"],
         *, entry: Mapping[str, Any] | None = None,
     ) -> tuple[str, bytes]:
-        """(kid, raw public key) of an agency: its current key, or the one with ``kid``.
+        """(kid, raw public key) of an agency's current ``use`` key, as the signed key
+        directory states it (``app.client.transparency``): raises
+        :class:`AgencyKeyError` for a suspended agency or a kid the directory serves
+        against the log, :class:`KeyTransparencyError` for a proof that does not
+        verify. ``entry`` is the directory entry if the caller already fetched it.
+        With ``verify_keys=False`` only the kid is checked against the key served."""
+        first: list[Mapping[str, Any]] = [entry] if entry is not None else []
 
-        Checks that the kid is the hash of the key served and, unless the
-        client was built with ``verify_keys=False``, that the audit log
-        registered this kid for this agency and use (key transparency).
-        Raises :class:`KeyTransparencyError` otherwise. ``entry`` is the
-        directory entry if the caller already fetched it.
-        """
-        if kid is not None and (agency_id, use, kid) in self._verified:
-            return kid, self._verified[(agency_id, use, kid)]
-        if entry is None:
-            entry = await self.agency(agency_id)
-        if entry.get("id") != agency_id:
-            raise KeyTransparencyError(f"the directory did not answer for agency {agency_id}")
-        candidates = [
-            k for k in _expect(entry.get("keys"), list, "keys")
-            if isinstance(k, dict) and k.get("use") == use
-            and (k.get("kid") == kid if kid is not None else k.get("status") == "current")
-        ]
-        if len(candidates) != 1:
-            which = f"key {kid}" if kid else "current key"
-            raise KeyTransparencyError(
-                f"agency {agency_id} has no single {use} {which} in the directory"
-            )
-        served = candidates[0]
-        if served.get("status") == "revoked":
-            raise KeyTransparencyError(f"agency {agency_id}'s {use} key {kid} was revoked")
+        async def fetch() -> Mapping[str, Any]:
+            return first.pop() if first else await self.agency(agency_id)
+
+        if self.verify_keys:
+            return await self.transparency.agency_key(agency_id, use, fetch)
+        served = [k for k in (await fetch()).get("keys", [])
+                  if isinstance(k, dict) and k.get("use") == use and k.get("status") == "current"]
+        if len(served) != 1:
+            raise KeyTransparencyError(f"agency {agency_id} has no single current {use} key")
         try:
-            public = b64url_decode(served.get("public_key"), length=keys.KEY_SIZE)  # type: ignore[arg-type]
+            public = b64url_decode(served[0].get("public_key"), length=keys.KEY_SIZE)  # type: ignore[arg-type]
         except EncodingError:
             raise KeyTransparencyError(f"agency {agency_id}'s {use} key is malformed") from None
-        if served.get("kid") != keys.kid(public):
+        if served[0].get("kid") != keys.kid(public):
             raise KeyTransparencyError(
-                f"agency {agency_id}'s {use} key does not hash to its kid {served.get('kid')}"
+                f"agency {agency_id}'s {use} key does not hash to its kid {served[0].get('kid')}"
             )
-        actual = keys.kid(public)
-        if (agency_id, use, actual) not in self._verified:
-            if self.verify_keys:
-                await self._verify_key_logged(agency_id, use, actual)
-            self._verified[(agency_id, use, actual)] = public
-        return actual, public
+        return keys.kid(public), public
+
+    async def _check_own_keys(self) -> None:
+        """Refuse to sign or be sealed to keys the log does not state as this agency's."""
+        if self.verify_keys:
+            own = self.key.agency_keys
+            await self.transparency.own_keys(self.agency_id, own.enc_kid, own.sig_kid)
 
     async def trusted_log_key(self) -> str:
-        """The log verifier key in use: the pinned one, else the server's (trust on first use)."""
-        if self._log_key is None:
-            fetched = await self.log_key()
-            try:
-                parse_verifier_key(fetched)
-            except CheckpointError as exc:
-                raise KeyTransparencyError(f"the server's log key is malformed: {exc}") from None
-            self._log_key = fetched
-        return self._log_key
+        """The pinned log verifier key (pinned on first use when none was configured)."""
+        return await self.transparency.log_key()
 
-    async def _key_proof(self, agency_id: str, kid: str) -> dict[str, Any]:
-        deadline = time.monotonic() + self._key_proof_timeout
-        path = f"/v1/agencies/{agency_id}/keys/{kid}/proof"
-        while True:
-            response = await self._http.get(path)
-            remaining = deadline - time.monotonic()
-            if response.status_code not in (409, 503) or remaining <= 0:
-                _raise_for(response)
-                body: dict[str, Any] = _expect(response.json(), dict, "key proof")
-                return body
-            await asyncio.sleep(min(_retry_after(response, cap=1.0), remaining))
-
-    async def _verify_key_logged(self, agency_id: str, use: str, kid: str) -> None:
-        try:
-            proof = await self._key_proof(agency_id, kid)
-        except RefgateError as exc:
-            raise KeyTransparencyError(
-                f"no key transparency proof for agency {agency_id}'s {use} key {kid}: {exc}"
-            ) from exc
-        what = f"agency {agency_id}'s {use} key {kid}"
-        cp = await self._open_checkpoint(proof.get("checkpoint"), what)
-        event = _expect(proof.get("event"), dict, "key proof event")
-        try:
-            leaf = merkle.leaf_hash(canonical_json(event))
-            served_leaf = b64_decode(proof.get("leaf_hash"), length=merkle.HASH_SIZE)  # type: ignore[arg-type]
-            inclusion = _expect(proof.get("proof"), dict, "inclusion proof")
-            hashes = [b64_decode(h, length=merkle.HASH_SIZE)
-                      for h in _expect(inclusion.get("hashes"), list, "proof hashes")]
-        except (CanonicalizationError, EncodingError, AttributeError) as exc:
-            raise KeyTransparencyError(f"{what}: malformed proof ({exc})") from None
-        if served_leaf != leaf:
-            raise KeyTransparencyError(f"{what}: the event does not hash to its leaf")
-        detail = event.get("detail")
-        if not (
-            event.get("action") in KEY_EVENTS
-            and event.get("outcome") == "ok"
-            and event.get("resource_type") == "key"
-            and event.get("resource_id") == kid
-            and isinstance(detail, dict)
-            and detail.get("agency") == agency_id
-            and detail.get("use") == use
-            and detail.get("kid") == kid
-        ):
-            raise KeyTransparencyError(
-                f"{what}: the logged event does not register this key for this agency"
-            )
-        seq = proof.get("seq")
-        if not (
-            isinstance(seq, int) and inclusion.get("index") == seq
-            and inclusion.get("tree_size") == cp.size
-            and merkle.verify_inclusion(leaf, seq, cp.size, hashes, cp.root)
-        ):
-            raise KeyTransparencyError(f"{what}: the inclusion proof does not verify")
-
-    async def _open_checkpoint(self, note: object, what: str) -> Checkpoint:
-        if not isinstance(note, str):
-            raise KeyTransparencyError(f"{what}: no checkpoint in the proof")
-        try:
-            cp = open_checkpoint(note, await self.trusted_log_key())
-        except CheckpointError as exc:
-            raise KeyTransparencyError(f"{what}: checkpoint does not verify: {exc}") from None
-        await self._observe(cp)
-        return cp
-
-    async def _observe(self, cp: Checkpoint) -> None:
-        """Require ``cp`` to be consistent with the newest checkpoint seen before."""
-        async with self._checkpoint_lock:
-            seen = self._seen
-            if seen is None:
-                self._seen = cp
-                return
-            if seen.size == cp.size:
-                if seen.root != cp.root:
-                    raise KeyTransparencyError(
-                        f"the log forked: two different roots for tree size {cp.size}"
-                    )
-                return
-            old, new = (seen, cp) if seen.size < cp.size else (cp, seen)
-            proof = await self.consistency_proof(old.size, new.size)
-            try:
-                hashes = [b64_decode(h, length=merkle.HASH_SIZE) for h in proof["hashes"]]
-            except (EncodingError, KeyError, TypeError):
-                raise KeyTransparencyError("malformed consistency proof") from None
-            if not merkle.verify_consistency(old.size, new.size, hashes, old.root, new.root):
-                raise KeyTransparencyError(
-                    f"the log at size {new.size} does not extend the one at size {old.size}"
-                )
-            if cp.size > seen.size:
-                self._seen = cp
+    async def check_log(self) -> Checkpoint:
+        """Verify the latest checkpoint against the pins and advance them (every CLI
+        command runs this first)."""
+        return await self.transparency.checkpoint(fresh=True)
 
     # ------------------------------------------------------------ referrals
 
@@ -709,6 +607,7 @@ class RefgateClient:
         expiry) and ``fids`` (field name -> its opaque id).
         """
         _check_request_shape(fields, consent, requests, await self.limits())
+        await self._check_own_keys()
         now, expires_at = await self._expiry(expires_in_days)
         grants = await self._grants(consent, expires_at, release_ref)
         sealed = env.seal_envelope(
@@ -901,6 +800,7 @@ class RefgateClient:
         ``version-conflict``), the referral is read again and the amendment
         rebuilt on the new version, up to three times.
         """
+        await self._check_own_keys()
         _, expires_at = await self._expiry(expires_in_days)
         grants = await self._grants(consent, expires_at, release_ref)
         for attempt in range(3):
@@ -980,8 +880,8 @@ class RefgateClient:
         return (await self._request("GET", "/v1/audit/checkpoint")).text
 
     async def verified_checkpoint(self) -> Checkpoint:
-        """The latest checkpoint, verified with the trusted log key and against earlier ones."""
-        return await self._open_checkpoint(await self.checkpoint(), "the latest checkpoint")
+        """The latest checkpoint, verified with the pinned log key and against the pin."""
+        return await self.transparency.checkpoint(fresh=True)
 
     async def log_key(self) -> str:
         """The log verifier key the server publishes (not a trust anchor by itself)."""

@@ -34,6 +34,7 @@ from app.crypto.encoding import EncodingError, b64_decode, b64_encode
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "directory_line",
     "VerifierKey",
     "open_checkpoint",
     "open_note",
@@ -78,6 +79,9 @@ class Checkpoint:
     root: bytes
     note: str
     extensions: tuple[str, ...] = ()
+    directory: tuple[int, bytes] | None = None
+    """``(number of agencies, root)`` of the key directory the ``directory``
+    extension line commits to, or ``None`` when the checkpoint has none."""
 
 
 def _is_valid_name(name: str) -> bool:
@@ -222,6 +226,34 @@ def open_note(note: str | bytes, vkey: str) -> str:
     return text
 
 
+def directory_line(size: int, root: bytes) -> str:
+    """The extension line ``directory <number of agencies> <base64 root>``."""
+    if isinstance(size, bool) or not 0 <= size <= _MAX_TREE_SIZE:
+        raise CheckpointError(f"directory size out of range: {size!r}")
+    if len(root) != _HASH_SIZE:
+        raise CheckpointError(f"directory root must be 32 bytes, got {len(root)}")
+    return f"directory {size} {b64_encode(root)}"
+
+
+def _parse_directory(extensions: tuple[str, ...]) -> tuple[int, bytes] | None:
+    lines = [line for line in extensions if line.startswith("directory ")]
+    if not lines:
+        return None
+    if len(lines) > 1:
+        raise CheckpointError("checkpoint has more than one directory line")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not _DECIMAL.fullmatch(parts[1]) or len(parts[1]) > 19:
+        raise CheckpointError("directory line must be 'directory <decimal size> <base64 root>'")
+    size = int(parts[1])
+    if size > _MAX_TREE_SIZE:
+        raise CheckpointError("directory size out of range")
+    try:
+        root = b64_decode(parts[2], length=_HASH_SIZE)
+    except EncodingError as exc:
+        raise CheckpointError("directory root must be base64 of 32 bytes") from exc
+    return size, root
+
+
 def _checkpoint_body(origin: str, size: int, root: bytes) -> str:
     if not origin or "\n" in origin:
         raise CheckpointError("origin must be a non-empty single line")
@@ -233,15 +265,28 @@ def _checkpoint_body(origin: str, size: int, root: bytes) -> str:
 
 
 def sign_checkpoint(
-    origin: str, size: int, root: bytes, signing_seed: bytes, *, name: str | None = None
+    origin: str,
+    size: int,
+    root: bytes,
+    signing_seed: bytes,
+    *,
+    name: str | None = None,
+    extensions: tuple[str, ...] = (),
 ) -> str:
     """Produce the signed checkpoint note for ``(origin, size, root)``.
 
+    ``extensions`` are extension lines appended after the root line (C2SP
+    tlog-checkpoint: each non-empty, no newline), e.g. ``directory_line(...)``.
     The key name defaults to ``origin`` (what ``open_checkpoint`` requires).
     Raises ``CheckpointError`` for an invalid origin or name, a negative or
-    oversized size, or a root or seed of the wrong length.
+    oversized size, or a root, seed or extension line that is malformed.
     """
     body = _checkpoint_body(origin, size, root)
+    for line in extensions:
+        if not line or "\n" in line:
+            raise CheckpointError("extension lines must be non-empty single lines")
+        body += line + "\n"
+    _parse_directory(tuple(extensions))
     return sign_note(body, signing_seed, origin if name is None else name)
 
 
@@ -250,7 +295,8 @@ def open_checkpoint(note: str | bytes, vkey: str) -> Checkpoint:
 
     Beyond ``open_note``: the origin line must equal the key name, the size
     must be ASCII decimal without leading zeros (at most 2**63 - 1), the root
-    canonical base64 of exactly 32 bytes, and extension lines non-empty.
+    canonical base64 of exactly 32 bytes, extension lines non-empty, and at most one
+    ``directory <n> <root>`` line, strictly formed (parsed as ``Checkpoint.directory``).
     """
     note = _as_text(note)
     text = open_note(note, vkey)
@@ -273,4 +319,11 @@ def open_checkpoint(note: str | bytes, vkey: str) -> Checkpoint:
         raise CheckpointError("checkpoint root must be base64 of 32 bytes") from exc
     if any(not line for line in extensions):
         raise CheckpointError("checkpoint extension lines must be non-empty")
-    return Checkpoint(origin=origin, size=size, root=root, note=note, extensions=tuple(extensions))
+    return Checkpoint(
+        origin=origin,
+        size=size,
+        root=root,
+        note=note,
+        extensions=tuple(extensions),
+        directory=_parse_directory(tuple(extensions)),
+    )

@@ -246,9 +246,30 @@ class ConsistencyProof(BaseModel):
     hashes: list[str]
 
 
+class DirectoryLeaf(BaseModel):
+    """One agency's state in the key directory, as a checkpoint commits to it."""
+
+    agency: str
+    status: str
+    enc_kid: str | None
+    sig_kid: str | None
+    event: int
+
+
+class DirectoryNeighbour(BaseModel):
+    index: int
+    leaf: DirectoryLeaf
+    hashes: list[str]
+
+
 class KeyProof(BaseModel):
-    seq: int
-    event: dict[str, Any]
-    leaf_hash: str
-    proof: InclusionProof
-    checkpoint: str
+    """``GET /v1/agencies/{id}/keys/proof``: the agency's directory leaf in the
+    directory committed by the checkpoint of size ``tree_size``, with its inclusion
+    proof (standard base64) and its neighbours' in sort order."""
+
+    tree_size: int
+    directory_size: int
+    index: int
+    leaf: DirectoryLeaf
+    hashes: list[str]
+    neighbours: list[DirectoryNeighbour]

@@ -14,11 +14,12 @@ from app.models.schemas import (
     KeyProof,
     KeyRotation,
 )
-from app.services import agencies, audit, audit_log
+from app.services import agencies, audit, directory
 from app.services.audit import Action
 
 router = APIRouter(prefix="/v1/agencies", tags=["agencies"])
 AUTH_ERRORS = (401, 403, 404, 422)
+MAX_INT64 = 2**63 - 1  # tree sizes are BIGINT
 
 
 @router.get(
@@ -131,10 +132,15 @@ async def reactivate(agency_id: str, who: Admin, db: Db) -> AgencyOut:
 
 
 @router.get(
-    "/{agency_id}/keys/{kid}/proof",
-    summary="Key transparency: the key's registration event, its inclusion proof, the checkpoint",
+    "/{agency_id}/keys/proof",
+    summary="Key transparency: the agency's leaf in the directory a checkpoint commits to",
     response_model=KeyProof,
     responses=errors.responses(*AUTH_ERRORS, 409, 503),
 )
-async def key_proof(agency_id: str, kid: str, who: DirectoryReader, db: Db) -> KeyProof:
-    return KeyProof.model_validate(await audit_log.key_proof(db, who, agency_id, kid))
+async def key_proof(
+    agency_id: str,
+    who: DirectoryReader,
+    db: Db,
+    tree_size: int | None = Query(None, ge=0, le=MAX_INT64),
+) -> KeyProof:
+    return KeyProof.model_validate(await directory.key_proof(db, who, agency_id, tree_size))

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.context import request_id_var
+from app.context import client_request_id_var, request_id_var
 from app.crypto.canonical import canonical_json
 from app.models.tables import AuditEvent, AuditPending
 from app.models.types import utcnow
@@ -140,7 +140,8 @@ def scrub_detail(value: Any) -> Any:
     return value
 
 
-def _rfc3339(ts: datetime) -> str:
+def rfc3339(ts: datetime) -> str:
+    """The leaf's spelling of a UTC time (fixed width: text order is time order)."""
     return ts.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
 
 
@@ -148,7 +149,7 @@ def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, An
     """The event object whose RFC 8785 bytes form the Merkle leaf."""
     return {
         "event_id": event_id,
-        "ts": _rfc3339(ts),
+        "ts": rfc3339(ts),
         "actor": p.actor.client_id,
         "actor_agency": p.actor.agency_id,
         "role": p.actor.role,
@@ -158,6 +159,7 @@ def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, An
         "subject_agency": p.subject_agency,
         "outcome": str(p.outcome),
         "request_id": request_id_var.get(),
+        "client_request_id": client_request_id_var.get(),
         "grant": p.grant,
         "purpose": p.purpose,
         "detail": scrub_detail(p.detail),
@@ -168,36 +170,14 @@ def _row(p: PendingEvent) -> dict[str, Any]:
     ts = utcnow()
     event_id = str(uuid.uuid4())
     event = build_event(p, ts=ts, event_id=event_id)
-    return {
-        "event_id": event_id,
-        "ts": ts,
-        "actor": p.actor.client_id,
-        "actor_agency": p.actor.agency_id,
-        "subject_agency": p.subject_agency,
-        "role": p.actor.role,
-        "action": str(p.action),
-        "resource_type": p.resource_type,
-        "resource_id": p.resource_id,
-        "outcome": str(p.outcome),
-        "canonical": canonical_json(event).decode("utf-8"),
-    }
+    return {"event_id": event_id, "ts": ts, "canonical": canonical_json(event).decode("utf-8")}
 
 
 _EVENTS = AuditEvent.__table__
 _QUEUE = AuditPending.__table__
-EVENT_COLUMNS = (  # what a writer of audit_event supplies (the id is the database's)
-    "event_id",
-    "ts",
-    "actor",
-    "actor_agency",
-    "subject_agency",
-    "role",
-    "action",
-    "resource_type",
-    "resource_id",
-    "outcome",
-    "canonical",
-)
+# What a writer of audit_event supplies: the id is the database's, and the query
+# columns (actor, agencies, action, resource, outcome) are generated from canonical.
+EVENT_COLUMNS = ("event_id", "ts", "canonical")
 
 
 def _queued(values: Any) -> Any:

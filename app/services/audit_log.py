@@ -19,7 +19,7 @@ import json
 import operator
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -31,7 +31,7 @@ from app import errors
 from app.auth import Principal, Scope
 from app.crypto import merkle
 from app.crypto.encoding import EncodingError, b64_encode, b64url_decode
-from app.models.tables import AgencyKey, AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
+from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
 from app.services import audit
 from app.services.audit import Action
 from app.services.sequencer import load_nodes
@@ -51,6 +51,7 @@ CSV_COLUMNS = (
     "subject_agency",
     "outcome",
     "request_id",
+    "client_request_id",
     "purpose",
     "grant",
     "detail",
@@ -99,10 +100,15 @@ def _scoped(stmt: Select[Any], who: Principal, f: EventFilter) -> Select[Any]:
     if f.outcome:
         stmt = stmt.where(AuditEvent.outcome == f.outcome)
     if f.since:
-        stmt = stmt.where(AuditEvent.ts >= f.since)
+        stmt = stmt.where(AuditEvent.ts_leaf >= leaf_time(f.since))
     if f.until:
-        stmt = stmt.where(AuditEvent.ts < f.until)
+        stmt = stmt.where(AuditEvent.ts_leaf < leaf_time(f.until))
     return stmt
+
+
+def leaf_time(moment: datetime) -> str:
+    """``moment`` as the leaf's ``ts`` spells times: fixed width, so text order is time order."""
+    return audit.rfc3339(moment.astimezone(UTC))
 
 
 def _base() -> Select[Any]:
@@ -141,8 +147,8 @@ _FILTER_COLUMNS: tuple[tuple[str, Any, Callable[[Any, Any], Any]], ...] = (
     ("resource_id", AuditEvent.resource_id, operator.eq),
     ("action", AuditEvent.action, operator.eq),
     ("outcome", AuditEvent.outcome, operator.eq),
-    ("since", AuditEvent.ts, operator.ge),
-    ("until", AuditEvent.ts, operator.lt),
+    ("since", AuditEvent.ts_leaf, operator.ge),
+    ("until", AuditEvent.ts_leaf, operator.lt),
 )
 
 
@@ -154,7 +160,7 @@ def _page(who: Principal, f: EventFilter, before: int | None, n: int) -> tuple[A
     for name, _, _ in _FILTER_COLUMNS:
         value = getattr(f, name)
         if value:
-            values[name] = value
+            values[name] = leaf_time(value) if isinstance(value, datetime) else value
             present.append(name)
     if before is not None:
         values["before"] = before
@@ -315,6 +321,7 @@ def _render(rows: Any, fmt: str) -> bytes:
                 e["subject_agency"],
                 e["outcome"],
                 e["request_id"],
+                e.get("client_request_id") or "",
                 e["purpose"],
                 json.dumps(e["grant"], separators=(",", ":")) if e["grant"] is not None else "",
                 json.dumps(e["detail"], separators=(",", ":")),
@@ -427,45 +434,3 @@ async def consistency(
         detail={"kind": "consistency", "first": first, "second": size},
     )
     return {"first": first, "second": size, "hashes": [b64_encode(h) for h in hashes]}
-
-
-async def key_proof(db: AsyncSession, who: Principal, agency_id: str, kid: str) -> dict[str, Any]:
-    """The registration event of an agency key, its inclusion proof and the checkpoint."""
-    key = await db.get(AgencyKey, kid)
-    if key is None or key.agency_id != agency_id:
-        raise errors.NotFound("no such key for this agency")
-    row = (
-        await db.execute(
-            select(AuditEvent.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash)
-            .outerjoin(AuditLeaf, AuditLeaf.event_id == AuditEvent.id)
-            .where(
-                AuditEvent.resource_type == "key",
-                AuditEvent.resource_id == kid,
-                AuditEvent.action.in_([Action.KEY_REGISTER, Action.KEY_ROTATE]),
-            )
-            .order_by(AuditEvent.id)
-            .limit(1)
-        )
-    ).first()
-    cp = await latest_checkpoint(db)
-    if row is None or row[1] is None or row[1] >= cp.tree_size:
-        raise errors.Conflict(
-            "the key's registration is not in a signed checkpoint yet; retry shortly",
-            slug="not-yet-logged",
-            headers={"Retry-After": "1"},
-        )
-    canonical, seq, leaf = row
-    nodes = await load_nodes(db, merkle.inclusion_proof_coords(seq, cp.tree_size))
-    hashes = merkle.inclusion_proof(seq, cp.tree_size, nodes)
-    await audit.record(db, who.actor, Action.KEY_PROOF, "key", kid, subject_agency=agency_id)
-    return {
-        "seq": seq,
-        "event": json.loads(canonical),
-        "leaf_hash": b64_encode(leaf),
-        "proof": {
-            "index": seq,
-            "tree_size": cp.tree_size,
-            "hashes": [b64_encode(h) for h in hashes],
-        },
-        "checkpoint": cp.note,
-    }

@@ -4,6 +4,13 @@ Seeds a shelter, a legal-aid clinic, a law-enforcement unit and a task-force
 office (auditor and admin clients) with freshly generated keys, and writes each
 member's key file (mode 0600) under ``<data dir>/demo/`` for the CLI and SDK.
 Idempotent: an already seeded database is left as it is.
+
+A reseed (a fresh database) starts a new audit log, which every pin of the
+old one would rightly refuse as a rollback. So with each key file it writes,
+the seed replaces the pin store beside it (``<key file>.pins.json``) with one
+that pins the demo's log key and no checkpoint yet, and removes the
+``audit verify`` state beside it: the demo never trusts on first use, and a
+reset demo is not mistaken for tampering.
 """
 
 from __future__ import annotations
@@ -76,8 +83,22 @@ async def unsafe_onboard_generated(
     return Onboarded(agency.id, agency_keys, clients)
 
 
+def _fresh_pins(key_file: Path, log_key: str | None) -> None:
+    pins = key_file.with_name(key_file.name + ".pins.json")
+    pins.unlink(missing_ok=True)
+    key_file.with_name(key_file.name + ".audit-state.json").unlink(missing_ok=True)
+    if log_key is not None:
+        _write_private(
+            pins,
+            {"version": 1, "log_key": log_key, "checkpoint": None, "witnesses": [], "quorum": 0},
+        )
+
+
 async def seed(
-    maker: async_sessionmaker[AsyncSession], data_dir: Path, server_url: str
+    maker: async_sessionmaker[AsyncSession],
+    data_dir: Path,
+    server_url: str,
+    log_key: str | None = None,
 ) -> dict[str, Any]:
     marker = data_dir / MARKER
     if marker.exists():
@@ -114,6 +135,7 @@ async def seed(
                         "auth_seed": b64url_encode(auth_key.seed),
                     },
                 )
+                _fresh_pins(path, log_key)
                 members.append(
                     {
                         "name": name,

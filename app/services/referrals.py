@@ -434,14 +434,23 @@ def _named_agencies(disclosures: Sequence[str]) -> set[str]:
     return out
 
 
-def _refuse_foreign_sender(who: Principal, action: Action, manifest: Manifest) -> None:
+async def _refuse_foreign_sender(
+    db: AsyncSession, who: Principal, action: Action, manifest: Manifest
+) -> None:
+    """403 when the manifest names another sender; the event names the referral's real
+    sender (else the agency the manifest claims to be) as ``subject_agency``, so the
+    attempt appears in that agency's access report."""
     if manifest.sender_agency != who.agency_id:
+        sender = await db.scalar(
+            select(Referral.sender_agency).where(Referral.id == manifest.referral_id)
+        )
         raise errors.Forbidden(
             "manifest.sender_agency must be the caller's agency",
             slug="envelope/sender-mismatch",
             audit=audit.denied(
                 who.actor, action, "referral", manifest.referral_id,
                 {"reason": "sender_mismatch"},
+                subject_agency=sender or manifest.sender_agency,
             ),
         )
 
@@ -461,7 +470,7 @@ async def create(
             return replayed
     body: EnvelopeIn = _validated(EnvelopeIn, raw)
     manifest = body.manifest
-    _refuse_foreign_sender(who, Action.REFERRAL_CREATE, manifest)
+    await _refuse_foreign_sender(db, who, Action.REFERRAL_CREATE, manifest)
     directory = await _directory(db, {who.agency_id, *_named_agencies(body.disclosures)})
     r = settings.referrals
     try:
@@ -1081,7 +1090,7 @@ async def amend(
         raise errors.Unprocessable(
             "manifest.referral_id is not this referral", slug="envelope/manifest-changed"
         )
-    _refuse_foreign_sender(who, Action.GRANT_ADD, body.manifest)
+    await _refuse_foreign_sender(db, who, Action.GRANT_ADD, body.manifest)
     fids = list(await db.scalars(
         select(ReferralField.fid).where(ReferralField.referral_id == referral_id)
     ))

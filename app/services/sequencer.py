@@ -11,20 +11,38 @@ Guarantees:
   a rolled-back action never gets a position, and an event committed late (a
   lower id committing after a higher one) is still picked up.
 - The tree is stored as perfect-subtree nodes, so proofs read O(log n) rows.
-- On PostgreSQL a batch is four statements whatever its size: the locking
-  UPDATE, one DELETE … RETURNING that takes the batch out of ``audit_pending``
-  and reads its events, COPY of the leaves and of the nodes (on the session's
-  own connection, inside its transaction), and the final UPDATE of the head.
-  SQLite takes the same steps with executemany.
+- On PostgreSQL a batch is five statements whatever its size: the locking
+  UPDATE, one SELECT of the oldest queued events, COPY of the leaves and of
+  the nodes (on the session's own connection, inside its transaction),
+  ``refgate_dequeue`` of the integrated events, and the final UPDATE of the
+  head; a batch holding key events adds two (read the directory, insert its
+  new entries). SQLite takes the same steps with executemany.
 - One runner per deployment does the work: on PostgreSQL it holds an advisory
   lock on its own connection, and another worker takes over when it dies; the
   row lock above keeps even two runners correct.
 - A checkpoint (C2SP signed note) is signed after a batch, at most once per
   ``checkpoint_interval`` under load; its primary key is the tree size.
+- Key directory (DESIGN.md "Key transparency"): the directory is derived from
+  the log, not kept beside it. Each batch folds the key events it integrates
+  (``app.crypto.keydir.apply_event``, at their new log positions) into
+  ``directory_entry`` rows and stores the directory's size and root in the
+  tree-state row with the new tree head, in the same transaction. So the
+  directory a checkpoint of size N commits to (its ``directory`` line) is
+  exactly the fold of the first N events, which ``audit verify --full``
+  recomputes. The key event itself is written in the transaction of the
+  action (``app.services.agencies``); until a checkpoint covers it, clients
+  keep seeing the previous state, and retry.
+- Completeness: the queue cannot lose an event. A queue row can only be
+  deleted once its event has a leaf (a trigger; on PostgreSQL the deployment
+  role has no DELETE on the queue and dequeues through ``refgate_dequeue``).
+  A sweep (every ``SWEEP_INTERVAL`` seconds and in ``run_once``) puts back any
+  committed event found outside both the tree and the queue (a superuser's
+  delete), so it is integrated after all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -37,7 +55,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.types import BigInteger, Integer
 
 from app.config import Settings
-from app.crypto import checkpoint, merkle
+from app.crypto import checkpoint, keydir, merkle
+from app.crypto.canonical import canonical_json
 from app.models.tables import (
     AuditCheckpoint,
     AuditEvent,
@@ -45,6 +64,7 @@ from app.models.tables import (
     AuditNode,
     AuditPending,
     AuditTreeState,
+    DirectoryEntry,
 )
 from app.models.types import utcnow
 from app.services.leader import LeaderRunner
@@ -52,12 +72,16 @@ from app.services.server_keys import ServerKeys
 
 log = logging.getLogger("refgate.sequencer")
 ADVISORY_LOCK_KEY = 0x7265_6667_6174_65  # "refgate"
+SWEEP_INTERVAL = 60.0
+"""Seconds between two sweeps for committed events outside the tree and the queue."""
 
 
 @dataclass(frozen=True)
 class TreeHead:
     size: int
     root: bytes
+    directory_size: int = 0
+    directory_root: bytes = merkle.EMPTY_ROOT
 
 
 # One statement text whatever the number of nodes: PostgreSQL plans and caches it once.
@@ -69,16 +93,28 @@ _PG_NODES = text(
     bindparam("idxs", type_=ARRAY(BigInteger)),
 )
 
-# Takes the oldest committed pending events out of the queue and reads them, in one
-# statement; the caller holds the tree-state row lock, so no other batch races it.
-_PG_TAKE_PENDING = (
-    "WITH taken AS ("
-    " DELETE FROM audit_pending WHERE event_id IN"
-    " (SELECT event_id FROM audit_pending ORDER BY event_id LIMIT $1)"
-    " RETURNING event_id) "
-    "SELECT t.event_id, e.canonical FROM taken t JOIN audit_event e ON e.id = t.event_id "
-    "ORDER BY t.event_id"
+# Reads the oldest committed pending events; the caller holds the tree-state row
+# lock, so no other batch races it. They leave the queue once their leaves exist.
+_PG_PENDING = (
+    "SELECT p.event_id, e.canonical FROM audit_pending p JOIN audit_event e ON e.id = p.event_id "
+    "ORDER BY p.event_id LIMIT $1"
 )
+_PG_DEQUEUE = "SELECT refgate_dequeue($1::bigint[])"
+
+# Committed events in neither the tree nor the queue, put back in the queue.
+_REQUEUE = text(
+    "INSERT INTO audit_pending (event_id) SELECT e.id FROM audit_event e "
+    "WHERE NOT EXISTS (SELECT 1 FROM audit_leaf l WHERE l.event_id = e.id) "
+    "AND NOT EXISTS (SELECT 1 FROM audit_pending p WHERE p.event_id = e.id)"
+)
+
+# Per agency, its newest directory entry (below a tree size when :below is set).
+_DIRECTORY_AT = text(
+    "SELECT d.leaf FROM directory_entry d JOIN "
+    "(SELECT agency, max(seq) AS m FROM directory_entry WHERE seq < :below GROUP BY agency) x "
+    "ON x.agency = d.agency AND x.m = d.seq"
+)
+_KEY_EVENT_MARKS = tuple(f'"action":"{a}"' for a in sorted(keydir.KEY_ACTIONS))
 
 
 def _is_postgres(session: AsyncSession) -> bool:
@@ -107,8 +143,19 @@ async def load_nodes(
 
 
 async def tree_head(session: AsyncSession) -> TreeHead:
-    row = (await session.execute(select(AuditTreeState.size, AuditTreeState.root))).one()
-    return TreeHead(size=row[0], root=row[1])
+    row = (
+        await session.execute(
+            select(
+                AuditTreeState.size,
+                AuditTreeState.root,
+                AuditTreeState.directory_size,
+                AuditTreeState.directory_root,
+            )
+        )
+    ).one()
+    return TreeHead(
+        size=row[0], root=row[1], directory_size=row[2], directory_root=row[3] or merkle.EMPTY_ROOT
+    )
 
 
 async def _driver_connection(session: AsyncSession) -> Any:
@@ -134,8 +181,57 @@ async def copy_tree_rows(
     await pg.copy_records_to_table("audit_node", records=nodes, columns=["level", "idx", "hash"])
 
 
-async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
-    """Integrate up to ``batch_size`` pending events in the caller's transaction."""
+async def directory_state(session: AsyncSession, below: int) -> dict[str, dict[str, Any]]:
+    """{agency: leaf} of the directory committed by the tree of size ``below``."""
+    rows = await session.execute(_DIRECTORY_AT, {"below": below})
+    out: dict[str, dict[str, Any]] = {}
+    for (leaf,) in rows:
+        parsed = json.loads(leaf)
+        out[parsed["agency"]] = parsed
+    return out
+
+
+async def requeue_lost(session: AsyncSession) -> int:
+    """Put committed events found outside the tree and the queue back in the queue."""
+    result = await session.execute(_REQUEUE)
+    lost = int(result.rowcount or 0)
+    if lost:
+        log.warning(
+            "requeued %d committed audit event(s) missing from the sequencing queue", lost
+        )
+    return lost
+
+
+async def _fold_directory(
+    session: AsyncSession, size: int, pending: Sequence[Any]
+) -> tuple[int, bytes] | None:
+    """Fold the key events of a batch starting at log position ``size`` into the
+    directory: new ``directory_entry`` rows, and the new (size, root), or ``None``
+    when the batch holds no key event."""
+    keyed = [
+        (size + i, canonical)
+        for i, (_, canonical) in enumerate(pending)
+        if any(mark in canonical for mark in _KEY_EVENT_MARKS)
+    ]
+    if not keyed:
+        return None
+    state = await directory_state(session, size)
+    entries = []
+    for seq, canonical in keyed:
+        agency = keydir.apply_event(state, seq, json.loads(canonical))
+        if agency is not None:
+            entries.append(
+                {"seq": seq, "agency": agency, "leaf": canonical_json(state[agency]).decode()}
+            )
+    if not entries:
+        return None
+    await session.execute(insert(DirectoryEntry.__table__), entries)
+    return keydir.root_of(keydir.sorted_leaves(state))
+
+
+async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool = False) -> int:
+    """Integrate up to ``batch_size`` pending events in the caller's transaction
+    (after putting lost events back in the queue when ``sweep``)."""
     locked = (
         await session.execute(
             update(AuditTreeState)
@@ -146,10 +242,12 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
     ).scalar_one()
     size = int(locked)
     postgres = _is_postgres(session)
+    if sweep:
+        await requeue_lost(session)
     pending: Sequence[Any]
     if postgres:
         pg = await _driver_connection(session)
-        pending = await pg.fetch(_PG_TAKE_PENDING, batch_size)
+        pending = await pg.fetch(_PG_PENDING, batch_size)
     else:
         pending = (
             await session.execute(
@@ -167,30 +265,31 @@ async def integrate_batch(session: AsyncSession, batch_size: int) -> int:
     leaf_hash = merkle.leaf_hash
     leaves = [leaf_hash(canonical.encode("utf-8")) for _, canonical in pending]
     new_nodes, new_frontier = merkle.append_leaves(size, frontier, leaves)
+    event_ids = [row[0] for row in pending]
     if postgres:
-        await copy_tree_rows(pg, size, [row[0] for row in pending], leaves, new_nodes)
+        await copy_tree_rows(pg, size, event_ids, leaves, new_nodes)
+        await pg.fetchval(_PG_DEQUEUE, event_ids)
     else:
         await session.execute(
             insert(AuditLeaf.__table__),
             [
                 {"seq": size + i, "event_id": event_id, "leaf_hash": leaves[i]}
-                for i, (event_id, _) in enumerate(pending)
+                for i, event_id in enumerate(event_ids)
             ],
         )
         await session.execute(
             insert(AuditNode.__table__),
             [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes],
         )
-        await session.execute(
-            delete(AuditPending).where(
-                AuditPending.event_id.in_([event_id for event_id, _ in pending])
-            )
-        )
-    await session.execute(
-        update(AuditTreeState)
-        .where(AuditTreeState.id == 1)
-        .values(size=size + len(pending), root=merkle.root_from_frontier(new_frontier))
-    )
+        await session.execute(delete(AuditPending).where(AuditPending.event_id.in_(event_ids)))
+    head: dict[str, Any] = {
+        "size": size + len(pending),
+        "root": merkle.root_from_frontier(new_frontier),
+    }
+    directory = await _fold_directory(session, size, pending)
+    if directory is not None:
+        head["directory_size"], head["directory_root"] = directory
+    await session.execute(update(AuditTreeState).where(AuditTreeState.id == 1).values(**head))
     return len(pending)
 
 
@@ -202,7 +301,11 @@ async def sign_checkpoint(
     if await session.get(AuditCheckpoint, head.size) is not None:
         return None
     note = checkpoint.sign_checkpoint(
-        settings.audit.log_origin, head.size, head.root, server_keys.log_seed
+        settings.audit.log_origin,
+        head.size,
+        head.root,
+        server_keys.log_seed,
+        extensions=(checkpoint.directory_line(head.directory_size, head.directory_root),),
     )
     cp = AuditCheckpoint(tree_size=head.size, root=head.root, note=note)
     session.add(cp)
@@ -215,9 +318,11 @@ async def run_once(
 ) -> int:
     """Integrate everything pending and sign a checkpoint (tests, CLI, shutdown)."""
     total = 0
+    sweep = True
     while True:
         async with maker() as session, session.begin():
-            n = await integrate_batch(session, settings.audit.batch_size)
+            n = await integrate_batch(session, settings.audit.batch_size, sweep=sweep)
+        sweep = False
         total += n
         if n < settings.audit.batch_size:
             break
@@ -244,6 +349,7 @@ class SequencerRunner(LeaderRunner):
         self.settings = settings
         self.server_keys = server_keys
         self.last_checkpoint_at = 0.0
+        self.last_sweep_at = 0.0
         self.sequenced_total = 0
 
     def idle_seconds(self) -> float:
@@ -251,8 +357,11 @@ class SequencerRunner(LeaderRunner):
 
     async def step(self) -> bool:
         audit = self.settings.audit
+        sweep = time.monotonic() - self.last_sweep_at >= SWEEP_INTERVAL
         async with self.maker() as session, session.begin():
-            n = await integrate_batch(session, audit.batch_size)
+            n = await integrate_batch(session, audit.batch_size, sweep=sweep)
+        if sweep:
+            self.last_sweep_at = time.monotonic()
         self.sequenced_total += n
         now = time.monotonic()
         if now - self.last_checkpoint_at >= audit.checkpoint_interval:

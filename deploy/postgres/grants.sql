@@ -11,9 +11,13 @@
 -- (new migration, rename) keeps no privileges and is named in a warning:
 -- update this file in the same change as the migration.
 --
---   append-only (the audit trail; triggers refuse UPDATE/DELETE/TRUNCATE,
---   and the role cannot ask for them):        SELECT, INSERT
---   audit_pending (sequencer queue):           SELECT, INSERT, DELETE
+--   append-only (the audit trail and the key directory history; triggers
+--   refuse UPDATE/DELETE/TRUNCATE, and the role cannot ask for them):
+--                                              SELECT, INSERT
+--   audit_pending (sequencer queue):           SELECT, INSERT (no DELETE: the
+--     sequencer dequeues integrated events through refgate_dequeue(), a
+--     SECURITY DEFINER function that only deletes rows whose event has a leaf,
+--     so the deployment role cannot hold an event out of the log)
 --   audit_tree_state (one row):                SELECT, UPDATE
 --   alembic_version (read by the app only):    SELECT
 --   everything else:                           SELECT, INSERT, UPDATE, DELETE
@@ -32,11 +36,14 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM refgate_app;
 
 -- Append-only.
 GRANT SELECT, INSERT ON TABLE
-  audit_event, audit_leaf, audit_node, audit_checkpoint
+  audit_event, audit_leaf, audit_node, audit_checkpoint, directory_entry
   TO refgate_app;
 
--- Queue: rows are integrated by the sequencer, then deleted.
-GRANT SELECT, INSERT, DELETE ON TABLE audit_pending TO refgate_app;
+-- Queue: rows are added with their events; the sequencer removes them only once
+-- integrated, through refgate_dequeue (migration 0005), never with DELETE.
+GRANT SELECT, INSERT ON TABLE audit_pending TO refgate_app;
+REVOKE ALL ON FUNCTION refgate_dequeue(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION refgate_dequeue(bigint[]) TO refgate_app;
 
 -- Tree state: one row, locked and updated once per batch.
 GRANT SELECT, UPDATE ON TABLE audit_tree_state TO refgate_app;
@@ -74,7 +81,8 @@ DECLARE
   parent text;
   part regclass;
 BEGIN
-  FOREACH parent IN ARRAY ARRAY['audit_event', 'audit_leaf', 'audit_node', 'audit_checkpoint']
+  FOREACH parent IN ARRAY ARRAY['audit_event', 'audit_leaf', 'audit_node', 'audit_checkpoint',
+                                'directory_entry']
   LOOP
     FOR part IN
       SELECT relid FROM pg_catalog.pg_partition_tree(format('public.%I', parent)::regclass)
@@ -88,14 +96,16 @@ END
 $$;
 
 -- Refuse to commit if the append-only tables (or any partition of them) are
--- still writable by the app in any way, e.g. through a grant to PUBLIC.
+-- still writable by the app in any way, e.g. through a grant to PUBLIC, or if
+-- the app could take an event out of the sequencing queue.
 DO $$
 DECLARE
   bad text;
 BEGIN
   WITH audit(rel) AS (
     SELECT to_regclass(format('public.%I', t))
-      FROM unnest(ARRAY['audit_event', 'audit_leaf', 'audit_node', 'audit_checkpoint']) AS t
+      FROM unnest(ARRAY['audit_event', 'audit_leaf', 'audit_node', 'audit_checkpoint',
+                        'directory_entry', 'audit_pending']) AS t
   ), guarded(rel) AS (
     SELECT rel FROM audit
     UNION
@@ -125,7 +135,7 @@ BEGIN
      AND c.relkind IN ('r', 'p')
      AND NOT c.relispartition
      AND c.relname NOT IN (
-       'audit_event', 'audit_leaf', 'audit_node', 'audit_checkpoint',
+       'audit_event', 'audit_leaf', 'audit_node', 'audit_checkpoint', 'directory_entry',
        'audit_pending', 'audit_tree_state', 'alembic_version',
        'agency', 'agency_key', 'api_client', 'used_assertion',
        'referral', 'referral_field', 'referral_recipient', 'referral_grant', 'wrapped_key',

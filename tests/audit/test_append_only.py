@@ -16,17 +16,19 @@ postgres_only = pytest.mark.parametrize("backend", ["postgresql"])
 
 # A statement that touches at least one existing row of each table.
 UPDATES = {
-    "audit_event": "UPDATE audit_event SET outcome = outcome "
+    "audit_event": "UPDATE audit_event SET canonical = canonical "
     "WHERE id IN (SELECT min(id) FROM audit_event)",
     "audit_leaf": "UPDATE audit_leaf SET seq = seq WHERE seq = 0",
     "audit_node": "UPDATE audit_node SET hash = hash WHERE level = 0 AND idx = 0",
     "audit_checkpoint": "UPDATE audit_checkpoint SET note = note",
+    "directory_entry": "UPDATE directory_entry SET leaf = leaf",
 }
 DELETES = {
     "audit_event": "DELETE FROM audit_event",
     "audit_leaf": "DELETE FROM audit_leaf WHERE seq = 0",
     "audit_node": "DELETE FROM audit_node",
     "audit_checkpoint": "DELETE FROM audit_checkpoint",
+    "directory_entry": "DELETE FROM directory_entry",
 }
 
 

@@ -20,6 +20,7 @@ import pytest
 from app.client.keyfile import KeyFile, KeyFileError, PassphraseRequired, is_sealed, update_settings
 from app.client.sdk import (
     KeyTransparencyError,
+    LogConsistencyError,
     RefgateClient,
     RefgateError,
     VerificationError,
@@ -80,6 +81,7 @@ async def sdk(app: Any, tf: TaskForce) -> AsyncIterator[MakeSdk]:
 
     def make(name: str, role: str = "caseworker", **kwargs: Any) -> RefgateClient:
         kwargs.setdefault("transport", httpx.ASGITransport(app=app))
+        kwargs.setdefault("key_proof_timeout", 3.0)
         client = RefgateClient(key_file(tf, name, role), base_url="http://test", **kwargs)
         made.append(client)
         return client
@@ -174,31 +176,29 @@ async def test_key_transparency_catches_a_directory_that_swaps_a_key(
     swap = _swap_enc_key(legal_id, evil.enc_public, keep_kid=lie == "same-kid")
 
     async def rewrite(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
-        if lie == "borrowed-proof" and request.url.path.endswith(f"/keys/{evil.enc_kid}/proof"):
-            # the server answers for the fake kid with the genuine key's proof
-            real = f"/v1/agencies/{legal_id}/keys/{tf['legal'].enc_kid}/proof"
+        if lie == "borrowed-proof" and request.url.path == f"/v1/agencies/{legal_id}/keys/proof":
+            # the server answers for legal aid with another agency's (valid) leaf and proof
+            other = f"/v1/agencies/{tf['police'].agency_id}/keys/proof"
             genuine = await transport.inner.handle_async_request(
-                httpx.Request("GET", f"http://test{real}", headers=request.headers)
+                httpx.Request("GET", f"http://test{other}", params=request.url.params,
+                              headers=request.headers)
             )
             await genuine.aread()
             return genuine
-        if lie == "forged-checkpoint" and request.url.path.endswith("/proof"):
-            body = response.json()
-            origin, size, _root, *rest = body["checkpoint"].split("\n")
-            forged_root = b"\x07" * 32
-            body["checkpoint"] = sign_checkpoint(origin, int(size), forged_root,
-                                                 evil.sig_seed)
-            return json_response(response, body)
+        if lie == "forged-checkpoint" and request.url.path == "/v1/audit/checkpoint":
+            origin, size, _root, *rest = response.text.split("\n")
+            forged = sign_checkpoint(origin, int(size), b"\x07" * 32, evil.sig_seed)
+            return httpx.Response(200, text=forged)
         if lie == "forged-checkpoint":
             return None  # a genuine directory, a checkpoint signed by another key
         return await swap(request, response)
 
     transport = Lying(app, rewrite)
-    shelter = sdk("shelter", transport=transport, log_key=log_key_of(app))
-    expected = {"new-kid": "no key transparency proof", "same-kid": "does not hash to its kid",
-                "borrowed-proof": "does not register this key",
-                "forged-checkpoint": "checkpoint does not verify"}[lie]
-    with pytest.raises(KeyTransparencyError, match=expected):
+    shelter = sdk("shelter", transport=transport, log_key=log_key_of(app), key_proof_timeout=0.3)
+    expected = {"new-kid": "the audit log .* states", "same-kid": "does not hash to it",
+                "borrowed-proof": "leaf served is agency",
+                "forged-checkpoint": "does not verify with the pinned log key"}[lie]
+    with pytest.raises(VerificationError, match=expected):
         await send(tf, shelter)
     assert ("POST", "/v1/referrals") not in transport.requests
 
@@ -211,18 +211,18 @@ async def test_key_transparency_detects_a_forked_log(
     served = {"count": 0}
 
     async def rewrite(request: httpx.Request, response: httpx.Response) -> httpx.Response | None:
-        if request.url.path.endswith("/proof") and response.status_code == 200:
+        if request.url.path == "/v1/audit/checkpoint" and response.status_code == 200:
             served["count"] += 1
             if served["count"] == 2:  # same size, another root, validly signed: a fork
-                body = response.json()
-                cp = open_checkpoint(body["checkpoint"], log_key_of(app))
-                body["checkpoint"] = sign_checkpoint(cp.origin, cp.size, b"\x01" * 32, seed)
-                return json_response(response, body)
+                cp = open_checkpoint(response.text, log_key_of(app))
+                return httpx.Response(200, text=sign_checkpoint(
+                    cp.origin, cp.size, b"\x01" * 32, seed, extensions=cp.extensions))
         return None
 
     shelter = sdk("shelter", transport=Lying(app, rewrite), log_key=log_key_of(app))
-    with pytest.raises(KeyTransparencyError, match="forked"):
-        await send(tf, shelter)
+    await shelter.verified_checkpoint()
+    with pytest.raises(LogConsistencyError, match="different roots"):
+        await shelter.verified_checkpoint()
 
 
 async def test_checkpoints_seen_later_must_extend_earlier_ones(
@@ -441,8 +441,11 @@ async def test_auditor_reads_checkpoints_proofs_events_and_exports(
     assert all(json.loads(line)["event"]["action"] == "agency:create" for line in lines)
     agencies = await auditor.agencies()
     assert {a["id"] for a in agencies} >= {m.agency_id for m in tf.members.values()}
+    # every client pins and verifies checkpoints, admins too; the events stay auditors'
+    admin = sdk("office", "admin")
+    assert (await admin.verified_checkpoint()).size >= cp.size
     with pytest.raises(RefgateError) as denied:
-        await sdk("office", "admin").checkpoint()
+        await admin.audit_events()
     assert denied.value.status == 403
 
 

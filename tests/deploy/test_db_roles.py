@@ -124,8 +124,9 @@ async def test_the_gateway_runs_end_to_end_as_the_application_role(
 
     conn = await asyncpg.connect(_url("refgate_app", role_db, "postgresql"))
     try:
-        for sql in ("UPDATE audit_event SET outcome = 'ok'", "DELETE FROM audit_leaf",
-                    "TRUNCATE audit_event", "UPDATE audit_checkpoint SET note = ''"):
+        for sql in ("UPDATE audit_event SET canonical = ''", "DELETE FROM audit_leaf",
+                    "TRUNCATE audit_event", "UPDATE audit_checkpoint SET note = ''",
+                    "DELETE FROM audit_pending", "DELETE FROM directory_entry"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
                 await conn.execute(sql)
     finally:
@@ -133,6 +134,6 @@ async def test_the_gateway_runs_end_to_end_as_the_application_role(
     owner = await asyncpg.connect(_url("refgate_owner", role_db, "postgresql"))
     try:
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
-            await owner.execute("UPDATE audit_event SET outcome = 'ok'")
+            await owner.execute("UPDATE audit_event SET canonical = canonical")
     finally:
         await owner.close()

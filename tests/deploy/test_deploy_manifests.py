@@ -30,7 +30,7 @@ K8S_VERSION = "1.30"
 
 GATEWAY_UID = 10001
 GATEWAY_LABELS = {"app.kubernetes.io/name": "refgate", "app.kubernetes.io/component": "gateway"}
-APPEND_ONLY = ("audit_event", "audit_leaf", "audit_node", "audit_checkpoint")
+APPEND_ONLY = ("audit_event", "audit_leaf", "audit_node", "audit_checkpoint", "directory_entry")
 EXAMPLE_SECRET = "secret.example.yaml"
 TMP = "/tmp"  # noqa: S108 - a mount point in the manifests, not a temporary file
 
@@ -538,7 +538,9 @@ def test_grants_sql_leaves_the_app_insert_only_on_the_audit_log() -> None:
             privileges.setdefault(table, set()).update(p.strip() for p in privs.split(","))
     for table in APPEND_ONLY:
         assert privileges[table] == {"SELECT", "INSERT"}, table
-    assert privileges["audit_pending"] == {"SELECT", "INSERT", "DELETE"}
+    # no DELETE on the queue: the sequencer dequeues through refgate_dequeue()
+    assert privileges["audit_pending"] == {"SELECT", "INSERT"}
+    assert "GRANT EXECUTE ON FUNCTION refgate_dequeue(bigint[]) TO refgate_app" in sql
     assert privileges["audit_tree_state"] == {"SELECT", "UPDATE"}
     assert "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM refgate_app" in sql
     assert sql.strip().startswith("\\set ON_ERROR_STOP on\n\nBEGIN;")

@@ -93,7 +93,7 @@ async def test_access_log_names_request_client_and_agency_and_never_content(
 
     text_out = log_lines.getvalue()
     records = [json.loads(line) for line in text_out.splitlines()]
-    by_id = {rec.get("request_id"): rec for rec in records if rec.get("msg") == "request"}
+    by_id = {rec.get("client_request_id"): rec for rec in records if rec.get("msg") == "request"}
     create, read = by_id["obs-create-1"], by_id["obs-read-1"]
     assert create["route"] == "/v1/referrals"
     assert create["status"] == 201
@@ -314,8 +314,9 @@ async def test_an_unexpected_error_is_a_500_problem_with_headers_and_request_id(
             r = await c.get("/boom", headers={"X-Request-Id": "boom-1"})
     assert r.status_code == 500
     assert r.headers["content-type"] == "application/problem+json"
-    assert r.json()["request_id"] == "boom-1"
-    assert r.headers.get("x-request-id") == "boom-1"
+    # the request id is the server's own, never the caller's X-Request-ID
+    assert r.json()["request_id"] != "boom-1"
+    assert r.headers.get("x-request-id") == r.json()["request_id"]
     for name, value in SECURITY_HEADERS.items():
         assert r.headers.get(name) == value, name
 
