@@ -14,7 +14,7 @@ from app.models.schemas import (
     KeyProof,
     KeyRotation,
 )
-from app.services import agencies, audit, directory
+from app.services import agencies, audit, key_directory
 from app.services.audit import Action
 
 router = APIRouter(prefix="/v1/agencies", tags=["agencies"])
@@ -143,4 +143,4 @@ async def key_proof(
     db: Db,
     tree_size: int | None = Query(None, ge=0, le=MAX_INT64),
 ) -> KeyProof:
-    return KeyProof.model_validate(await directory.key_proof(db, who, agency_id, tree_size))
+    return KeyProof.model_validate(await key_directory.key_proof(db, who, agency_id, tree_size))
