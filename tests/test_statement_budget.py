@@ -163,6 +163,8 @@ async def test_every_get_route_writes_nothing_but_its_audit_event(
             f"/v1/agencies/{agency}/keys/{tf['legal'].enc_kid}/proof",
             legal,
         ),
+        "/v1/directory/services": ("?category=legal&language=es", legal),
+        "/v1/directory/hsds": ("", auditor),
         "/v1/audit/checkpoint": ("", auditor),
         "/v1/audit/events": ("?limit=5", auditor),
         "/v1/audit/events/{seq}": ("/v1/audit/events/0", auditor),
