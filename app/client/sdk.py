@@ -56,7 +56,9 @@ is built with joserfc, as Authlib's own ``PrivateKeyJWT`` would build it.
 
 Lists: ``inbox``, ``sent`` and ``audit_events`` return one :class:`Page`
 (``items``, ``next_cursor``); pass ``cursor=page.next_cursor`` for the next
-one. ``agencies`` follows the cursors itself (the directory is small).
+one. ``agencies`` follows the cursors itself (the directory is small). The
+service directory's methods (``find_services``, ``set_capacity``,
+``resolve_agency`` …) are in ``app.client.directory``.
 
 Errors::
 
@@ -95,6 +97,7 @@ import httpx
 
 from app import __version__
 from app.client.assertion import client_assertion, token_form
+from app.client.directory import AgencyNotFound, AmbiguousAgency, DirectoryMethods
 from app.client.keyfile import KeyFile
 from app.crypto import envelope as env
 from app.crypto import keys, merkle
@@ -103,6 +106,8 @@ from app.crypto.checkpoint import Checkpoint, CheckpointError, open_checkpoint, 
 from app.crypto.encoding import EncodingError, b64_decode, b64url_decode
 
 __all__ = [
+    "AgencyNotFound",
+    "AmbiguousAgency",
     "KeyTransparencyError",
     "OpenedReferral",
     "Page",
@@ -371,7 +376,7 @@ class OpenedReferral:
 # ---------------------------------------------------------------- the client
 
 
-class RefgateClient:
+class RefgateClient(DirectoryMethods):
     """An agency's client of one refgate gateway. Use as ``async with RefgateClient(...)``.
 
     ``key`` needs ``client_id`` and ``agency_id``; ``base_url`` defaults to the
