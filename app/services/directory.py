@@ -179,6 +179,11 @@ async def publish(
     return rows
 
 
+async def has_services(db: AsyncSession) -> bool:
+    """Whether any agency publishes a service yet."""
+    return await db.scalar(select(DirectoryService.id).limit(1)) is not None
+
+
 async def _require_own(
     db: AsyncSession, who: Principal, agency_id: str, action: Action, service_id: str | None
 ) -> None:
