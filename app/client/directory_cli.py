@@ -47,8 +47,8 @@ def age(updated_at: str, now: datetime | None = None) -> str:
 def _capacity(item: Mapping[str, Any]) -> str:
     capacity = item.get("capacity") or {}
     available = capacity.get("available")
-    count = "?" if available is None else str(available)
-    return f"{count} {capacity.get('unit', '')}".strip()
+    unit = capacity.get("unit", "")
+    return f"{unit}: not counted" if available is None else f"{available} {unit}"
 
 
 def _language(value: str) -> str:
