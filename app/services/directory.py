@@ -32,7 +32,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, func, insert, select, tuple_
+from sqlalchemy import bindparam, delete, func, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
@@ -350,10 +350,13 @@ def _decode_cursor(cursor: str) -> tuple[int, datetime, str]:
 
 
 def _has(kind: str) -> Any:
-    return exists().where(
-        DirectoryTerm.service_id == DirectoryService.id,
-        DirectoryTerm.kind == kind,
-        DirectoryTerm.value == bindparam(kind),
+    """The service has term (kind, :kind): an uncorrelated IN, so that the database reads
+    the matching ids from the primary key of ``directory_term`` once (a range of it)
+    rather than probing the terms of every service row."""
+    return DirectoryService.id.in_(
+        select(DirectoryTerm.service_id).where(
+            DirectoryTerm.kind == kind, DirectoryTerm.value == bindparam(kind)
+        )
     )
 
 
