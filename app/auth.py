@@ -62,6 +62,7 @@ class Scope(StrEnum):
     AUDIT_READ = "audit:read"
     AUDIT_OWN = "audit:own"
     WEBHOOKS_MANAGE = "webhooks:manage"
+    SERVICES_WRITE = "services:write"  # publish the own agency's services and capacity
 
 
 ROLE_SCOPES: dict[Role, tuple[Scope, ...]] = {
@@ -72,6 +73,7 @@ ROLE_SCOPES: dict[Role, tuple[Scope, ...]] = {
         Scope.AGENCIES_READ,
         Scope.AUDIT_OWN,
         Scope.WEBHOOKS_MANAGE,
+        Scope.SERVICES_WRITE,
     ),
     Role.LIAISON: (
         Scope.REFERRALS_READ,
@@ -81,7 +83,7 @@ ROLE_SCOPES: dict[Role, tuple[Scope, ...]] = {
         Scope.WEBHOOKS_MANAGE,
     ),
     Role.AUDITOR: (Scope.AUDIT_READ, Scope.AGENCIES_READ),
-    Role.ADMIN: (Scope.AGENCIES_READ, Scope.AGENCIES_ADMIN),
+    Role.ADMIN: (Scope.AGENCIES_READ, Scope.AGENCIES_ADMIN, Scope.SERVICES_WRITE),
 }
 
 
@@ -286,4 +288,5 @@ StatusWriter = Annotated[Principal, Security(require, scopes=[Scope.REFERRALS_ST
 DirectoryReader = Annotated[Principal, Security(require, scopes=[Scope.AGENCIES_READ])]
 Admin = Annotated[Principal, Security(require, scopes=[Scope.AGENCIES_ADMIN])]
 AnyPrincipal = Annotated[Principal, Security(require, scopes=[])]
+ServiceWriter = Annotated[Principal, Security(require, scopes=[Scope.SERVICES_WRITE])]
 WebhookManager = Annotated[Principal, Security(require, scopes=[Scope.WEBHOOKS_MANAGE])]

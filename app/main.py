@@ -28,7 +28,7 @@ from app.logging import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.ratelimit import RateLimiter, RateLimitMiddleware
-from app.routers import agencies, audit, health, oauth, referrals, webhooks
+from app.routers import agencies, audit, directory, health, oauth, referrals, webhooks
 from app.routers import metrics as metrics_route
 from app.services.sequencer import SequencerRunner
 from app.services.server_keys import load_server_keys
@@ -208,7 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     _install_openapi(app)
-    for module in (health, oauth, agencies, referrals, audit, webhooks):
+    for module in (health, oauth, agencies, directory, referrals, audit, webhooks):
         app.include_router(module.router)
     app.include_router(referrals.limits_router)
     app.include_router(metrics_route.router)
@@ -222,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors.allow_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["authorization", "content-type", "idempotency-key", "x-request-id"],
             expose_headers=["x-request-id", "retry-after"],
             allow_credentials=False,

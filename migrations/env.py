@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
+import app.models.directory_tables  # noqa: F401
 import app.models.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 import app.models.webhook_tables  # noqa: F401
 import app.ratelimit  # noqa: F401  (the rate_limit table)

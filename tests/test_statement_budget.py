@@ -160,6 +160,8 @@ async def test_every_get_route_writes_nothing_but_its_audit_event(
         "/v1/agencies": ("", legal),
         "/v1/agencies/{agency_id}": (f"/v1/agencies/{agency}", legal),
         "/v1/agencies/{agency_id}/keys/proof": (f"/v1/agencies/{agency}/keys/proof", legal),
+        "/v1/directory/services": ("?category=legal&language=es", legal),
+        "/v1/directory/hsds": ("", auditor),
         "/v1/audit/checkpoint": ("", auditor),
         "/v1/audit/events": ("?limit=5", auditor),
         "/v1/audit/events/{seq}": ("/v1/audit/events/0", auditor),

@@ -36,7 +36,7 @@ from typing import Any, NoReturn, TextIO
 import httpx
 
 from app import vocab
-from app.client import webhook_listen
+from app.client import directory_cli, webhook_listen
 from app.client.keyfile import (
     KeyFile,
     KeyFileError,
@@ -108,7 +108,7 @@ def _consents(values: Sequence[str] | None) -> dict[str, dict[str, str]]:
         field, sep, rest = item.partition(":")
         agency, sep2, purpose = rest.rpartition(":")
         if not (sep and sep2 and field and agency and purpose):
-            raise UsageError(f"--consent must look like field:AGENCY_ID:purpose, got {item!r}")
+            raise UsageError(f"--consent must look like field:AGENCY:purpose, got {item!r}")
         if agency in out.setdefault(field, {}):
             raise UsageError(f"consent for {field!r} to {agency} given twice")
         out[field][agency] = purpose
@@ -275,7 +275,8 @@ def _send_input(args: argparse.Namespace) -> dict[str, Any]:
         if recipient not in recipients:
             recipients.append(recipient)
     if not recipients:
-        raise UsageError("a referral needs at least one recipient (--to AGENCY_ID)")
+        raise UsageError("a referral needs at least one recipient (--to AGENCY; "
+                         "refgate find shows who can take her)")
     own = _pairs(args.request, "--request")
     default = list(args.service or [])
     requests: dict[str, dict[str, Any]] = {}
@@ -295,7 +296,7 @@ def _send_input(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def cmd_send(rc: RefgateClient, args: argparse.Namespace) -> int:
-    data = _send_input(args)
+    data = await directory_cli.resolve_send_input(rc, _send_input(args))
     summary = await rc.send_referral(
         data["fields"], data["consent"], data["requests"],
         expires_in_days=args.days, release_ref=args.release_ref,
@@ -397,8 +398,11 @@ async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
     own = _pairs(args.request, "--request")
     requests = {r: {"services": services.split(","), "urgency": args.urgency or "routine",
                     "case_ref": args.case_ref} for r, services in own.items()}
-    result = await rc.grant(args.referral_id, consent, requests, expires_in_days=args.days,
-                            release_ref=args.release_ref)
+    named = await directory_cli.resolve_send_input(
+        rc, {"fields": {}, "consent": consent, "requests": requests}
+    )
+    result = await rc.grant(args.referral_id, named["consent"], named["requests"],
+                            expires_in_days=args.days, release_ref=args.release_ref)
     _emit(args, result, lambda out: out.write("".join(
         f"granted {name} to {recipient} for {purpose} until {result['expires_at']}\n"
         for name, per in consent.items() for recipient, purpose in per.items()
@@ -409,7 +413,8 @@ async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
 async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
     if len(args.field) != len(args.recipient):
         raise UsageError("give one --recipient for each --field")
-    pairs = list(zip(args.field, args.recipient, strict=True))
+    ids = await directory_cli.resolve_agencies(rc, list(args.recipient))
+    pairs = [(f, ids[r]) for f, r in zip(args.field, args.recipient, strict=True)]
     result = await rc.revoke(args.referral_id, pairs)
     _emit(args, result, lambda out: out.write("".join(
         f"revoked {f} for {r}\n" for f, r in pairs
@@ -498,18 +503,21 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("token", help="print an access token").set_defaults(remote=cmd_token)
     sub.add_parser("agencies", help="list the directory").set_defaults(remote=cmd_agencies)
+    directory_cli.add_commands(sub)
 
     sp = sub.add_parser("send", help="encrypt and send a referral")
-    sp.add_argument("--to", action="append", metavar="AGENCY_ID", help="recipient (repeatable)")
+    sp.add_argument("--to", action="append", metavar="AGENCY",
+                    help="recipient: its id or the start of its name, as refgate find shows it "
+                         "(repeatable)")
     sp.add_argument("--field", action="append", metavar="NAME=VALUE")
-    sp.add_argument("--consent", action="append", metavar="FIELD:AGENCY_ID:PURPOSE")
+    sp.add_argument("--consent", action="append", metavar="FIELD:AGENCY:PURPOSE")
     sp.add_argument("--urgency", choices=[u.value for u in Urgency],
                     help="for every recipient (default routine)")
     sp.add_argument("--service", action="append", choices=[v.value for v in Service],
                     metavar="SERVICE",
                     help="what every recipient is asked for (repeatable): "
                          + ", ".join(v.value for v in Service))
-    sp.add_argument("--request", action="append", metavar="AGENCY_ID=SERVICE[,SERVICE]",
+    sp.add_argument("--request", action="append", metavar="AGENCY=SERVICE[,SERVICE]",
                     help="what one recipient is asked for, instead of --service")
     sp.add_argument("--case-ref", help="your opaque case reference (letters, digits, . _ -)")
     sp.add_argument("--days", type=int, default=90,
@@ -555,7 +563,8 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("revoke", help="revoke consent for a field and recipient")
     sp.add_argument("referral_id")
     sp.add_argument("--field", action="append", required=True)
-    sp.add_argument("--recipient", action="append", required=True, metavar="AGENCY_ID")
+    sp.add_argument("--recipient", action="append", required=True, metavar="AGENCY",
+                    help="its id or the start of its name")
     sp.set_defaults(remote=cmd_revoke)
 
     sp = sub.add_parser("withdraw", help="withdraw a referral you sent")

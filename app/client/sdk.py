@@ -47,7 +47,9 @@ is built with joserfc, as Authlib's own ``PrivateKeyJWT`` would build it.
 
 Lists: ``inbox``, ``sent`` and ``audit_events`` return one :class:`Page`
 (``items``, ``next_cursor``); pass ``cursor=page.next_cursor`` for the next
-one. ``agencies`` follows the cursors itself (the directory is small).
+one. ``agencies`` follows the cursors itself (the directory is small). The
+service directory's methods (``find_services``, ``set_capacity``,
+``resolve_agency`` …) are in ``app.client.directory``.
 
 Errors::
 
@@ -86,6 +88,7 @@ import httpx
 
 from app import __version__
 from app.client.assertion import client_assertion, token_form
+from app.client.directory import AgencyNotFound, AmbiguousAgency, DirectoryMethods
 from app.client.errors import (
     AgencyKeyError,
     KeyTransparencyError,
@@ -103,6 +106,8 @@ from app.crypto.encoding import EncodingError, b64url_decode
 
 __all__ = [
     "AgencyKeyError",
+    "AgencyNotFound",
+    "AmbiguousAgency",
     "KeyTransparencyError",
     "LogConsistencyError",
     "PinMismatchError",
@@ -361,7 +366,7 @@ class OpenedReferral:
 # ---------------------------------------------------------------- the client
 
 
-class RefgateClient:
+class RefgateClient(DirectoryMethods):
     """An agency's client of one refgate gateway. Use as ``async with RefgateClient(...)``.
 
     ``key`` needs ``client_id`` and ``agency_id``; ``base_url`` defaults to the

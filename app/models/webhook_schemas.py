@@ -16,6 +16,7 @@ class EventType(StrEnum):
     REFERRAL_CANCELLED = "referral.cancelled"
     GRANT_ADDED = "grant.added"
     CONSENT_REVOKED = "consent.revoked"
+    CAPACITY_UPDATED = "capacity.updated"
 
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]

@@ -59,6 +59,12 @@ class Action(StrEnum):
     WEBHOOK_ROTATE = "webhook:rotate"
     WEBHOOK_REPLAY = "webhook:replay"
     RETENTION_PURGE = "retention:purge"
+    DIRECTORY_SEARCH = "directory:search"
+    DIRECTORY_EXPORT = "directory:export"
+    SERVICE_CREATE = "service:create"
+    SERVICE_REPLACE = "service:replace"
+    SERVICE_DELETE = "service:delete"
+    CAPACITY_UPDATE = "capacity:update"
     ACCESS_DENIED = "access:denied"
 
 

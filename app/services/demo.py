@@ -1,9 +1,12 @@
-"""The demo task force: four agencies, their clients and key files.
+"""The demo task force: five agencies, their clients, key files and services.
 
-Seeds a shelter, a legal-aid clinic, a law-enforcement unit and a task-force
-office (auditor and admin clients) with freshly generated keys, and writes each
-member's key file (mode 0600) under ``<data dir>/demo/`` for the CLI and SDK.
-Idempotent: an already seeded database is left as it is.
+Seeds a shelter, a legal-aid clinic, a law-enforcement unit, a community clinic
+and a task-force office (auditor and admin clients) with freshly generated
+keys, writes each member's key file (mode 0600) under ``<data dir>/demo/`` for
+the CLI and SDK, and publishes the services each agency offers in the
+directory (beds, immigration legal aid, medical care, investigation), so that
+a walkthrough starts with ``refgate find``. Idempotent: an already seeded
+database is left as it is (its services are added if it has none yet).
 
 A reseed (a fresh database) starts a new audit log, which every pin of the
 old one would rightly refuse as a rollback. So with each key file it writes,
@@ -25,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import keys
 from app.crypto.encoding import b64url_encode
+from app.models.directory_schemas import ServiceIn
 from app.models.tables import Agency
-from app.services import agencies
+from app.services import agencies, directory
 from app.services.audit import Actor
 
 MEMBERS = (
@@ -34,8 +38,62 @@ MEMBERS = (
     ("shelter", "Harbor House Shelter", "shelter", "caseworker"),
     ("legal-aid", "Eastside Legal Aid Clinic", "legal_aid", "caseworker"),
     ("police", "County Human Trafficking Unit", "law_enforcement", "liaison"),
+    ("clinic", "St. Brigid Community Clinic", "medical", "caseworker"),
     ("auditor", "Task Force Oversight Office", "government", "auditor"),
 )
+INTAKE = "Call the task-force intake line; staff meet her at a safe public place"
+SERVICES: dict[str, list[dict[str, Any]]] = {
+    # key file name -> the services that agency publishes (no addresses: DESIGN.md)
+    "shelter": [
+        {"name": "Emergency beds for women",
+         "description": "Confidential emergency shelter with safety planning and case "
+                        "management for women leaving trafficking situations.",
+         "categories": ["shelter", "safety_planning", "case_management"],
+         "languages": ["en", "es"], "populations": ["women", "adults", "foreign_nationals"],
+         "eligibility": "Women 18 and over referred by a task-force partner",
+         "service_area": "Harbor County", "hours": "24/7", "intake": INTAKE,
+         "accepting": "yes", "capacity": {"available": 2, "unit": "beds"}},
+        {"name": "Family rooms",
+         "description": "Rooms for mothers with children; childcare on site.",
+         "categories": ["shelter", "childcare"], "languages": ["en", "es"],
+         "populations": ["families", "women"], "service_area": "Harbor County",
+         "hours": "24/7", "intake": INTAKE,
+         "accepting": "waitlist", "capacity": {"available": 0, "unit": "beds"}},
+    ],
+    "legal-aid": [
+        {"name": "Immigration legal services (T and U visas)",
+         "description": "T and U visa applications, continued presence, work authorization.",
+         "categories": ["immigration_legal", "legal"], "languages": ["en", "es", "fa"],
+         "populations": ["foreign_nationals", "adults", "minors"],
+         "service_area": "Harbor and Bay counties", "hours": "Mon-Fri 9:00-17:00",
+         "intake": "Referral through refgate; an attorney calls back within one business day",
+         "accepting": "yes", "capacity": {"available": 4, "unit": "appointments"}},
+        {"name": "Crime victims' rights representation",
+         "description": "Representation of survivors in criminal proceedings.",
+         "categories": ["legal", "victim_advocacy"], "languages": ["en"],
+         "populations": ["adults"], "hours": "Mon-Fri 9:00-17:00",
+         "intake": "Referral through refgate",
+         "accepting": "yes", "capacity": {"available": None, "unit": "slots"}},
+    ],
+    "police": [
+        {"name": "Human trafficking investigations",
+         "description": "Detectives of the county unit; a victim specialist attends every "
+                        "interview.",
+         "categories": ["investigation", "safety_planning"], "languages": ["en", "es"],
+         "populations": ["adults", "minors"], "service_area": "Harbor County",
+         "hours": "24/7 on call", "intake": "Referral through refgate; the on-call detective "
+                                          "answers within the hour",
+         "accepting": "yes", "capacity": {"available": None, "unit": "slots"}},
+    ],
+    "clinic": [
+        {"name": "Medical care and forensic exams",
+         "description": "Primary care, STI testing and forensic exams, without insurance.",
+         "categories": ["medical", "mental_health"], "languages": ["en", "es", "zh-Hant"],
+         "populations": ["adults", "minors", "lgbtq"], "service_area": "Harbor County",
+         "hours": "Mon-Sat 8:00-20:00", "intake": "Referral through refgate",
+         "accepting": "yes", "capacity": {"available": 6, "unit": "appointments"}},
+    ],
+}
 MARKER = "demo/task-force.json"
 
 
@@ -106,6 +164,7 @@ async def seed(
         async with maker() as db:
             first = summary["members"][0]["agency_id"]
             if await db.get(Agency, first) is not None:
+                await _publish_services(maker, summary)  # a demo seeded before the directory
                 return summary
     system = Actor(client_id=None, agency_id=None, role="system")
     members: list[dict[str, Any]] = []
@@ -147,5 +206,21 @@ async def seed(
                     }
                 )
     summary = {"members": members}
+    await _publish_services(maker, summary)
     marker.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+async def _publish_services(
+    maker: async_sessionmaker[AsyncSession], summary: dict[str, Any]
+) -> None:
+    """Publish the demo agencies' services, unless the directory already has some."""
+    by_file = {Path(m["key_file"]).name.split(".")[0]: m["agency_id"] for m in summary["members"]}
+    system = Actor(client_id=None, agency_id=None, role="system")
+    async with maker() as db, db.begin():
+        if await directory.has_services(db):
+            return
+        for file_name, services in SERVICES.items():
+            if file_name in by_file:
+                bodies = [ServiceIn.model_validate(s) for s in services]
+                await directory.publish(db, system, by_file[file_name], bodies)

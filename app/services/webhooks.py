@@ -312,6 +312,44 @@ async def enqueue(
     return len(hooks)
 
 
+# Every active agency's subscriptions (directory events go to the whole task force);
+# the LIKE only narrows the rows, the JSON list decides.
+_SUBSCRIBED_ANYWHERE = (
+    select(Webhook.id, Webhook.agency_id, Webhook.event_types)
+    .join(Agency, Agency.id == Webhook.agency_id)
+    .where(Agency.status == "active", Webhook.event_types.like(bindparam("pattern")))
+)
+
+
+async def broadcast(db: AsyncSession, event: EventType, data: Mapping[str, Any]) -> int:
+    """Queue ``event`` with ``data`` for every active agency's webhook subscribed to it
+    (the directory's events: every task-force member may see the directory). Runs in
+    the caller's transaction: two statements at most."""
+    rows = (await db.execute(_SUBSCRIBED_ANYWHERE, {"pattern": f'%"{event}"%'})).all()
+    hooks = [hook_id for hook_id, _, types in rows if str(event) in json.loads(types)]
+    if not hooks:
+        return 0
+    now = utcnow()
+    payload = _payload(event, rfc3339(now), data)
+    await db.execute(
+        insert(WebhookDelivery),
+        [
+            {
+                "id": _message_id(),
+                "webhook_id": hook_id,
+                "event_type": str(event),
+                "payload": payload,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for hook_id in hooks
+        ],
+    )
+    return len(hooks)
+
+
 # ---------------------------------------------------------------- subscriptions
 
 

@@ -60,7 +60,8 @@ BEGIN
   FOREACH t IN ARRAY ARRAY[
     'agency', 'agency_key', 'api_client', 'used_assertion',
     'referral', 'referral_field', 'referral_recipient', 'referral_grant', 'wrapped_key',
-    'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit']
+    'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit',
+    'directory_service', 'directory_term']
   LOOP
     IF to_regclass(format('public.%I', t)) IS NULL THEN
       RAISE NOTICE 'grants.sql: no table %, skipped', t;

@@ -23,8 +23,10 @@ holds consent on referral A; on B its only grant was revoked), an unrelated
 agency (NGO), and the task force's auditor and admin (government). Resources: referrals A and B
 (sent by the shelter), C (sent by legal aid to the shelter), D (NGO to legal
 aid) and a missing id; own and another agency's directory entry, key, audit
-event and webhook. A mutation expected to succeed runs on a fresh copy, so the
-cells do not depend on each other's order.
+event, webhook and directory service (an agency's services are written by its own
+caseworkers and admins only: another agency's caller gets 403). A mutation
+expected to succeed runs on a fresh copy, so the cells do not depend on each
+other's order.
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ from app.crypto import envelope as env
 from app.crypto import keys
 from app.crypto.encoding import b64url_encode
 from app.crypto.wire import FieldValue, GrantValue
+from app.models.directory_schemas import ServiceIn
 from app.models.tables import ApiClient
 from app.models.webhook_tables import WebhookDelivery
-from app.services import agencies
+from app.services import agencies, directory
+from tests.directory import service as service_body
 from tests.hardening import PROBLEM_JSON, quiet_settings
 from tests.taskforce import SYSTEM, TaskForce, rfc3339
 
@@ -203,6 +207,7 @@ class World:
         self.dead: dict[str, str] = {}  # member -> dead delivery id of its webhook
         self.secrets: dict[str, str] = {}  # webhook secret -> owning member
         self.spare = ""  # agency id of a throwaway agency ("another agency" for admin routes)
+        self.services: dict[str, str] = {}  # member -> id of a directory service of its agency
 
     # -- setup
 
@@ -248,6 +253,8 @@ class World:
         for member in ("shelter", "legal", "police", "ngo"):
             self.webhooks[member] = await self.new_webhook(member)
             self.dead[member] = await self.new_dead_delivery(self.webhooks[member])
+        for member in ("shelter", "legal", "police", "ngo", "office"):
+            self.services[member] = await self.new_service(member)
         await tf.sequence()
 
     async def new_referral(self, shape: str) -> Referral:
@@ -296,6 +303,13 @@ class World:
         assert r.status_code == 201, r.text
         self.secrets[r.json()["secret"]] = member
         return str(r.json()["id"])
+
+    async def new_service(self, member: str) -> str:
+        async with self.app.state.sessionmaker() as db, db.begin():
+            [row] = await directory.publish(
+                db, SYSTEM, self.agency_id(member), [ServiceIn.model_validate(service_body())]
+            )
+        return str(row["id"])
 
     async def new_dead_delivery(self, webhook_id: str) -> str:
         delivery = f"msg_{uuid.uuid4().hex}"
@@ -425,6 +439,21 @@ def _admin_on_agency(ok: int) -> Oracle:
         if early:
             return early
         return Expect(404) if res == "missing" else Expect(ok)
+
+    return expect
+
+
+def _service_writer(ok: int) -> Oracle:
+    """An agency's services: its own caseworkers and admins; another agency's caller 403;
+    a missing agency or service 404."""
+
+    def expect(w: World, c: Caller, res: str) -> Expect:
+        early = _authn(c, Scope.SERVICES_WRITE)
+        if early:
+            return early
+        if res == "own":
+            return Expect(ok)
+        return Expect(403 if res == "other" else 404, denial=True)
 
     return expect
 
@@ -627,6 +656,28 @@ async def _reactivate_req(w: World, c: Caller, res: str, fresh: bool) -> Req:
     return Req(f"/v1/agencies/{_agency_target(w, c, res)}/reactivate")
 
 
+async def _create_service_req(w: World, c: Caller, res: str, fresh: bool) -> Req:
+    return Req(f"/v1/agencies/{_agency_target(w, c, res)}/services", json=service_body())
+
+
+def _service_route(suffix: str, body: Any) -> Builder:
+    """own: a service of the caller's agency (a fresh one when the cell mutates it);
+    other: another agency's service under its agency; missing: no such service."""
+
+    async def build(w: World, c: Caller, res: str, fresh: bool) -> Req:
+        member = w.member_of(c) if w.member_of(c) in w.services else "shelter"
+        if res == "other":
+            member = "ngo" if member != "ngo" else "legal"
+        service_id = w.services[member]
+        if res == "missing":
+            service_id = str(uuid.uuid4())
+        elif fresh:
+            service_id = await w.new_service(member)
+        return Req(f"/v1/agencies/{w.agency_id(member)}/services/{service_id}{suffix}", json=body)
+
+    return build
+
+
 async def _key_proof_req(w: World, c: Caller, res: str, fresh: bool) -> Req:
     if res == "missing":
         return Req(f"/v1/agencies/{uuid.uuid4()}/keys/proof")
@@ -809,6 +860,38 @@ ROUTES: dict[str, tuple[tuple[str, ...], Oracle, Builder, bool]] = {
         ("own", "other"),
         _webhook_item(202),
         _replay_req,
+        True,
+    ),
+    "GET /v1/directory/services": (
+        ONE,
+        _plain(Scope.AGENCIES_READ, 200),
+        _fixed("/v1/directory/services?limit=200"),
+        False,
+    ),
+    "GET /v1/directory/hsds": (ONE, _plain(Scope.AGENCIES_READ, 200), _fixed("/v1/directory/hsds"),
+                               False),
+    "POST /v1/agencies/{agency_id}/services": (
+        OWN_OTHER_MISSING,
+        _service_writer(201),
+        _create_service_req,
+        False,
+    ),
+    "PUT /v1/agencies/{agency_id}/services/{service_id}": (
+        OWN_OTHER_MISSING,
+        _service_writer(200),
+        _service_route("", service_body(name="Replaced in the matrix")),
+        False,
+    ),
+    "PATCH /v1/agencies/{agency_id}/services/{service_id}/capacity": (
+        OWN_OTHER_MISSING,
+        _service_writer(200),
+        _service_route("/capacity", {"available": 1, "accepting": "waitlist"}),
+        False,
+    ),
+    "DELETE /v1/agencies/{agency_id}/services/{service_id}": (
+        OWN_OTHER_MISSING,
+        _service_writer(204),
+        _service_route("", None),
         True,
     ),
     # agency routes last: their successful mutations (key rotation, suspension) change the world

@@ -3,7 +3,8 @@
 Every operation of the exported document gets generated requests (valid ones,
 schema-violating ones, and valid ones aimed at known ids so they get past the
 404s) with a valid token of a role that may call it (caseworker; admin for the
-admin routes; auditor for the audit log). Checks on every response:
+admin routes; auditor for the audit log; the shelter's caseworker on its own
+directory services). Checks on every response:
 
 - ``not_a_server_error``: no 5xx, and no unhandled exception in the app;
 - ``response_schema_conformance``: the body matches the documented schema;
@@ -53,6 +54,7 @@ from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
 from app.models.webhook_tables import WebhookDelivery
+from tests.directory import service as directory_service
 from tests.hardening import PROBLEM_JSON, quiet_settings
 from tests.taskforce import TaskForce
 
@@ -121,6 +123,13 @@ async def _seed(settings: Settings) -> Seeded:
                         created_at=now,
                     )
                 )
+            r = await client.post(
+                f"/v1/agencies/{tf['shelter'].agency_id}/services",
+                json=directory_service(),
+                headers=await tf.headers("shelter"),
+            )
+            assert r.status_code == 201, r.text
+            service_id = r.json()["id"]
             await tf.sequence()
             spare = await tf.add("spare", "ngo", [])
             return Seeded(
@@ -136,6 +145,8 @@ async def _seed(settings: Settings) -> Seeded:
                     "seq": "3",
                     "webhook_id": hook.json()["id"],
                     "delivery_id": delivery,
+                    "service_id": service_id,
+                    "own_agency_id": tf["shelter"].agency_id,
                 },
             )
 
@@ -144,6 +155,8 @@ def _role_for(label: str) -> str:
     method, path = label.split(" ", 1)
     if path.startswith("/v1/audit"):
         return "auditor"
+    if "/services" in path:
+        return "caseworker"  # the shelter's own services
     if label in ADMIN_OPERATIONS or (path.startswith("/v1/agencies/") and method == "POST"):
         return "admin"
     return "caseworker"
@@ -180,6 +193,8 @@ def run_fuzz(
                 for p in operation.path_parameters
                 if p.name in seeded.ids
             }
+            if "/services" in label and "agency_id" in known_ids:
+                known_ids["agency_id"] = seeded.ids["own_agency_id"]  # the caller's agency
             strategies = [
                 operation.as_strategy(schemathesis.GenerationMode.POSITIVE),
                 operation.as_strategy(schemathesis.GenerationMode.NEGATIVE),

@@ -30,6 +30,7 @@ from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto import keys
 from app.crypto.encoding import b64url_encode
+from tests.directory import service as directory_service
 from tests.hardening import assert_problem, count_rows, quiet_settings
 from tests.taskforce import TaskForce, rfc3339
 
@@ -45,6 +46,8 @@ STORED = (
     "api_client",
     "webhook",
     "webhook_delivery",
+    "directory_service",
+    "directory_term",
 )
 
 
@@ -158,6 +161,7 @@ def corpus(tf: TaskForce, referral_id: str, webhook_id: str) -> list[Case]:
     shelter = tf["shelter"].agency_id
     referrals = "/v1/referrals"
     item = f"/v1/referrals/{referral_id}"
+    services = f"/v1/agencies/{shelter}/services"
     cases: list[Case] = [
         # malformed and deeply nested JSON
         Case("truncated json", "POST", referrals, content=b'{"manifest": {"v": 1', statuses=(400,)),
@@ -573,11 +577,65 @@ def corpus(tf: TaskForce, referral_id: str, webhook_id: str) -> list[Case]:
             headers={"Content-Type": "text/plain"},
             statuses=(415,),
         ),
+        # the service directory
+        Case("nested service body", "POST", services, content=_raw(_nested(50_000))),
+        Case(
+            "nested service member",
+            "POST",
+            services,
+            content=_raw('{"name":' * 5000 + "1" + "}" * 5000),
+        ),
+        Case(
+            "service capacity beyond int64",
+            "POST",
+            services,
+            json_body=directory_service(capacity={"available": 10**30, "unit": "beds"}),
+            statuses=(422,),
+        ),
+        Case(
+            "service with an address",
+            "POST",
+            services,
+            json_body=directory_service(address="12 Harbor St"),
+            statuses=(422,),
+        ),
+        Case(
+            "NUL in a service name",
+            "POST",
+            services,
+            json_body=directory_service(name="beds\x00"),
+            statuses=(422,),
+        ),
+        Case(
+            "homoglyph language tag",
+            "POST",
+            services,
+            json_body=directory_service(languages=["\u0435s"]),
+            statuses=(422,),
+        ),
+        Case(
+            "sql in a service id",
+            "PATCH",
+            f"{services}/' OR 1=1 --/capacity",
+            json_body={"available": 1},
+            statuses=(404,),
+        ),
+        Case(
+            "capacity overflow",
+            "PATCH",
+            f"{services}/{uuid.uuid4()}/capacity",
+            content=b'{"available": 1e309}',
+            statuses=(400, 422),
+        ),
+        Case("sql in directory cursor", "GET", "/v1/directory/services?cursor=' OR 1=1 --",
+             statuses=(400,)),
+        Case("sql in directory filter", "GET", "/v1/directory/services?language=' OR 1=1 --",
+             statuses=(422,)),
     ]
     return cases
 
 
-CORPUS_SIZE = 68
+CORPUS_SIZE = 78
 """Number of hostile inputs in the corpus (checked by the test)."""
 
 # Server bugs this corpus found, by case name (reported; the test insists they still
