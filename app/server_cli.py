@@ -19,6 +19,7 @@ from app.services import agencies, demo, retention, sequencer
 from app.services.agencies import KINDS, ROLES
 from app.services.audit import Actor
 from app.services.server_keys import load_server_keys
+from app.witness import cli as witness_cli
 
 T = TypeVar("T")
 ADMIN_CLI = Actor(client_id="refgate-server", agency_id=None, role="admin")
@@ -212,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
     sp.set_defaults(func=cmd_purge)
+    witness_cli.add_parser(sub)
     return p
 
 
