@@ -120,12 +120,21 @@ async def event(who: AuditReader, db: Db, seq: int = Path(ge=0, le=MAX_INT64)) -
 
 @router.get(
     "/checkpoint",
-    summary="The latest signed checkpoint (C2SP signed note)",
+    summary="The latest signed checkpoint (C2SP signed note) with its witness cosignatures",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}}}, **errors.responses(401, 403, 503)},
+    responses={200: {"content": {"text/plain": {}}}, **errors.responses(401, 403, 404, 503)},
 )
-async def checkpoint(who: AuditReader, db: Db) -> PlainTextResponse:
-    return PlainTextResponse(await audit_log.read_checkpoint(db, who))
+async def checkpoint(
+    request: Request,
+    who: AuditReader,
+    db: Db,
+    cosigned: int | None = Query(
+        None, ge=0, le=32, description="the newest checkpoint with at least this many "
+        "cosignatures by configured witnesses (404 when there is none)"
+    ),
+) -> PlainTextResponse:
+    settings = request.app.state.settings
+    return PlainTextResponse(await audit_log.read_checkpoint(db, who, settings, cosigned))
 
 
 @router.get(
