@@ -401,6 +401,8 @@ async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
         checkpoint_file=args.checkpoint_file,
         full=args.full,
         log_key=args.audit_log_key or args.log_key or os.environ.get("REFGATE_LOG_KEY") or None,
+        witnesses=args.witness,
+        quorum=len(set(args.witness)) if args.quorum is None else args.quorum,
         out=sys.stdout,
     )
     return EXIT_OK if code == 0 else EXIT_VERIFY
@@ -511,6 +513,10 @@ def parser() -> argparse.ArgumentParser:
                     help=f"pinned log key and last checkpoint (default {DEFAULT_STATE_FILE})")
     sp.add_argument("--full", action="store_true", help="also rebuild the tree from every event")
     sp.add_argument("--log-key", dest="audit_log_key", help="log verifier key to pin")
+    sp.add_argument("--witness", action="append", default=[], metavar="VKEY",
+                    help="a trusted witness's verifier key (repeatable)")
+    sp.add_argument("--quorum", type=int, metavar="K",
+                    help="cosignatures required from those witnesses (default: all of them)")
     sp.set_defaults(remote=cmd_audit_verify)
     wh = sub.add_parser("webhook", help="webhook tools").add_subparsers(
         dest="webhook_command", required=True, parser_class=_Parser
