@@ -164,7 +164,11 @@ class Witness:
         except Exception as exc:  # keeping evidence must not turn a refusal into a 500
             log.error("refusal not recorded", extra={"error": type(exc).__name__})
         if verdict is Verdict.STALE_OLD_SIZE:
-            return Response(size_body(latest_size), status_code=409, media_type=SIZE_CONTENT_TYPE)
+            # exactly this type: Starlette would add "; charset=utf-8" to a media_type
+            return Response(
+                size_body(latest_size), status_code=409,
+                headers={"content-type": SIZE_CONTENT_TYPE},
+            )
         return _problem(verdict.status, str(verdict), reason)
 
 
