@@ -38,7 +38,8 @@ def independent_cosignature_check(
 
     Returns the timestamp; raises on any mismatch.
     """
-    assert line.startswith("\u2014 ") and line.endswith("\n")
+    assert line.startswith("\u2014 ")
+    assert line.endswith("\n")
     name, b64 = line[2:-1].split(" ")
     assert name == witness_name
     raw = base64.b64decode(b64, validate=True)
@@ -120,7 +121,8 @@ async def test_unknown_signatures_beside_a_trusted_one_are_ignored(
     witness_http: httpx.AsyncClient, test_log: TestLog
 ) -> None:
     note = test_log.note(5)
-    unknown = "\u2014 someone.else/key " + base64.b64encode(b"\x01\x02\x03\x04" + bytes(70)).decode()
+    sig = base64.b64encode(b"\x01\x02\x03\x04" + bytes(70)).decode()
+    unknown = f"\u2014 someone.else/key {sig}"
     r = await post(witness_http, request_body(0, [], note + unknown + "\n"))
     assert r.status_code == 200, r.text
 
