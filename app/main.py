@@ -170,7 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dispatcher.start()
         cosigner = WitnessRunner(engine, app.state.sessionmaker, settings)
         app.state.witness_runner = cosigner
-        if settings.audit.witnesses:
+        if settings.audit.sequencer_enabled and settings.audit.witnesses:
             cosigner.start()
         try:
             yield

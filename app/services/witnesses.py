@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import __version__, errors
@@ -205,16 +206,27 @@ async def _state(
 ) -> WitnessState:
     async with maker() as db, db.begin():
         row = await db.get(WitnessState, endpoint.vkey)
-        if row is None:
-            row = WitnessState(
-                witness_vkey=endpoint.vkey,
-                witness_name=parse_witness_vkey(endpoint.vkey).name,
-                url=endpoint.url,
+        if row is None:  # two leaders overlapping for a moment may both get here
+            dialect = postgresql if db.bind.dialect.name == "postgresql" else sqlite
+            now = utcnow()
+            await db.execute(
+                dialect.insert(WitnessState.__table__)
+                .values(
+                    witness_vkey=endpoint.vkey,
+                    witness_name=parse_witness_vkey(endpoint.vkey).name,
+                    url=endpoint.url,
+                    failures=0,
+                    consecutive_failures=0,
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing()
             )
-            db.add(row)
-            await db.flush()
+            row = await db.get(WitnessState, endpoint.vkey)
         elif row.url != endpoint.url:
             row.url = endpoint.url
+        if row is None:
+            raise RuntimeError("witness_state row vanished while being created")
         return row
 
 
