@@ -20,6 +20,7 @@ from app.services.agencies import KINDS, ROLES
 from app.services.audit import Actor
 from app.services.server_keys import load_server_keys
 from app.witness import cli as witness_cli
+from app.witness import demo as local_witness
 
 T = TypeVar("T")
 ADMIN_CLI = Actor(client_id="refgate-server", agency_id=None, role="admin")
@@ -121,13 +122,30 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     if args.demo:
         summary = _seed_demo(settings, args)
         print(_demo_instructions(summary, _server_url(args, settings)), flush=True)
     load_server_keys(settings)  # create the keys once, before workers race to
+    witness = None
+    if args.demo and not args.no_witness and not settings.audit.witnesses:
+        witness = local_witness.start(settings, args.port)
+        get_settings.cache_clear()  # the gateway reads REFGATE_AUDIT__WITNESSES afresh
+        auditor = settings.data_dir / "demo" / "auditor.key.json"
+        print(f"local witness at {witness.url}, verifier key {witness.vkey}\n"
+              f"  verify with:  refgate --key-file {auditor} audit verify "
+              f"--witness {witness.vkey} --quorum 1", flush=True)
     print(f"refgate listening on http://{args.host}:{args.port}", flush=True)
+    try:
+        _run_uvicorn(args)
+    finally:
+        if witness is not None:
+            witness.stop()
+    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn
+
     uvicorn.run(
         "app.main:app_from_env",
         factory=True,
@@ -140,7 +158,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         access_log=False,  # refgate writes its own access line (app.middleware), without queries
         timeout_graceful_shutdown=10,
     )
-    return 0
 
 
 def cmd_sequence(settings: Settings, _args: argparse.Namespace) -> int:
@@ -182,6 +199,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1)
     sp.add_argument(
         "--demo", action="store_true", help="migrate and seed the demo task force first"
+    )
+    sp.add_argument(
+        "--no-witness", action="store_true",
+        help="with --demo: do not start the local witness on port + 100",
     )
     sp.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)

@@ -15,6 +15,7 @@
 --   and the role cannot ask for them):        SELECT, INSERT
 --   audit_pending (sequencer queue):           SELECT, INSERT, DELETE
 --   audit_tree_state (one row):                SELECT, UPDATE
+--   checkpoint_cosignature (evidence):         SELECT, INSERT
 --   alembic_version (read by the app only):    SELECT
 --   everything else:                           SELECT, INSERT, UPDATE, DELETE
 --
@@ -41,6 +42,17 @@ GRANT SELECT, INSERT, DELETE ON TABLE audit_pending TO refgate_app;
 -- Tree state: one row, locked and updated once per batch.
 GRANT SELECT, UPDATE ON TABLE audit_tree_state TO refgate_app;
 
+-- Witness cosignatures are evidence: stored once when they verify, never changed.
+DO $$
+BEGIN
+  IF to_regclass('public.checkpoint_cosignature') IS NULL THEN
+    RAISE NOTICE 'grants.sql: no table checkpoint_cosignature, skipped';
+  ELSE
+    GRANT SELECT, INSERT ON TABLE checkpoint_cosignature TO refgate_app;
+  END IF;
+END
+$$;
+
 -- Migrations are applied by refgate_owner; the app may only read the version.
 GRANT SELECT ON TABLE alembic_version TO refgate_app;
 
@@ -53,7 +65,7 @@ BEGIN
   FOREACH t IN ARRAY ARRAY[
     'agency', 'agency_key', 'api_client', 'used_assertion',
     'referral', 'referral_field', 'referral_recipient', 'referral_grant', 'wrapped_key',
-    'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit']
+    'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit', 'witness_state']
   LOOP
     IF to_regclass(format('public.%I', t)) IS NULL THEN
       RAISE NOTICE 'grants.sql: no table %, skipped', t;
@@ -129,7 +141,8 @@ BEGIN
        'audit_pending', 'audit_tree_state', 'alembic_version',
        'agency', 'agency_key', 'api_client', 'used_assertion',
        'referral', 'referral_field', 'referral_recipient', 'referral_grant', 'wrapped_key',
-       'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit');
+       'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit',
+       'checkpoint_cosignature', 'witness_state');
   IF unknown IS NOT NULL THEN
     RAISE WARNING 'grants.sql: refgate_app has no privileges on tables not listed here: %', unknown;
   END IF;
