@@ -59,7 +59,12 @@ def cmd_witness(_settings: object, args: argparse.Namespace) -> int:
         raise SystemExit("error: give at least one --log VKEY (the logs this witness serves)")
     configure_logging()
     # open once before serving, so a bad database URL fails here, loudly
-    asyncio.run(_check_store(config.database_url))
+    try:
+        asyncio.run(_check_store(config.database_url))
+    except Exception as exc:  # the URL may hold a password: name the kind of failure only
+        raise SystemExit(
+            f"error: cannot open the witness database ({type(exc).__name__}); check --database"
+        ) from None
     print(f"witness {config.name} verifier key: {vkey}", flush=True)
     print(f"witness serving {', '.join(sorted(config.logs))} on http://{args.host}:{args.port}",
           flush=True)

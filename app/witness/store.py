@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -40,7 +42,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.crypto import merkle
@@ -109,7 +111,12 @@ def _migrate(conn: Connection) -> None:
 
 async def open_store(url: str) -> AsyncEngine:
     """An engine on the witness database, its schema brought up to date."""
-    args = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    args: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        args["connect_args"] = {"timeout": 30}
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = create_async_engine(url, **args)
     async with engine.begin() as conn:
         await conn.run_sync(_migrate)
