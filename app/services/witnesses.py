@@ -60,6 +60,7 @@ log = logging.getLogger("refgate.witnesses")
 ADVISORY_LOCK_KEY = 0x7265_6667_7774_6E  # "refgwtn", distinct from the sequencer's
 USER_AGENT = f"refgate-witness-client/{__version__}"
 MAX_SIZE_ANSWERS = 3  # 409s with a size followed in one attempt
+MAX_RESPONSE_BYTES = 64 * 1024  # a few cosignature lines; anything bigger is not one
 _rng = random.SystemRandom()
 
 
@@ -161,6 +162,8 @@ class WitnessClient:
                 )
             except httpx.HTTPError as exc:
                 return _Outcome(known_size, error=f"{type(exc).__name__}: {exc}"[:300])
+            if len(r.content) > MAX_RESPONSE_BYTES:
+                return _Outcome(known_size, error=f"answer over {MAX_RESPONSE_BYTES} bytes")
             if r.status_code == 200:
                 return self._cosigned(cp, r.text, known_size)
             media = r.headers.get("content-type", "").split(";")[0].strip()
