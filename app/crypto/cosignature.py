@@ -161,8 +161,10 @@ def cosign(note_text: str, signing_seed: bytes, name: str, timestamp: int) -> st
     """One cosignature line (with its newline) by the witness ``name`` over ``note_text``."""
     if len(signing_seed) != 32:
         raise CosignatureError(f"Ed25519 seed must be 32 bytes, got {len(signing_seed)}")
+    if not is_valid_key_name(name):
+        raise CosignatureError(f"invalid witness name {name!r}")
     key = SigningKey(signing_seed)
-    kid = parse_witness_vkey(witness_vkey(name, key.verify_key.encode())).key_id
+    kid = key_id(name, COSIGNATURE_TYPE, key.verify_key.encode())
     signature = key.sign(cosignature_message(note_text, timestamp)).signature
     return f"{_SIG_PREFIX}{name} {b64_encode(kid + struct.pack('>Q', timestamp) + signature)}\n"
 

@@ -14,8 +14,10 @@
   (``store.advance``: check and persist are one atomic step).
 
 Other refusals are problem+json. Every refusal is logged (origin, sizes,
-reason); those past the signature check are also kept in the witness
-database, since they may be evidence of a log showing two views.
+reason); a validly signed checkpoint that is inconsistent with what was
+cosigned (422, or 409 for another root) is logged as an error and kept whole
+in the witness database (``witness_refusal``): it is evidence of a log
+showing two views.
 
 A log is trusted with ``--log VKEY`` (its Ed25519 signed-note verifier key,
 ``<name>+<hex>+<base64 of 0x01 || key>``); the key's name is the origin its
@@ -151,18 +153,21 @@ class Witness:
     ) -> Response:
         origin, size = sub.checkpoint.origin, sub.checkpoint.size
         context = {"origin": origin, "old": sub.old_size, "size": size, "latest": latest_size}
-        level = logging.ERROR if verdict in (Verdict.BAD_PROOF, Verdict.ROOT_MISMATCH) else (
-            logging.INFO
+        evidence = verdict in (Verdict.BAD_PROOF, Verdict.ROOT_MISMATCH)
+        log.log(
+            logging.ERROR if evidence else logging.INFO,
+            f"refused checkpoint: {reason}",
+            extra={"reason": str(verdict), **context},
         )
-        log.log(level, f"refused checkpoint: {reason}", extra={"reason": str(verdict), **context})
-        try:
-            await store.record_refusal(
-                self.engine, origin=origin, status=verdict.status, reason=str(verdict),
-                old_size=sub.old_size, size=size, latest_size=latest_size,
-                submission=body.decode("utf-8"),
-            )
-        except Exception as exc:  # keeping evidence must not turn a refusal into a 500
-            log.error("refusal not recorded", extra={"error": type(exc).__name__})
+        if evidence:  # a signed checkpoint inconsistent with one we cosigned: keep it whole
+            try:
+                await store.record_refusal(
+                    self.engine, origin=origin, status=verdict.status, reason=str(verdict),
+                    old_size=sub.old_size, size=size, latest_size=latest_size,
+                    submission=body.decode("utf-8"),
+                )
+            except Exception as exc:  # keeping evidence must not turn a refusal into a 500
+                log.error("refusal not recorded", extra={"error": type(exc).__name__})
         if verdict is Verdict.STALE_OLD_SIZE:
             # exactly this type: Starlette would add "; charset=utf-8" to a media_type
             return Response(

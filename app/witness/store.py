@@ -15,8 +15,9 @@ Guarantees:
   rolls the record back (sizes only grow). This holds across processes on
   PostgreSQL (the UPDATE waits for the row lock and re-checks its condition)
   and on SQLite (writers are serialized).
-- ``record_refusal`` keeps refused submissions whose log signature verified
-  (they may be evidence of a fork) in their own transaction.
+- ``record_refusal`` keeps a refused submission whose log signature verified
+  but which is inconsistent with what was cosigned (evidence of a fork), in a
+  transaction of its own.
 """
 
 from __future__ import annotations

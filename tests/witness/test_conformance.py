@@ -240,7 +240,7 @@ async def test_oversized_submission_is_413(witness_http: httpx.AsyncClient) -> N
     assert r.status_code == 413
 
 
-async def test_refusals_after_the_signature_check_are_kept_and_logged(
+async def test_refusals_are_logged_and_inconsistent_checkpoints_kept_as_evidence(
     witness_app: FastAPI,
     witness_http: httpx.AsyncClient,
     test_log: TestLog,
@@ -251,17 +251,22 @@ async def test_refusals_after_the_signature_check_are_kept_and_logged(
     body = request_body(
         20, test_log.proof(20, 40, forked), test_log.note(40, root=test_log.root(40, forked))
     )
+    same_size_fork = request_body(20, [], test_log.note(20, root=test_log.root(20, forked)))
     with caplog.at_level(logging.INFO, logger="refgate.witness"):
         assert (await post(witness_http, body)).status_code == 422
+        assert (await post(witness_http, same_size_fork)).status_code == 409
+        assert (await post(witness_http, test_log.submission(0, 30))).status_code == 409
         assert (await post(witness_http, TestLog("nobody.example/x").submission(0, 1))).status_code
     refusals = [r for r in caplog.records if r.getMessage().startswith("refused checkpoint")]
-    assert len(refusals) == 2
+    assert len(refusals) == 4
     assert {getattr(r, "origin", None) for r in refusals} == {test_log.origin, "nobody.example/x"}
+    assert [r.levelname for r in refusals[:2]] == ["ERROR", "ERROR"]
     engine = witness_app.state.witness.engine
     async with engine.connect() as conn:
         rows = (await conn.execute(select(store.refusal))).mappings().all()
     assert [(r["status"], r["reason"], r["old_size"], r["size"]) for r in rows] == [
-        (422, "bad-consistency-proof", 20, 40)
+        (422, "bad-consistency-proof", 20, 40),
+        (409, "root-mismatch", 20, 20),
     ]
     assert rows[0]["submission"] == body.decode()
 
