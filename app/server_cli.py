@@ -15,7 +15,7 @@ from app import errors
 from app.config import Settings, get_settings
 from app.db import create_engine, sessionmaker
 from app.migrate import upgrade
-from app.services import agencies, demo, retention, sequencer
+from app.services import agencies, demo, retention, sequencer, witnesses
 from app.services.agencies import KINDS, ROLES
 from app.services.audit import Actor
 from app.services.server_keys import load_server_keys
@@ -161,16 +161,21 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
 
 
 def cmd_sequence(settings: Settings, _args: argparse.Namespace) -> int:
-    async def run() -> int:
+    async def run() -> tuple[int, int]:
         engine = create_engine(settings)
         try:
-            return await sequencer.run_once(
-                sessionmaker(engine), settings, load_server_keys(settings)
-            )
+            maker = sessionmaker(engine)
+            done = await sequencer.run_once(maker, settings, load_server_keys(settings))
+            asked = 0
+            if settings.audit.witnesses:  # and ask the witnesses to cosign it now
+                async with witnesses.http_client(settings.audit) as http:
+                    asked = await witnesses.witness_once(maker, settings, http, force=True)
+            return done, asked
         finally:
             await engine.dispose()
 
-    print(f"sequenced {asyncio.run(run())} events")
+    done, asked = asyncio.run(run())
+    print(f"sequenced {done} events" + (f"; submitted to {asked} witness(es)" if asked else ""))
     return 0
 
 

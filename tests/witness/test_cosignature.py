@@ -146,3 +146,17 @@ def test_any_change_to_the_note_text_breaks_the_cosignature(at: int, flip: int) 
         return
     with pytest.raises(CosignatureError):
         verify_cosignatures(changed + "\n" + NOTE.split("\n\n")[1] + line, [vkey], 1)
+
+
+def test_clients_get_the_quorum_check_without_server_dependencies() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, app.crypto.cosignature, app.client.audit_verify\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'fastapi', 'sqlalchemy', 'sqlmodel', 'asyncpg', 'aiosqlite'})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -435,3 +435,22 @@ async def test_a_witness_that_never_answers_delays_nothing(
         for writer in hung:
             writer.close()
         await server.wait_closed()
+
+
+async def test_server_sequence_command_also_asks_the_witnesses(
+    app: Any, witness: RunningWitness, wvkey: str, witness_port: int,
+    server_cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from app.config import get_settings
+    from app.server_cli import main
+
+    monkeypatch.setenv("REFGATE_AUDIT__WITNESSES", json.dumps(
+        [{"url": f"http://127.0.0.1:{witness_port}", "vkey": wvkey}]))
+    get_settings.cache_clear()
+    assert await asyncio.to_thread(main, ["sequence"]) == 0
+    assert "submitted to 1 witness(es)" in capsys.readouterr().out
+    async with app.state.engine.connect() as conn:
+        lines = (await conn.execute(text("SELECT line FROM checkpoint_cosignature"))).all()
+    assert len(lines) == 1
