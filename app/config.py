@@ -29,12 +29,35 @@ class ReferralSettings(BaseModel):
     max_recipients: int = Field(32, ge=1, le=1024)
 
 
+class WitnessEndpoint(BaseModel):
+    """A C2SP tlog-witness: its submission URL prefix and verifier key (type 0x04)."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    vkey: str = Field(max_length=512)
+
+    @field_validator("vkey")
+    @classmethod
+    def _witness_key(cls, vkey: str) -> str:
+        from app.crypto.cosignature import parse_witness_vkey
+
+        return parse_witness_vkey(vkey).vkey  # raises a ValueError naming the problem
+
+
 class AuditSettings(BaseModel):
     log_origin: str = "refgate.local/audit-log"
     sequencer_enabled: bool = True
     batch_size: int = Field(5000, ge=1, le=100_000)
     poll_interval: float = Field(0.2, gt=0, le=60)
     checkpoint_interval: float = Field(1.0, ge=0, le=3600)
+    witnesses: list[WitnessEndpoint] = Field(
+        default_factory=list,
+        max_length=32,
+        description='JSON list of {"url", "vkey"}: witnesses asked to cosign each checkpoint',
+    )
+    witness_timeout: float = Field(10.0, gt=0, le=120, description="seconds per submission")
+    witness_retry_base: float = Field(2.0, gt=0, le=3600, description="first retry, seconds")
+    witness_retry_cap: float = Field(300.0, gt=0, le=86400, description="longest retry wait")
+    witness_poll_interval: float = Field(1.0, gt=0, le=60)
 
 
 class WebhookSettings(BaseModel):

@@ -33,6 +33,7 @@ from app.routers import metrics as metrics_route
 from app.services.sequencer import SequencerRunner
 from app.services.server_keys import load_server_keys
 from app.services.webhooks import WebhookRunner
+from app.services.witnesses import WitnessRunner
 
 log = logging.getLogger("refgate")
 
@@ -189,9 +190,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.webhook_dispatcher = dispatcher
         if settings.webhooks.dispatcher_enabled:
             dispatcher.start()
+        cosigner = WitnessRunner(engine, app.state.sessionmaker, settings)
+        app.state.witness_runner = cosigner
+        if settings.audit.sequencer_enabled and settings.audit.witnesses:
+            cosigner.start()
         try:
             yield
         finally:
+            await cosigner.stop()
             await dispatcher.stop()
             await runner.stop()
             await app.state.rate_limiter.close()

@@ -94,6 +94,7 @@ class Metrics:
         self._flushing = False
         self._timer: asyncio.TimerHandle | None = None
         self._has_webhooks = False
+        self._has_witnesses = False
         if data_dir is not None:  # created on the first write, not when the app is built
             self._file = data_dir / "metrics" / f"{os.getpid()}-{time.time_ns()}.json"
 
@@ -228,6 +229,14 @@ class Metrics:
                         ("refgate_audit_checkpoint_age_seconds",
                          "Seconds since the latest checkpoint was signed.", (), max(age, 0.0)),
                     ]
+                if not self._has_witnesses:
+                    self._has_witnesses = await conn.run_sync(
+                        lambda sync: inspect(sync).has_table("witness_state")
+                    )
+                if self._has_witnesses:
+                    from app.services.witnesses import gauges as witness_gauges
+
+                    out += await witness_gauges(conn)
                 if not self._has_webhooks:
                     self._has_webhooks = await conn.run_sync(
                         lambda sync: inspect(sync).has_table("webhook_delivery")

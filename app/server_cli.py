@@ -16,10 +16,12 @@ from app.config import Settings, get_settings
 from app.crypto.checkpoint import verifier_key
 from app.db import create_engine, sessionmaker
 from app.migrate import upgrade
-from app.services import agencies, demo, retention, sequencer
+from app.services import agencies, demo, retention, sequencer, witnesses
 from app.services.agencies import KINDS, ROLES
 from app.services.audit import Actor
 from app.services.server_keys import load_server_keys
+from app.witness import cli as witness_cli
+from app.witness import demo as local_witness
 
 T = TypeVar("T")
 ADMIN_CLI = Actor(client_id="refgate-server", agency_id=None, role="admin")
@@ -142,8 +144,6 @@ def _port_in_use(host: str, port: int) -> str | None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     busy = _port_in_use(args.host, args.port)
     if busy:
         print(
@@ -156,7 +156,26 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         summary = _seed_demo(settings, args)
         print(_demo_instructions(summary, _server_url(args, settings)), flush=True)
     load_server_keys(settings)  # create the keys once, before workers race to
+    witness = None
+    if args.demo and not args.no_witness and not settings.audit.witnesses:
+        witness = local_witness.start(settings, args.port)
+        get_settings.cache_clear()  # the gateway reads REFGATE_AUDIT__WITNESSES afresh
+        auditor = settings.data_dir / "demo" / "auditor.key.json"
+        print(f"local witness at {witness.url}, verifier key {witness.vkey}\n"
+              f"  verify with:  refgate --key-file {auditor} audit verify "
+              f"--witness {witness.vkey} --quorum 1", flush=True)
     print(f"refgate listening on http://{args.host}:{args.port}", flush=True)
+    try:
+        _run_uvicorn(args)
+    finally:
+        if witness is not None:
+            witness.stop()
+    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn
+
     uvicorn.run(
         "app.main:app_from_env",
         factory=True,
@@ -169,20 +188,24 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         access_log=False,  # refgate writes its own access line (app.middleware), without queries
         timeout_graceful_shutdown=10,
     )
-    return 0
 
 
 def cmd_sequence(settings: Settings, _args: argparse.Namespace) -> int:
-    async def run() -> int:
+    async def run() -> tuple[int, int]:
         engine = create_engine(settings)
         try:
-            return await sequencer.run_once(
-                sessionmaker(engine), settings, load_server_keys(settings)
-            )
+            maker = sessionmaker(engine)
+            done = await sequencer.run_once(maker, settings, load_server_keys(settings))
+            asked = 0
+            if settings.audit.witnesses:  # and ask the witnesses to cosign it now
+                async with witnesses.http_client(settings.audit) as http:
+                    asked = await witnesses.witness_once(maker, settings, http, force=True)
+            return done, asked
         finally:
             await engine.dispose()
 
-    print(f"sequenced {asyncio.run(run())} events")
+    done, asked = asyncio.run(run())
+    print(f"sequenced {done} events" + (f"; submitted to {asked} witness(es)" if asked else ""))
     return 0
 
 
@@ -211,6 +234,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     sp.add_argument(
         "--demo", action="store_true", help="migrate and seed the demo task force first"
+    )
+    sp.add_argument(
+        "--no-witness", action="store_true",
+        help="with --demo: do not start the local witness on port + 100",
     )
     sp.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
@@ -242,6 +269,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
     sp.set_defaults(func=cmd_purge)
+    witness_cli.add_parser(sub)
     return p
 
 

@@ -11,6 +11,7 @@ from sqlmodel import SQLModel
 import app.models.directory_tables  # noqa: F401
 import app.models.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 import app.models.webhook_tables  # noqa: F401
+import app.models.witness_tables  # noqa: F401
 import app.ratelimit  # noqa: F401  (the rate_limit table)
 from app.config import get_settings
 from app.db import create_engine

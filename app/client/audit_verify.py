@@ -21,6 +21,10 @@ What a successful run proves, trusting only the log's verifier key:
    ``directory`` line commits to; and no committed event is still outside the
    tree ``grace`` seconds after it was recorded (an event held out of the log
    is named by its ``event_id``).
+5. With witness keys: at least ``quorum`` of those witnesses cosigned the
+   checkpoint (C2SP tlog-cosignature v1), and the report names which did. A
+   log that shows this verifier a tree other witnesses have not seen cannot
+   meet the quorum.
 
 The verifier key comes from ``log_key``, else the state file, else the server
 (trust on first use, announced loudly). It is pinned in the state file; the
@@ -35,6 +39,7 @@ import hmac
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +50,7 @@ import httpx
 from app.crypto import keydir, merkle
 from app.crypto.canonical import CanonicalizationError, canonical_json
 from app.crypto.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_verifier_key
+from app.crypto.cosignature import CosignatureError, verify_cosignatures
 from app.crypto.encoding import EncodingError, b64_decode, b64_encode
 
 __all__ = ["VerifyReport", "main_verify", "verify_log"]
@@ -68,6 +74,7 @@ class VerifyReport:
     log_key: str | None = None
     key_trusted_on_first_use: bool = False
     state_saved: bool = False
+    cosigned_by: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -399,6 +406,18 @@ async def _check_events(run: _Run, cp: Checkpoint) -> None:
         leaves.close()
 
 
+def _check_witnesses(run: _Run, note: str, witnesses: Sequence[str], quorum: int) -> None:
+    try:
+        names = verify_cosignatures(note, witnesses, quorum)
+    except CosignatureError as exc:
+        raise run.abort(f"witness cosignatures: {exc}") from None
+    run.report.cosigned_by = names
+    run.say(
+        f"ok: cosigned by {len(names)} of {len(set(witnesses))} trusted witness(es) "
+        f"(quorum {quorum}): {', '.join(names) if names else 'none'}"
+    )
+
+
 async def _run_checks(
     run: _Run,
     *,
@@ -406,14 +425,22 @@ async def _run_checks(
     checkpoint_file: Path | None,
     full: bool,
     log_key: str | None,
+    witnesses: Sequence[str],
+    quorum: int,
 ) -> None:
     try:
         state = _load_state(state_file)
     except (OSError, ValueError) as exc:
         raise run.abort(f"cannot read state file {state_file}: {exc}") from None
     key = await _resolve_key(run, state, log_key)
+    if not 0 <= quorum <= len(set(witnesses)):
+        raise run.abort(
+            f"a quorum of {quorum} needs at least {quorum} distinct --witness keys "
+            f"({len(set(witnesses))} given)"
+        )
 
-    note = (await run.get("/v1/audit/checkpoint")).text
+    params = {"cosigned": quorum} if quorum else None
+    note = (await run.get("/v1/audit/checkpoint", params)).text
     try:
         cp = open_checkpoint(note, key)
     except CheckpointError as exc:
@@ -421,6 +448,8 @@ async def _run_checks(
     run.report.tree_size, run.report.root = cp.size, cp.root
     run.say(f"ok: checkpoint signed by {key.split('+', 1)[0]}: size {cp.size}, "
             f"root {b64_encode(cp.root)}")
+    if witnesses:
+        _check_witnesses(run, note, witnesses, quorum)
 
     previous: list[tuple[str, str]] = []
     if state.checkpoint is not None:
@@ -453,6 +482,8 @@ async def verify_log(
     checkpoint_file: Path | None = None,
     full: bool = False,
     log_key: str | None = None,
+    witnesses: Sequence[str] = (),
+    quorum: int = 0,
     out: TextIO,
     grace: float = 300.0,
 ) -> VerifyReport:
@@ -464,14 +495,16 @@ async def verify_log(
     ``full`` needs the auditor role, since an agency-scoped caller's export
     holds only its own events, which the full check reports as gaps. Never
     raises for a failed check: the report's ``failures`` list the ``FAIL:``
-    lines that were printed.
+    lines that were printed. With ``witnesses`` (their verifier keys) it reports
+    which cosigned the checkpoint and fails unless at least ``quorum`` did; the
+    checkpoint is then fetched with ``?cosigned=quorum``.
     """
     report = VerifyReport()
     run = _Run(http, out, report, grace)
     try:
         await _run_checks(
             run, state_file=state_file, checkpoint_file=checkpoint_file, full=full,
-            log_key=log_key,
+            log_key=log_key, witnesses=witnesses, quorum=quorum,
         )
     except _Failed:
         pass
@@ -495,6 +528,8 @@ async def main_verify(
     checkpoint_file: Path | None,
     full: bool,
     log_key: str | None,
+    witnesses: Sequence[str] = (),
+    quorum: int = 0,
     out: TextIO,
     grace: float = 300.0,
 ) -> int:
@@ -507,6 +542,6 @@ async def main_verify(
     """
     report = await verify_log(
         client.http, state_file=state_file, checkpoint_file=checkpoint_file, full=full,
-        log_key=log_key, out=out, grace=grace,
+        log_key=log_key, witnesses=witnesses, quorum=quorum, out=out, grace=grace,
     )
     return 0 if report.ok else 1

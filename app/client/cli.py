@@ -445,6 +445,8 @@ async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
         checkpoint_file=args.checkpoint_file,
         full=args.full,
         log_key=args.audit_log_key or args.log_key or os.environ.get("REFGATE_LOG_KEY") or None,
+        witnesses=args.witness,
+        quorum=len(set(args.witness)) if args.quorum is None else args.quorum,
         out=sys.stdout,
         grace=args.grace,
     )
@@ -584,6 +586,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace", type=float, default=300.0, metavar="SECONDS",
                     help="with --full: fail on a committed event still outside the tree this "
                          "long after it was recorded (default 300)")
+    sp.add_argument("--witness", action="append", default=[], metavar="VKEY",
+                    help="a trusted witness's verifier key (repeatable)")
+    sp.add_argument("--quorum", type=int, metavar="K",
+                    help="cosignatures required from those witnesses (default: all of them)")
     sp.set_defaults(remote=cmd_audit_verify)
     sp = audit_sub.add_parser("report", help="access report of a referral you sent, proven")
     sp.add_argument("referral_id")

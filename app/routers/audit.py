@@ -120,14 +120,23 @@ async def event(who: AuditReader, db: Db, seq: int = Path(ge=0, le=MAX_INT64)) -
 
 @router.get(
     "/checkpoint",
-    summary="The latest signed checkpoint (C2SP signed note)",
+    summary="The latest signed checkpoint (C2SP signed note) with its witness cosignatures",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}}}, **errors.responses(401, 403, 503)},
+    responses={200: {"content": {"text/plain": {}}}, **errors.responses(401, 403, 404, 503)},
 )
-async def checkpoint(who: AnyPrincipal, db: Db) -> PlainTextResponse:
+async def checkpoint(
+    request: Request,
+    who: AnyPrincipal,
+    db: Db,
+    cosigned: int | None = Query(
+        None, ge=0, le=32, description="the newest checkpoint with at least this many "
+        "cosignatures by configured witnesses (404 when there is none)"
+    ),
+) -> PlainTextResponse:
     # every client verifies checkpoints before it trusts a key, admins too
     # (DESIGN.md "Key transparency"), so any authenticated caller may read them
-    return PlainTextResponse(await audit_log.read_checkpoint(db, who))
+    settings = request.app.state.settings
+    return PlainTextResponse(await audit_log.read_checkpoint(db, who, settings, cosigned))
 
 
 @router.get(

@@ -29,10 +29,11 @@ from sqlalchemy.sql import Select
 
 from app import errors
 from app.auth import Principal, Scope
+from app.config import Settings
 from app.crypto import merkle
 from app.crypto.encoding import EncodingError, b64_encode, b64url_decode
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
-from app.services import audit
+from app.services import audit, witnesses
 from app.services.audit import Action
 from app.services.sequencer import load_nodes
 
@@ -355,18 +356,21 @@ async def latest_checkpoint(db: AsyncSession) -> AuditCheckpoint:
     return cp
 
 
-async def read_checkpoint(db: AsyncSession, who: Principal) -> str:
-    """The latest signed checkpoint's note, as an auditor reads it (an audited read)."""
-    cp = await latest_checkpoint(db)
+async def read_checkpoint(
+    db: AsyncSession, who: Principal, settings: Settings, cosigned: int | None = None
+) -> str:
+    """The latest signed checkpoint's note with its witness cosignatures (or the latest
+    with at least ``cosigned`` of them), as an auditor reads it (an audited read)."""
+    cp, note = await witnesses.cosigned_note(db, settings, cosigned)
     await audit.record(
         db,
         who.actor,
         Action.AUDIT_CHECKPOINT,
         "audit_log",
         None,
-        detail={"tree_size": cp.tree_size},
+        detail={"tree_size": cp.tree_size, "cosigned": cosigned or 0},
     )
-    return cp.note
+    return note
 
 
 # The log's size and the latest signed size, in one statement.

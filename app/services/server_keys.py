@@ -58,6 +58,10 @@ def _load_or_create(path: Path) -> bytes:
     return b64url_decode(path.read_text().strip(), length=32)
 
 
+load_or_create_key_file = _load_or_create
+"""Public name for other key holders (the witness's key file has the same format)."""
+
+
 @functools.cache
 def _key_at(path: Path) -> bytes:
     return _load_or_create(path)

@@ -19,6 +19,7 @@
 --     SECURITY DEFINER function that only deletes rows whose event has a leaf,
 --     so the deployment role cannot hold an event out of the log)
 --   audit_tree_state (one row):                SELECT, UPDATE
+--   checkpoint_cosignature (evidence):         SELECT, INSERT
 --   alembic_version (read by the app only):    SELECT
 --   everything else:                           SELECT, INSERT, UPDATE, DELETE
 --
@@ -48,6 +49,17 @@ GRANT EXECUTE ON FUNCTION refgate_dequeue(bigint[]) TO refgate_app;
 -- Tree state: one row, locked and updated once per batch.
 GRANT SELECT, UPDATE ON TABLE audit_tree_state TO refgate_app;
 
+-- Witness cosignatures are evidence: stored once when they verify, never changed.
+DO $$
+BEGIN
+  IF to_regclass('public.checkpoint_cosignature') IS NULL THEN
+    RAISE NOTICE 'grants.sql: no table checkpoint_cosignature, skipped';
+  ELSE
+    GRANT SELECT, INSERT ON TABLE checkpoint_cosignature TO refgate_app;
+  END IF;
+END
+$$;
+
 -- Migrations are applied by refgate_owner; the app may only read the version.
 GRANT SELECT ON TABLE alembic_version TO refgate_app;
 
@@ -61,7 +73,7 @@ BEGIN
     'agency', 'agency_key', 'api_client', 'used_assertion',
     'referral', 'referral_field', 'referral_recipient', 'referral_grant', 'wrapped_key',
     'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit',
-    'directory_service', 'directory_term']
+    'directory_service', 'directory_term', 'witness_state']
   LOOP
     IF to_regclass(format('public.%I', t)) IS NULL THEN
       RAISE NOTICE 'grants.sql: no table %, skipped', t;
@@ -140,7 +152,8 @@ BEGIN
        'audit_pending', 'audit_tree_state', 'alembic_version',
        'agency', 'agency_key', 'api_client', 'used_assertion',
        'referral', 'referral_field', 'referral_recipient', 'referral_grant', 'wrapped_key',
-       'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit');
+       'idempotency_record', 'webhook', 'webhook_delivery', 'rate_limit',
+       'checkpoint_cosignature', 'witness_state');
   IF unknown IS NOT NULL THEN
     RAISE WARNING 'grants.sql: refgate_app has no privileges on tables not listed here: %', unknown;
   END IF;
