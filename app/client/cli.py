@@ -433,6 +433,16 @@ async def cmd_withdraw(rc: RefgateClient, args: argparse.Namespace) -> int:
 # ----- audit verify: implemented in app.client.audit_verify (imported when used)
 
 
+def _audit_witnesses(args: argparse.Namespace) -> dict[str, Any]:
+    """``--witness``/``--quorum``, else the witnesses and quorum pinned beside the key file."""
+    if args.witness:
+        return {"witnesses": args.witness,
+                "quorum": len(set(args.witness)) if args.quorum is None else args.quorum}
+    pins = Pins.load(pins_path(_key_path(args)))
+    return {"witnesses": pins.witnesses,
+            "quorum": pins.quorum if args.quorum is None else args.quorum}
+
+
 async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
     from app.client.audit_verify import main_verify
 
@@ -445,8 +455,7 @@ async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
         checkpoint_file=args.checkpoint_file,
         full=args.full,
         log_key=args.audit_log_key or args.log_key or os.environ.get("REFGATE_LOG_KEY") or None,
-        witnesses=args.witness,
-        quorum=len(set(args.witness)) if args.quorum is None else args.quorum,
+        **_audit_witnesses(args),
         out=sys.stdout,
         grace=args.grace,
     )
@@ -587,9 +596,11 @@ def parser() -> argparse.ArgumentParser:
                     help="with --full: fail on a committed event still outside the tree this "
                          "long after it was recorded (default 300)")
     sp.add_argument("--witness", action="append", default=[], metavar="VKEY",
-                    help="a trusted witness's verifier key (repeatable)")
+                    help="a trusted witness's verifier key (repeatable; default: the "
+                         "witnesses pinned with `refgate configure --witness`)")
     sp.add_argument("--quorum", type=int, metavar="K",
-                    help="cosignatures required from those witnesses (default: all of them)")
+                    help="cosignatures required from those witnesses (default: all given "
+                         "with --witness, else the pinned quorum)")
     sp.set_defaults(remote=cmd_audit_verify)
     sp = audit_sub.add_parser("report", help="access report of a referral you sent, proven")
     sp.add_argument("referral_id")

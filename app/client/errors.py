@@ -8,7 +8,8 @@
         ├── KeyTransparencyError        an agency's key or status is not what the log states
         │   └── AgencyKeyError          the log states a suspended agency or another kid
         ├── PinMismatchError            the log key offered is not the pinned one
-        └── LogConsistencyError         a checkpoint does not extend the pinned one
+        ├── LogConsistencyError         a checkpoint does not extend the pinned one
+        └── WitnessQuorumError          too few pinned witnesses cosigned the checkpoint
 
 Every message says what happened and what to do about it: a caseworker
 reads them at midnight.
@@ -23,6 +24,7 @@ __all__ = [
     "PinMismatchError",
     "RefgateSDKError",
     "VerificationError",
+    "WitnessQuorumError",
 ]
 
 _REPORT = (
@@ -81,3 +83,7 @@ class LogConsistencyError(VerificationError):
             + _REPORT
             + " After a deliberate reset, re-pin with `refgate configure --log-key KEY`."
         )
+
+
+class WitnessQuorumError(VerificationError):
+    """The checkpoint lacks a quorum of cosignatures by the pinned witnesses."""

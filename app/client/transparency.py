@@ -7,8 +7,12 @@ file, mode 0600)::
      "checkpoint": {"size": N, "root": "<base64>"},
      "witnesses": ["<verifier key>", ...], "quorum": k}
 
-``witnesses``/``quorum`` are kept for the witness cosignature check (wired
-elsewhere); nothing here verifies cosignatures.
+``witnesses``/``quorum``: the task force's witness keys and how many of them
+must have cosigned every checkpoint this client accepts (C2SP tlog-cosignature;
+``app.crypto.cosignature``). With a quorum, the client asks the server for the
+newest checkpoint with that many cosignatures and refuses one without them, so
+a log that shows this client a tree the witnesses have not seen (a split view)
+is refused.
 
 What :class:`Transparency` guarantees before the SDK encrypts to an agency or
 trusts its signature:
@@ -52,9 +56,11 @@ from app.client.errors import (
     LogConsistencyError,
     PinMismatchError,
     VerificationError,
+    WitnessQuorumError,
 )
 from app.crypto import keydir, keys, merkle
 from app.crypto.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_verifier_key
+from app.crypto.cosignature import CosignatureError, verify_cosignatures
 from app.crypto.encoding import EncodingError, b64_decode, b64_encode, b64url_decode
 
 __all__ = ["Pins", "Transparency", "pins_path"]
@@ -242,6 +248,7 @@ class Transparency:
                 return self._current
             key = await self.log_key()
             note = await self._latest_note()
+            self._check_quorum(note)
             try:
                 cp = open_checkpoint(note, key)
             except CheckpointError as exc:
@@ -262,11 +269,30 @@ class Transparency:
             self._current, self._fetched_at = cp, time.monotonic()
             return cp
 
+    def _check_quorum(self, note: str) -> None:
+        """Refuse a checkpoint without a quorum of the pinned witnesses' cosignatures."""
+        if self.pins.quorum <= 0:
+            return
+        try:
+            verify_cosignatures(note, self.pins.witnesses, self.pins.quorum)
+        except CosignatureError as exc:
+            raise WitnessQuorumError(
+                f"{exc}. The server's checkpoint is not cosigned by enough of the witnesses "
+                f"pinned in {self.pins.where()}: it may be showing this client a log the "
+                "witnesses have not seen. Do not send; report it to the task-force "
+                "administrator."
+            ) from None
+
     async def _latest_note(self) -> str:
-        """The served checkpoint note; waits up to ``key_proof_timeout`` for the first one."""
+        """The served checkpoint note (with a quorum configured, the newest one with that
+        many cosignatures); waits up to ``key_proof_timeout`` for the first one."""
         deadline = time.monotonic() + self._timeout
+        params = {"cosigned": self.pins.quorum} if self.pins.quorum > 0 else None
         while True:
-            response = await self._get("/v1/audit/checkpoint", None)
+            response = await self._get("/v1/audit/checkpoint", params)
+            if response.status_code in (404, 503) and params and time.monotonic() < deadline:
+                await asyncio.sleep(_RETRY_SLEEP)  # not cosigned yet: witnesses lag a little
+                continue
             if response.status_code != 503:
                 self._raise_for(response)
                 return response.text

@@ -454,3 +454,42 @@ async def test_server_sequence_command_also_asks_the_witnesses(
     async with app.state.engine.connect() as conn:
         lines = (await conn.execute(text("SELECT line FROM checkpoint_cosignature"))).all()
     assert len(lines) == 1
+
+
+async def test_a_client_pinning_a_quorum_refuses_a_checkpoint_its_witnesses_did_not_cosign(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce, auditor: httpx.AsyncClient,
+    witness: RunningWitness, wvkey: str, log_vkey: str, tmp_path: Path,
+) -> None:
+    """The SDK's pin store holds the witness key and a quorum of one: the operator who
+    forks the log and serves the fork (ignoring ``?cosigned=``) is refused."""
+    from app.client.errors import WitnessQuorumError
+    from app.client.transparency import Pins, Transparency
+
+    await tf.sequence()
+    await _witness_now(app)
+
+    def raise_for(response: httpx.Response) -> None:
+        assert response.status_code < 400, response.text
+
+    async def honest(path: str, params: Any) -> httpx.Response:
+        return await auditor.get(path, params=params)
+
+    pins = Pins(log_key=log_vkey, witnesses=[wvkey], quorum=1, path=tmp_path / "k.pins.json")
+    accepted = await Transparency(honest, raise_for, pins=pins).checkpoint()
+    assert pins.size == accepted.size
+
+    await _fork(app, at=1)
+    await _more_events(client, tf)
+    await tf.sequence()
+    await _witness_now(app)  # the witness refuses the fork
+    forked_note = (await auditor.get("/v1/audit/checkpoint")).text
+
+    async def lying(path: str, params: Any) -> httpx.Response:
+        if path == "/v1/audit/checkpoint":
+            return httpx.Response(200, text=forked_note)
+        return await auditor.get(path, params=params)
+
+    fresh = Pins(log_key=log_vkey, witnesses=[wvkey], quorum=1, path=tmp_path / "f.pins.json")
+    with pytest.raises(WitnessQuorumError, match="not cosigned by enough of the witnesses"):
+        await Transparency(lying, raise_for, pins=fresh).checkpoint()
+    assert fresh.size is None, "nothing was pinned"
