@@ -360,7 +360,15 @@ def _has(kind: str) -> Any:
     )
 
 
-_COLUMNS = (*DirectoryService.__table__.c, Agency.name.label("agency_name"))
+_LISTED = (  # what a list item shows, and the row's place in the order (not search_text)
+    "id", "agency_id", "name", "description", "categories", "languages", "populations",
+    "eligibility", "service_area", "hours", "intake", "accepting", "accepting_rank",
+    "available", "unit", "capacity_updated_at", "capacity_updated_by",
+)
+_COLUMNS = (
+    *(DirectoryService.__table__.c[name] for name in _LISTED),
+    Agency.name.label("agency_name"),
+)
 
 
 @cache
