@@ -389,13 +389,20 @@ async def cmd_status(rc: RefgateClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
+def _grant_input(
+    args: argparse.Namespace,
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]]]:
     consent = _consents(args.consent)
     if not consent:
         raise UsageError("give at least one --consent field:AGENCY_ID:purpose")
     own = _pairs(args.request, "--request")
     requests = {r: {"services": services.split(","), "urgency": args.urgency or "routine",
                     "case_ref": args.case_ref} for r, services in own.items()}
+    return consent, requests
+
+
+async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
+    consent, requests = _grant_input(args)
     result = await rc.grant(args.referral_id, consent, requests, expires_in_days=args.days,
                             release_ref=args.release_ref)
     _emit(args, result, lambda out: out.write("".join(
@@ -405,10 +412,14 @@ async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
+def _revoke_input(args: argparse.Namespace) -> list[tuple[str, str]]:
     if len(args.field) != len(args.recipient):
         raise UsageError("give one --recipient for each --field")
-    pairs = list(zip(args.field, args.recipient, strict=True))
+    return list(zip(args.field, args.recipient, strict=True))
+
+
+async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
+    pairs = _revoke_input(args)
     result = await rc.revoke(args.referral_id, pairs)
     _emit(args, result, lambda out: out.write("".join(
         f"revoked {f} for {r}\n" for f, r in pairs
@@ -600,6 +611,11 @@ async def _run_remote(
         return await handler(rc, args)
 
 
+_INPUT_CHECKS: dict[str, Callable[[argparse.Namespace], object]] = {
+    "send": _send_input, "grant": _grant_input, "revoke": _revoke_input,
+}
+
+
 def _fail(code: int, message: str) -> int:
     print(message, file=sys.stderr)
     return code
@@ -611,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "local"):
             code: int = args.local(args)
             return code
+        # Bad input is refused before the pins are checked or anything is sent.
+        if args.command in _INPUT_CHECKS:
+            _INPUT_CHECKS[args.command](args)
         # The key file is opened before the event loop starts: Argon2id and a
         # passphrase prompt block.
         return asyncio.run(_run_remote(_client(args), args, args.remote))
