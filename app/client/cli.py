@@ -449,7 +449,8 @@ async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
         state_file=state_file,
         checkpoint_file=args.checkpoint_file,
         full=args.full,
-        log_key=args.audit_log_key or args.log_key or os.environ.get("REFGATE_LOG_KEY") or None,
+        # the key pinned beside the key file (checked before this command ran)
+        log_key=args.audit_log_key or await rc.trusted_log_key(),
         out=sys.stdout,
         grace=args.grace,
     )
