@@ -391,13 +391,20 @@ async def cmd_status(rc: RefgateClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
+def _grant_input(
+    args: argparse.Namespace,
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]]]:
     consent = _consents(args.consent)
     if not consent:
-        raise UsageError("give at least one --consent field:AGENCY_ID:purpose")
+        raise UsageError("give at least one --consent field:AGENCY:purpose (AGENCY: a name from `refgate find`, or an id)")
     own = _pairs(args.request, "--request")
     requests = {r: {"services": services.split(","), "urgency": args.urgency or "routine",
                     "case_ref": args.case_ref} for r, services in own.items()}
+    return consent, requests
+
+
+async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
+    consent, requests = _grant_input(args)
     named = await directory_cli.resolve_send_input(
         rc, {"fields": {}, "consent": consent, "requests": requests}
     )
@@ -410,11 +417,16 @@ async def cmd_grant(rc: RefgateClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
+def _revoke_input(args: argparse.Namespace) -> list[tuple[str, str]]:
     if len(args.field) != len(args.recipient):
         raise UsageError("give one --recipient for each --field")
-    ids = await directory_cli.resolve_agencies(rc, list(args.recipient))
-    pairs = [(f, ids[r]) for f, r in zip(args.field, args.recipient, strict=True)]
+    return list(zip(args.field, args.recipient, strict=True))
+
+
+async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
+    named = _revoke_input(args)
+    ids = await directory_cli.resolve_agencies(rc, [r for _, r in named])
+    pairs = [(f, ids[r]) for f, r in named]
     result = await rc.revoke(args.referral_id, pairs)
     _emit(args, result, lambda out: out.write("".join(
         f"revoked {f} for {r}\n" for f, r in pairs
@@ -454,7 +466,8 @@ async def cmd_audit_verify(rc: RefgateClient, args: argparse.Namespace) -> int:
         state_file=state_file,
         checkpoint_file=args.checkpoint_file,
         full=args.full,
-        log_key=args.audit_log_key or args.log_key or os.environ.get("REFGATE_LOG_KEY") or None,
+        # the key pinned beside the key file (checked before this command ran)
+        log_key=args.audit_log_key or await rc.trusted_log_key(),
         **_audit_witnesses(args),
         out=sys.stdout,
         grace=args.grace,
@@ -628,6 +641,11 @@ async def _run_remote(
         return await handler(rc, args)
 
 
+_INPUT_CHECKS: dict[str, Callable[[argparse.Namespace], object]] = {
+    "send": _send_input, "grant": _grant_input, "revoke": _revoke_input,
+}
+
+
 def _fail(code: int, message: str) -> int:
     print(message, file=sys.stderr)
     return code
@@ -639,6 +657,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "local"):
             code: int = args.local(args)
             return code
+        # Bad input is refused before the pins are checked or anything is sent.
+        if args.command in _INPUT_CHECKS:
+            _INPUT_CHECKS[args.command](args)
         # The key file is opened before the event loop starts: Argon2id and a
         # passphrase prompt block.
         return asyncio.run(_run_remote(_client(args), args, args.remote))

@@ -449,3 +449,33 @@ async def test_key_event_left_out_of_the_directory_is_caught(
     report, out = await _verify_full(app, tf, tmp_path)
     assert not report.ok
     assert "key directory" in out
+
+
+async def test_old_checkpoints_directory_proofs_stay_servable(
+    app: Any, tf: TaskForce, client: httpx.AsyncClient
+) -> None:
+    """After a rotation, the checkpoint signed before it still proves the old kid, and the
+    latest one the new kid: a client holding an old checkpoint can still check it."""
+    police = tf["police"]
+    await tf.sequence()
+    headers = await tf.headers("legal")
+    before = (await client.get(f"/v1/agencies/{police.agency_id}/keys/proof",
+                               headers=headers)).json()
+    fresh = keys.generate_agency_keys()
+    r = await client.post(f"/v1/agencies/{police.agency_id}/keys",
+                          json={"enc_key": b64url_encode(fresh.enc_public)},
+                          headers=await tf.headers("office", "admin"))
+    assert r.status_code == 201, r.text
+    await tf.sequence()
+    after = (await client.get(f"/v1/agencies/{police.agency_id}/keys/proof",
+                              headers=headers)).json()
+    again = (await client.get(f"/v1/agencies/{police.agency_id}/keys/proof",
+                              params={"tree_size": before["tree_size"]}, headers=headers)).json()
+    assert after["tree_size"] > before["tree_size"]
+    assert (before["leaf"]["enc_kid"], after["leaf"]["enc_kid"]) == (police.keys.enc_kid,
+                                                                      fresh.enc_kid)
+    assert again == before
+    missing = await client.get(f"/v1/agencies/{police.agency_id}/keys/proof",
+                               params={"tree_size": before["tree_size"] + 1}, headers=headers)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
