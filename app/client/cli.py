@@ -396,7 +396,8 @@ def _grant_input(
 ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]]]:
     consent = _consents(args.consent)
     if not consent:
-        raise UsageError("give at least one --consent field:AGENCY:purpose (AGENCY: a name from `refgate find`, or an id)")
+        raise UsageError("give at least one --consent field:AGENCY:purpose "
+                         "(AGENCY: a name from `refgate find`, or an id)")
     own = _pairs(args.request, "--request")
     requests = {r: {"services": services.split(","), "urgency": args.urgency or "routine",
                     "case_ref": args.case_ref} for r, services in own.items()}
