@@ -644,6 +644,7 @@ async def _run_remote(
 
 _INPUT_CHECKS: dict[str, Callable[[argparse.Namespace], object]] = {
     "send": _send_input, "grant": _grant_input, "revoke": _revoke_input,
+    "capacity": directory_cli.capacity_input,
 }
 
 

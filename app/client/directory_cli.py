@@ -153,7 +153,8 @@ async def cmd_services(rc: RefgateClient, args: argparse.Namespace) -> int:
     return int(cli.EXIT_OK)
 
 
-async def cmd_capacity(rc: RefgateClient, args: argparse.Namespace) -> int:
+def capacity_input(args: argparse.Namespace) -> Any:
+    """The ``available`` to post (``UNSET`` to leave it); refuses a change of nothing."""
     cli = _cli()
     if args.available is not None and args.unknown:
         raise cli.UsageError("give --available N or --unknown, not both")
@@ -162,6 +163,12 @@ async def cmd_capacity(rc: RefgateClient, args: argparse.Namespace) -> int:
     if available is UNSET and args.accepting is None and args.unit is None:
         raise cli.UsageError("say what changed: --available N, --accepting yes|waitlist|no, "
                              "--unit or --unknown")
+    return available
+
+
+async def cmd_capacity(rc: RefgateClient, args: argparse.Namespace) -> int:
+    cli = _cli()
+    available = capacity_input(args)
     item = await rc.set_capacity(args.service_id, accepting=args.accepting, available=available,
                                  unit=args.unit)
     cli._emit(args, item, lambda out: out.write(
