@@ -28,7 +28,7 @@ async function buildSite() {
     entryPoints: [join(here, "src", "main.ts"), join(here, "src", "style.css")],
     outdir: join(out, "assets"), bundle: true, platform: "browser", format: "esm",
     target: ["chrome110", "firefox115", "safari16"], minify: true, sourcemap: false,
-    entryNames: "[name]-[hash]", metafile: true, logLevel: "warning", legalComments: "external",
+    entryNames: "[name]-[hash]", metafile: true, logLevel: "warning", legalComments: "eof",
   });
   const outputs = Object.keys(result.metafile.outputs).map((p) => p.split("/").pop());
   const script = outputs.find((f) => /^main-.*\.js$/.test(f));
