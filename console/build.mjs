@@ -2,7 +2,6 @@
 // ../app/console_dist/ (hashed asset names, index.html referencing them);
 // `node build.mjs --tests` bundles test/*.test.ts for `node --test`.
 import { build } from "esbuild";
-import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -36,8 +35,6 @@ async function buildSite() {
   const template = readFileSync(join(here, "src", "index.html"), "utf8");
   const html = template.replace("{{script}}", `assets/${script}`).replace("{{style}}", `assets/${style}`);
   writeFileSync(join(out, "index.html"), html);
-  const stamp = createHash("sha256").update(html).digest("hex").slice(0, 16);
-  writeFileSync(join(out, "BUILD"), `${stamp}\n`);
 }
 
 if (process.argv.includes("--tests")) await buildTests();
