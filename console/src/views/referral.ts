@@ -114,8 +114,9 @@ function recipientPart(id: string, doc: Document, opened: Opened, body: HTMLElem
         });
         await s.api.post(`/v1/referrals/${id}/status`, bodyOut);
         note.value = "";
-        say(`Status "${words(status.value)}" signed and sent.`);
+        const posted = words(status.value);
         await render(id, body);
+        say(`Status "${posted}" signed and sent.`);
       } catch (exc) {
         showError(form, exc);
       } finally {
@@ -160,8 +161,8 @@ async function senderPart(id: string, doc: Document, opened: Opened, body: HTMLE
         if (!confirm(`${who} will no longer be able to read ${field}. What it already read cannot be recalled. Revoke?`)) return;
         try {
           await s.api.post(`/v1/referrals/${id}/revocations`, { revocations: [{ fid: g.fid, recipient: g.recipient }] });
-          say(`${who} can no longer read ${field}.`);
           await render(id, body);
+          say(`${who} can no longer read ${field}.`);
         } catch (exc) {
           showError(body, exc);
         }
@@ -179,8 +180,8 @@ async function senderPart(id: string, doc: Document, opened: Opened, body: HTMLE
       if (!confirm("Every recipient loses access and its status becomes cancelled. Withdraw?")) return;
       try {
         await s.api.post(`/v1/referrals/${id}/withdraw`, undefined);
-        say("The referral was withdrawn.");
         await render(id, body);
+        say("The referral was withdrawn.");
       } catch (exc) {
         showError(body, exc);
       }
