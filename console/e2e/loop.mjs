@@ -98,6 +98,16 @@ async function shot(s, name) {
 
 const ids = config.names;
 try {
+  // --- a wrong passphrase is refused in plain words
+  const early = await browser.newPage();
+  await early.goto(`${BASE}/console/`);
+  await early.getByLabel("Key file", { exact: true }).setInputFiles(config.keys.shelter);
+  await early.getByLabel("Passphrase", { exact: true }).fill(`${config.passphrase}!`);
+  await early.getByRole("button", { name: "Unlock" }).click();
+  await early.getByRole("alert").getByText("The passphrase is wrong").waitFor({ timeout: 30_000 });
+  assert.equal(await early.getByLabel("Passphrase", { exact: true }).inputValue(), "", "the passphrase field is cleared");
+  await early.close();
+
   // --- the shelter's caseworker unlocks a sealed key file and composes
   const shelter = await open("shelter", config.keys.shelter, config.passphrase);
   await axe(shelter, "sign-in done / inbox");
@@ -191,6 +201,18 @@ try {
   await unlock(police.page, config.keys.police, null);
   await police.page.getByText(/No field is shared with your agency|no longer shared with your agency/).waitFor({ timeout: 30_000 });
   assert.ok(!(await police.page.content()).includes(NAME), "the revoked field is gone");
+
+  // --- consent given again (an amendment signed in the page) reaches the liaison's next open
+  const amendForm = shelter.page.getByRole("form", { name: "Add consent" });
+  await amendForm.getByLabel("Field", { exact: true }).selectOption("full_name");
+  await amendForm.getByLabel("Recipient", { exact: true }).selectOption({ label: ids.police });
+  await amendForm.getByLabel("Purpose", { exact: true }).selectOption("investigation");
+  await amendForm.getByRole("button", { name: "Add consent" }).click();
+  await shelter.page.getByText(`${ids.police} can read Full name until`).waitFor({ timeout: 30_000 });
+  await police.page.reload();
+  await unlock(police.page, config.keys.police, null);
+  await police.page.getByText(NAME).waitFor({ timeout: 30_000 });
+  assert.ok(!(await police.page.content()).includes(NARRATIVE), "only the consented field came back");
 
   // --- Lock forgets; a reload asks for the key file again
   await shelter.page.getByRole("button", { name: "Lock" }).click();

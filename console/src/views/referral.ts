@@ -5,8 +5,9 @@
  * sender; the sender sees each recipient's verified status and note, revokes
  * a consent or withdraws the referral.
  */
-import { openEnvelope, openNote, sealNote, signStatus, type Opened } from "../crypto/envelope";
-import { POSTABLE_STATUSES, REASON_RE } from "../crypto/wire";
+import { amend, openEnvelope, openNote, sealNote, signStatus, type Opened } from "../crypto/envelope";
+import { PURPOSES, POSTABLE_STATUSES, REASON_RE } from "../crypto/wire";
+import { ApiError } from "../api";
 import { lib } from "../crypto/sodium";
 import { session } from "../session";
 import { date, day, fieldLabel, h, labelled, say, select, showError, words } from "../ui";
@@ -174,6 +175,7 @@ async function senderPart(id: string, doc: Document, opened: Opened, body: HTMLE
   body.append(h("h2", {}, "Consent"), rows.length
     ? h("table", {}, h("thead", {}, h("tr", {}, ["Recipient", "Field", "Purpose", "Until", "Action"].map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, rows))
     : h("p", {}, "No recipient holds consent to any field now."));
+  body.append(await consentForm(id, opened, body, nameOf));
   const withdraw = h("button", { type: "button", class: "danger" }, "Withdraw this referral");
   withdraw.addEventListener("click", () => {
     void (async () => {
@@ -188,4 +190,58 @@ async function senderPart(id: string, doc: Document, opened: Opened, body: HTMLE
     })();
   });
   body.append(withdraw);
+}
+
+const DAY = 86_400_000;
+
+/** Add consent for a field to a current recipient: an amendment signed in the page. */
+async function consentForm(id: string, opened: Opened, body: HTMLElement, nameOf: Record<string, string>): Promise<HTMLElement> {
+  const s = session();
+  const recipients = Object.keys(opened.requests);
+  const field = select(Object.values(nameOf).map((n): [string, string] => [n, fieldLabel(n)]));
+  const recipient = select(await Promise.all(recipients.map(async (r): Promise<[string, string]> => [r, await s.trust.name(r)])));
+  const purpose = select(PURPOSES.map((p): [string, string] => [p, words(p)]), "service_provision");
+  const days = Math.min(90, s.maxConsentDays);
+  const until = h("input", { type: "date", value: new Date(Date.now() + days * DAY).toISOString().slice(0, 10) });
+  const button = h("button", { type: "submit" }, "Add consent");
+  const form = h("form", { class: "panel", "aria-labelledby": "amend-title" },
+    h("h2", { id: "amend-title" }, "Add consent"),
+    h("p", { class: "hint" }, "Only with the survivor's consent. The recipient can read the field from its next open."),
+    labelled("Field", field), labelled("Recipient", recipient), labelled("Purpose", purpose),
+    labelled("Until", until, `At most ${s.maxConsentDays} days from today.`), button);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    void (async () => {
+      button.disabled = true;
+      try {
+        const today = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate());
+        const n = Math.round((Date.parse(until.value) - today) / DAY);
+        if (!(n >= 1 && n <= s.maxConsentDays)) throw new Error(`Consent must last 1 to ${s.maxConsentDays} days (the server's maximum). Pick another date.`);
+        const expiresAt = new Date(Math.floor(Date.now() / 1000) * 1000 + n * DAY).toISOString().replace(/\.\d{3}Z$/, "Z");
+        const who = recipient.selectedOptions[0]?.textContent ?? "";
+        say(`Checking ${who}'s key against the audit log…`);
+        const [, encPublic] = await s.trust.agencyKey(recipient.value, "enc");
+        for (let attempt = 0; ; attempt++) {
+          const document = await s.api.get<unknown>(`/v1/referrals/${id}`);
+          const amendment = amend({
+            document, senderAgency: s.agencyId, senderSigSeed: s.secrets.sigSeed, senderEncPrivate: s.secrets.encPrivate,
+            grants: [{ field: field.value, recipient: recipient.value, encPublic, purpose: purpose.value, expiresAt }], requests: [],
+          });
+          try {
+            await s.api.post(`/v1/referrals/${id}/grants`, amendment);
+            break;
+          } catch (exc) {
+            if (!(exc instanceof ApiError && exc.status === 409 && attempt < 2)) throw exc;
+          }
+        }
+        await render(id, body);
+        say(`${who} can read ${fieldLabel(field.value)} until ${day(expiresAt)}.`);
+      } catch (exc) {
+        showError(form, exc);
+      } finally {
+        button.disabled = false;
+      }
+    })();
+  });
+  return form;
 }
