@@ -12,7 +12,12 @@ export function h<K extends keyof HTMLElementTagNameMap>(
 ): HTMLElementTagNameMap[K] {
   const el = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === false) continue;
+    if (value === undefined) continue;
+    if (value === false) {
+      // a boolean property (spellcheck, checked) is set false; an attribute is left out
+      if (typeof (el as unknown as Record<string, unknown>)[key] === "boolean") (el as unknown as Record<string, unknown>)[key] = false;
+      continue;
+    }
     if (typeof value === "function") el.addEventListener(key.replace(/^on/, "").toLowerCase(), value);
     else if (key === "class") el.className = String(value);
     else if (key === "text") el.textContent = String(value);

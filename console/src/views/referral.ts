@@ -6,7 +6,7 @@
  * a consent or withdraws the referral.
  */
 import { amend, openEnvelope, openNote, sealNote, signStatus, type Opened } from "../crypto/envelope";
-import { PURPOSES, POSTABLE_STATUSES, REASON_RE } from "../crypto/wire";
+import { PURPOSES, POSTABLE_STATUSES, REASON_RE, STANDARD_FIELDS } from "../crypto/wire";
 import { ApiError } from "../api";
 import { lib } from "../crypto/sodium";
 import { session } from "../session";
@@ -57,7 +57,11 @@ async function render(id: string, body: HTMLElement): Promise<void> {
   for (const k of Object.values(opened.fieldKeys)) lib().memzero(k);
   const isSender = opened.manifest.sender_agency === s.agencyId;
   const sender = await s.trust.name(opened.manifest.sender_agency);
-  const names = Object.keys(opened.fields);
+  const order = (n: string): number => {
+    const i = (STANDARD_FIELDS as readonly string[]).indexOf(n);
+    return i < 0 ? STANDARD_FIELDS.length : i;
+  };
+  const names = Object.keys(opened.fields).sort((a, b) => order(a) - order(b) || (a < b ? -1 : 1));
   const checks = h("ul", { class: "checks" },
     h("li", {}, `Signed by ${sender}: verified (version ${opened.manifest.version}).`),
     h("li", {}, `${sender}'s signing key is the one the audit log registered (log size ${cpSize}): verified.`),
