@@ -19,7 +19,9 @@ import re
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from app import errors
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,11 +51,11 @@ _TYPES = {"js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-
           "txt": "text/plain; charset=utf-8"}
 
 NOT_BUILT = (
-    "The refgate console has not been built on this server.\n\n"
-    "Build it once (needs Node.js 18 or newer), then reload this page:\n\n"
-    "    cd console && npm ci && npm run build\n\n"
-    "(./dev serve does this for you when the console's sources change.)\n"
+    "The refgate console has not been built on this server. Build it once (needs Node.js 20 "
+    "or newer) with: cd console && npm ci && npm run build, then reload this page "
+    "(./dev serve does this for you when the console's sources change)."
 )
+_NO_STORE = {**PAGE_HEADERS, "cache-control": "no-store"}
 
 
 @router.get("/console")
@@ -65,10 +67,8 @@ async def console_root() -> RedirectResponse:
 async def console_index() -> Response:
     index = DIST / "index.html"
     if not index.is_file():
-        return PlainTextResponse(NOT_BUILT, status_code=503,
-                                 headers={**PAGE_HEADERS, "cache-control": "no-store"})
-    return FileResponse(index, media_type="text/html; charset=utf-8",
-                        headers={**PAGE_HEADERS, "cache-control": "no-store"})
+        raise errors.ServiceUnavailable(NOT_BUILT, slug="console/not-built", headers=_NO_STORE)
+    return FileResponse(index, media_type="text/html; charset=utf-8", headers=_NO_STORE)
 
 
 @router.get("/console/assets/{name}")
@@ -76,8 +76,7 @@ async def console_asset(name: str) -> Response:
     match = _ASSET.fullmatch(name)
     path = DIST / "assets" / name
     if match is None or not path.is_file():
-        return PlainTextResponse("No such console file. Reload the console to get the current "
-                                 "version.\n", status_code=404,
-                                 headers={**PAGE_HEADERS, "cache-control": "no-store"})
+        raise errors.NotFound("No such console file. Reload the console to get the current "
+                              "version.", slug="console/not-found", headers=_NO_STORE)
     return FileResponse(path, media_type=_TYPES[match.group(1)],
                         headers={**PAGE_HEADERS, "cache-control": IMMUTABLE})

@@ -29,7 +29,6 @@ import pytest
 
 from app.client.keyfile import KeyFile
 from app.crypto.encoding import b64url_encode
-from app.crypto.passphrase import MEMLIMIT_INTERACTIVE, OPSLIMIT_INTERACTIVE
 from tests.client.test_cli import free_port
 from tests.console import node
 from tests.console.test_console_route import EXPECTED_CSP
@@ -87,8 +86,8 @@ def test_caseworker_and_liaison_work_a_referral_in_the_browser(
                                 ("police", "police"))}
     loaded = {name: KeyFile.load(path) for name, path in files.items()}
     sealed = tmp_path / "shelter.sealed.json"
-    sealed.write_text(json.dumps(loaded["shelter"].to_json(
-        PASSPHRASE.encode(), opslimit=OPSLIMIT_INTERACTIVE, memlimit=MEMLIMIT_INTERACTIVE)))
+    # sealed as `refgate keygen --passphrase` seals (Argon2id, moderate: 256 MiB in the page)
+    sealed.write_text(json.dumps(loaded["shelter"].to_json(PASSPHRASE.encode())))
     task_force = json.loads((demo / "task-force.json").read_text())
     names = {}
     for m in task_force["members"]:

@@ -68,6 +68,7 @@ async def test_unknown_or_unhashed_asset_names_are_404(
 ) -> None:
     r = await client.get(f"/console/assets/{name}")
     assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
     assert r.headers["cache-control"] == "no-store"
 
 
@@ -77,7 +78,8 @@ async def test_console_without_a_build_says_how_to_build_it(
     monkeypatch.setattr(console, "DIST", tmp_path / "nothing")
     r = await client.get("/console/")
     assert r.status_code == 503
-    assert "npm ci && npm run build" in r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert "cd console && npm ci && npm run build" in r.json()["detail"]
     _page_headers(r)
 
 
