@@ -29,6 +29,7 @@ from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.ratelimit import RateLimiter, RateLimitMiddleware
 from app.routers import agencies, audit, directory, health, oauth, referrals, webhooks
+from app.routers import console as console_route
 from app.routers import metrics as metrics_route
 from app.services.sequencer import SequencerRunner
 from app.services.server_keys import load_server_keys
@@ -218,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(referrals.limits_router)
     app.include_router(metrics_route.router)
+    app.include_router(console_route.router)
     registry = Metrics(settings.data_dir)
     limiter = RateLimiter(settings, on_refused=registry.rate_limited)
     app.state.metrics = registry

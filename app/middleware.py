@@ -93,7 +93,10 @@ class RequestContextMiddleware:
                 status_holder["started"] = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
                 headers.append((b"x-request-id", request_id.encode()))
-                headers.extend(SECURITY_HEADERS)
+                # a route that sets its own policy (the console's pages) keeps it:
+                # two CSP headers would both be enforced, and the API's forbids scripts
+                own = {k.lower() for k, _ in headers}
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in own)
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -501,6 +501,19 @@ def _public(w: World, c: Caller, res: str) -> Expect:
     return Expect(200)
 
 
+def _console_page(w: World, c: Caller, res: str) -> Expect:
+    from app.routers import console
+
+    return Expect(200 if (console.DIST / "index.html").is_file() else 503)  # built or not
+
+
+def _status(status: int) -> Oracle:
+    def oracle(w: World, c: Caller, res: str) -> Expect:
+        return Expect(status)
+
+    return oracle
+
+
 def _metrics(w: World, c: Caller, res: str) -> Expect:
     return Expect(401)  # no caller holds the metrics secret; not an audited resource
 
@@ -779,6 +792,10 @@ ROUTES: dict[str, tuple[tuple[str, ...], Oracle, Builder, bool]] = {
     "GET /health/ready": (ONE, _public, _fixed("/health/ready"), False),
     "GET /.well-known/jwks.json": (ONE, _public, _fixed("/.well-known/jwks.json"), False),
     "GET /metrics": (ONE, _metrics, _fixed("/metrics"), False),
+    # the web console: static files for everyone, no data (the page signs in by itself)
+    "GET /console": (ONE, _status(308), _fixed("/console"), False),
+    "GET /console/": (ONE, _console_page, _fixed("/console/"), False),
+    "GET /console/assets/{name}": (ONE, _status(404), _fixed("/console/assets/main-0.js"), False),
     "POST /oauth/token": (ONE, _token, _token_req, False),
     "POST /v1/referrals": (("own", "other"), _create_referral, _create_referral_req, False),
     "GET /v1/referrals": (

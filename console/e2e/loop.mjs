@@ -1,0 +1,239 @@
+// The whole referral loop in real headless Chromium, only through the page,
+// against a live gateway (started by tests/console/test_console_browser.py).
+// Usage: node e2e/loop.mjs <config.json>; exits non-zero with a reason on failure.
+//
+// Beside the loop it checks what the page must never do: talk to another
+// origin; put a private key, a passphrase or a field value into a request or
+// into localStorage, sessionStorage, IndexedDB or cookies; let the liaison's
+// page or any response it received name a field it was not given. It checks
+// the CSP header exactly, that a reload asks for the key file again, runs
+// axe-core on every view and saves a screenshot of each.
+import assert from "node:assert/strict";
+import { readFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const require = createRequire(import.meta.url);
+const config = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const BASE = config.url;
+const origin = new URL(BASE).origin;
+const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const SHOTS = config.screenshots;
+if (SHOTS) mkdirSync(SHOTS, { recursive: true });
+
+const NAME = "Maria Example";
+const NARRATIVE = "Recruited with a false job offer; passport withheld.";
+const CUSTOM = "safe_house_code"; // a custom field, for legal aid only
+const CUSTOM_VALUE = "Blue door, code 4471";
+const NOTE = "Intake Tuesday 10:00, bring ID if safe.";
+const secrets = [config.passphrase, NAME, NARRATIVE, NOTE, CUSTOM_VALUE, ...config.private_keys];
+
+const pages = [];
+const browser = await chromium.launch({ executablePath: config.chromium, args: ["--no-sandbox"] });
+const problems = [];
+
+async function open(who, keyFile, passphrase) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  pages.push([who, page]);
+  const bodies = [];
+  page.on("request", (request) => {
+    const url = request.url();
+    if (new URL(url).origin !== origin) problems.push(`${who}: a request left the origin: ${url}`);
+    const body = request.postData() ?? "";
+    for (const s of secrets) if (body.includes(s) || url.includes(s)) problems.push(`${who}: a request to ${url} carries a secret or a field value`);
+  });
+  page.on("response", async (response) => {
+    try {
+      bodies.push([response.url(), await response.text()]);
+    } catch {
+      // redirects and aborted loads have no body
+    }
+  });
+  page.on("pageerror", (e) => problems.push(`${who}: page error ${e.message}`));
+  page.on("dialog", (d) => d.accept());
+  const response = await page.goto(`${BASE}/console/`);
+  assert.equal(response.headers()["content-security-policy"], config.csp, "the CSP header is exact");
+  await unlock(page, keyFile, passphrase);
+  return { context, page, bodies, who };
+}
+
+async function unlock(page, keyFile, passphrase) {
+  await page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
+  await page.getByLabel("Key file", { exact: true }).setInputFiles(keyFile);
+  if (passphrase) await page.getByLabel("Passphrase", { exact: true }).fill(passphrase);
+  await page.getByRole("button", { name: "Unlock" }).click();
+  await page.getByText(/^Signed in as /).waitFor({ timeout: 30_000 });
+}
+
+async function storageClean(s) {
+  const dump = await s.page.evaluate(async () => {
+    const dbs = indexedDB.databases ? await indexedDB.databases() : [];
+    return JSON.stringify({ local: { ...localStorage }, session: { ...sessionStorage }, dbs, cookie: document.cookie });
+  });
+  const cookies = JSON.stringify(await s.context.cookies());
+  for (const x of secrets) {
+    if (dump.includes(x) || cookies.includes(x)) problems.push(`${s.who}: browser storage holds a secret or a field value`);
+  }
+  const parsed = JSON.parse(dump);
+  assert.deepEqual(parsed.dbs, [], "no IndexedDB database");
+  assert.equal(parsed.cookie, "", "no cookie");
+  assert.deepEqual(Object.keys(parsed.session), [], "nothing in sessionStorage");
+  for (const key of Object.keys(parsed.local)) assert.match(key, /^refgate\.pin\./, "localStorage holds only log pins");
+}
+
+async function axe(s, view) {
+  await s.page.evaluate(AXE);
+  const result = await s.page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"] },
+  }));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  for (const v of bad) problems.push(`axe on ${view}: ${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(" ")).join("; ")}`);
+}
+
+async function shot(s, name) {
+  if (SHOTS) await s.page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+const ids = config.names;
+try {
+  // --- a wrong passphrase is refused in plain words
+  const early = await browser.newPage();
+  await early.goto(`${BASE}/console/`);
+  await early.getByLabel("Key file", { exact: true }).setInputFiles(config.keys.shelter);
+  await early.getByLabel("Passphrase", { exact: true }).fill(`${config.passphrase}!`);
+  await early.getByRole("button", { name: "Unlock" }).click();
+  await early.getByRole("alert").getByText("The passphrase is wrong").waitFor({ timeout: 30_000 });
+  assert.equal(await early.getByLabel("Passphrase", { exact: true }).inputValue(), "", "the passphrase field is cleared");
+  await early.close();
+
+  // --- the shelter's caseworker unlocks a sealed key file and composes
+  const shelter = await open("shelter", config.keys.shelter, config.passphrase);
+  await axe(shelter, "sign-in done / inbox");
+  await shelter.page.getByRole("link", { name: "New referral" }).click();
+  await shelter.page.getByRole("heading", { name: "New referral" }).waitFor();
+  const pick = async (query, name) => {
+    await shelter.page.getByLabel("Find an agency").fill(query);
+    await shelter.page.getByRole("checkbox", { name: new RegExp(`^${name}`) }).check();
+  };
+  await pick("legal", ids.legal);
+  await pick("law enforcement", ids.police);
+  await shelter.page.getByLabel("Full name", { exact: true }).fill(NAME);
+  await shelter.page.getByLabel("Narrative", { exact: true }).fill(NARRATIVE);
+  await shelter.page.getByLabel("Custom field name").fill(CUSTOM);
+  await shelter.page.getByRole("button", { name: "Add field" }).click();
+  await shelter.page.getByLabel("Safe house code", { exact: true }).fill(CUSTOM_VALUE);
+  await shelter.page.getByRole("checkbox", { name: `Share Full name with ${ids.legal}` }).check();
+  await shelter.page.getByRole("checkbox", { name: `Share Safe house code with ${ids.legal}` }).check();
+  await shelter.page.getByRole("checkbox", { name: `Share Narrative with ${ids.legal}` }).check();
+  await shelter.page.getByRole("button", { name: "Review" }).click();
+  await shelter.page.getByText(`${ids.police} would receive no field`).waitFor();
+  await shelter.page.getByRole("checkbox", { name: `Share Full name with ${ids.police}` }).check();
+  await shelter.page.getByLabel(`Services asked of ${ids.legal}`).selectOption(["legal", "immigration_legal"]);
+  await shelter.page.getByLabel(`Services asked of ${ids.police}`).selectOption(["investigation"]);
+  await shelter.page.getByLabel(`Case reference for ${ids.legal} (optional)`).fill("c-77");
+  await shelter.page.getByRole("button", { name: "Review" }).click();
+  await shelter.page.getByText(new RegExp(`^${ids.legal} can read Full name until .*, Narrative until`)).waitFor();
+  await shelter.page.getByText(new RegExp(`^${ids.police} can read Full name until .*\\(investigation\\)\\.$`)).waitFor();
+  await axe(shelter, "compose");
+  await shot(shelter, "compose");
+  await shelter.page.getByRole("button", { name: "Send referral" }).click();
+  await shelter.page.waitForURL(/#\/referral\/[0-9a-f-]{36}$/, { timeout: 60_000 });
+  const referralId = shelter.page.url().split("/").pop();
+  await shelter.page.getByText(NARRATIVE).waitFor({ timeout: 30_000 });
+  await storageClean(shelter);
+
+  // --- the liaison sees it in the inbox and opens it: only full_name
+  const police = await open("police", config.keys.police, null);
+  await police.page.getByRole("link", { name: /^Open/ }).first().waitFor();
+  await police.page.getByLabel("Urgency").selectOption("urgent");
+  await police.page.getByRole("button", { name: "Apply filters" }).click();
+  await police.page.getByRole("cell", { name: ids.shelter }).waitFor();
+  await axe(police, "inbox");
+  await shot(police, "inbox");
+  await police.page.getByRole("link", { name: /^Open/ }).first().click();
+  await police.page.getByText(NAME).waitFor({ timeout: 30_000 });
+  await axe(police, "open referral");
+  await shot(police, "open-referral");
+  const dom = await police.page.content();
+  for (const forbidden of ["narrative", "Narrative", NARRATIVE, CUSTOM, "Safe house", CUSTOM_VALUE, "c-77", ids.legal]) {
+    assert.ok(!dom.includes(forbidden), `the liaison's page shows ${forbidden}`);
+  }
+  for (const [url, body] of police.bodies) {
+    // the console's own script lists the standard field names (the compose form);
+    // everything else, and a custom name anywhere, must not name a field
+    const api = !new URL(url).pathname.startsWith("/console/assets/");
+    for (const forbidden of [CUSTOM, CUSTOM_VALUE, NARRATIVE, NAME, ...(api ? ["narrative", "full_name"] : [])]) {
+      if (body.includes(forbidden)) problems.push(`the response of ${url} to the liaison contains ${forbidden}`);
+    }
+  }
+  await storageClean(police);
+
+  // --- legal aid accepts with a note, by keyboard
+  const legal = await open("legal", config.keys.legal, null);
+  await legal.page.goto(`${BASE}/console/#/referral/${referralId}`);
+  await legal.page.getByText(NARRATIVE).waitFor({ timeout: 30_000 });
+  await legal.page.getByLabel("New status").focus();
+  await legal.page.keyboard.press("Home"); // "received", then one down: "accepted"
+  await legal.page.keyboard.press("ArrowDown");
+  await legal.page.getByLabel("Note to the sender (optional)").focus();
+  await legal.page.keyboard.type(NOTE);
+  await legal.page.keyboard.press("Tab");
+  await legal.page.keyboard.press("Enter");
+  await legal.page.getByText("Current status: accepted.").waitFor({ timeout: 30_000 });
+  await storageClean(legal);
+
+  // --- the shelter sees "accepted" (signed, verified) and the note; revokes the police cell
+  await shelter.page.getByRole("link", { name: "Sent" }).click();
+  await shelter.page.getByText(`${ids.legal}: accepted (signed, verified)`).waitFor({ timeout: 30_000 });
+  await axe(shelter, "sent");
+  await shot(shelter, "sent");
+  await shelter.page.getByRole("link", { name: /^Open/ }).first().click();
+  await shelter.page.getByText(NOTE).waitFor({ timeout: 30_000 });
+  await axe(shelter, "referral as sender");
+  await shot(shelter, "referral-sender");
+  await shelter.page.getByRole("button", { name: `Revoke Full name for ${ids.police}` }).click();
+  await shelter.page.getByText(`${ids.police} can no longer read Full name.`).waitFor({ timeout: 30_000 });
+
+  // --- the liaison's next open shows nothing
+  await police.page.reload();
+  await unlock(police.page, config.keys.police, null);
+  await police.page.getByText(/No field is shared with your agency|no longer shared with your agency/).waitFor({ timeout: 30_000 });
+  assert.ok(!(await police.page.content()).includes(NAME), "the revoked field is gone");
+
+  // --- consent given again (an amendment signed in the page) reaches the liaison's next open
+  const amendForm = shelter.page.getByRole("form", { name: "Add consent" });
+  await amendForm.getByLabel("Field", { exact: true }).selectOption("full_name");
+  await amendForm.getByLabel("Recipient", { exact: true }).selectOption({ label: ids.police });
+  await amendForm.getByLabel("Purpose", { exact: true }).selectOption("investigation");
+  await amendForm.getByRole("button", { name: "Add consent" }).click();
+  await shelter.page.getByText(`${ids.police} can read Full name until`).waitFor({ timeout: 30_000 });
+  await police.page.reload();
+  await unlock(police.page, config.keys.police, null);
+  await police.page.getByText(NAME).waitFor({ timeout: 30_000 });
+  assert.ok(!(await police.page.content()).includes(NARRATIVE), "only the consented field came back");
+
+  // --- Lock forgets; a reload asks for the key file again
+  await shelter.page.getByRole("button", { name: "Lock" }).click();
+  await shelter.page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
+  await axe(shelter, "sign-in");
+  await shot(shelter, "sign-in");
+  await unlock(shelter.page, config.keys.shelter, config.passphrase);
+  await shelter.page.reload();
+  await shelter.page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
+  await storageClean(shelter);
+} catch (exc) {
+  // what each page showed when it failed, beside the test's other files
+  if (config.debug) {
+    for (const [who, page] of pages) await page.screenshot({ path: join(config.debug, `failed-${who}.png`), fullPage: true }).catch(() => {});
+  }
+  throw exc;
+} finally {
+  await browser.close();
+}
+if (problems.length) {
+  console.error(problems.join("\n"));
+  process.exit(1);
+}
+console.log("browser loop ok");

@@ -1,0 +1,63 @@
+/**
+ * The console's shell: a skip link, a header with the signed-in agency and
+ * "Lock", navigation, one main region per view (hash routes), and a polite
+ * live region for progress. Locked, every route shows the sign-in form;
+ * a reload always starts locked, because keys exist only in memory.
+ */
+import { isUnlocked, lock, session } from "./session";
+import { h } from "./ui";
+import { composeView } from "./views/compose";
+import { inboxView } from "./views/lists";
+import { referralView } from "./views/referral";
+import { unlockView } from "./views/unlock";
+
+const ROUTES: [RegExp, string][] = [
+  [/^#\/inbox$/, "Inbox"], [/^#\/sent$/, "Sent"], [/^#\/compose$/, "New referral"], [/^#\/referral\/[0-9a-f-]{36}$/, "Referral"],
+];
+
+function nav(): HTMLElement {
+  const here = location.hash || "#/inbox";
+  const link = (href: string, text: string): HTMLElement =>
+    h("li", {}, h("a", { href, "aria-current": here === href ? "page" : undefined }, text));
+  return h("nav", { "aria-label": "Main" }, h("ul", {},
+    link("#/inbox", "Inbox"), link("#/compose", "New referral"), link("#/sent", "Sent")));
+}
+
+function render(): void {
+  const header = document.getElementById("header") as HTMLElement;
+  const main = document.getElementById("main") as HTMLElement;
+  header.replaceChildren(h("p", { class: "brand" }, "refgate"));
+  if (!isUnlocked()) {
+    document.title = "Sign in · refgate";
+    main.replaceChildren(unlockView(() => {
+      if (!ROUTES.some(([re]) => re.test(location.hash))) location.hash = "#/inbox";
+      render();
+    }));
+    return;
+  }
+  const s = session();
+  const lockButton = h("button", { type: "button", class: "secondary" }, "Lock");
+  lockButton.addEventListener("click", () => {
+    lock();
+    location.hash = "";
+    render();
+  });
+  header.append(h("p", { class: "who" }, `Signed in as ${s.agencyName}`), lockButton, nav());
+  if (s.trust.firstUse) {
+    header.append(h("p", { class: "notice", role: "note" },
+      `No log key was pinned for this key file, so the server's was trusted on first use and pinned: ${s.trust.pinnedKey}. Compare it with the key your task force published.`));
+  }
+  const hash = location.hash || "#/inbox";
+  const route = ROUTES.find(([re]) => re.test(hash));
+  let view: HTMLElement;
+  if (hash === "#/sent") view = inboxView("sent");
+  else if (hash === "#/compose") view = composeView((id) => { location.hash = `#/referral/${id}`; });
+  else if (route && hash.startsWith("#/referral/")) view = referralView(hash.slice("#/referral/".length));
+  else view = inboxView("received");
+  document.title = `${route?.[1] ?? "Inbox"} · refgate`;
+  main.replaceChildren(view);
+  (main.querySelector("h1") as HTMLElement | null)?.focus();
+}
+
+window.addEventListener("hashchange", render);
+render();

@@ -1,0 +1,221 @@
+/**
+ * Compose: recipients, fields (standard and custom), a consent matrix of
+ * fields × recipients with purpose and expiry per cell, a request per
+ * recipient, a plain-words summary, then sealing in the page and sending.
+ */
+import { sealEnvelope, type Grant, type Request } from "../crypto/envelope";
+import { FIELD_NAME_RE, PURPOSES, SERVICES, STANDARD_FIELDS, URGENCIES } from "../crypto/wire";
+import { session } from "../session";
+import { day, fieldLabel, h, labelled, say, select, showError, uid, words } from "../ui";
+import { loadRecipients, matches, type Recipient } from "./recipients";
+
+const DAY = 86_400_000;
+
+interface Cell { share: HTMLInputElement; purpose: HTMLSelectElement; until: HTMLInputElement }
+interface Ask { services: HTMLSelectElement; urgency: HTMLSelectElement; caseRef: HTMLInputElement }
+
+function isoDay(ms: number): string {
+  return new Date(ms).toISOString().slice(0, 10);
+}
+
+export function composeView(onSent: (id: string) => void): HTMLElement {
+  const s = session();
+  const maxDays = s.maxConsentDays;
+  const defaultDays = Math.min(90, maxDays);
+  const today = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate());
+  const main = h("section", { "aria-labelledby": "view-title" }, h("h1", { id: "view-title", tabindex: -1 }, "New referral"));
+  const form = h("form", { novalidate: true });
+  main.append(form);
+
+  // ---- recipients
+  const chosen = new Map<string, Recipient>();
+  const search = h("input", { type: "search" });
+  const list = h("ul", { class: "plain picker" });
+  let everyone: Recipient[] = [];
+  const drawRecipients = (): void => {
+    list.replaceChildren(...everyone.filter((r) => matches(r, search.value) || chosen.has(r.id)).map((r) => {
+      const box = h("input", { type: "checkbox", id: uid("r"), checked: chosen.has(r.id), value: r.id });
+      box.addEventListener("change", () => {
+        if (box.checked) chosen.set(r.id, r);
+        else chosen.delete(r.id);
+        drawMatrix();
+      });
+      return h("li", {}, box, h("label", { for: box.id }, `${r.name} `, h("span", { class: "hint" }, `(${r.detail})`)));
+    }));
+  };
+  search.addEventListener("input", drawRecipients);
+  form.append(h("fieldset", {}, h("legend", {}, "1. Recipients"),
+    labelled("Find an agency", search, "Type part of a name or a kind (shelter, legal aid, law enforcement…)."), list));
+
+  // ---- fields
+  const values = new Map<string, HTMLTextAreaElement>();
+  const fieldsBox = h("div", {});
+  const addField = (name: string): void => {
+    const area = h("textarea", { rows: name === "narrative" ? 4 : 1, "data-field": name });
+    area.addEventListener("input", drawMatrix);
+    values.set(name, area);
+    fieldsBox.append(labelled(fieldLabel(name), area));
+  };
+  STANDARD_FIELDS.forEach(addField);
+  const customName = h("input", { type: "text", spellcheck: false, pattern: FIELD_NAME_RE.source.slice(1, -1) });
+  const addCustom = h("button", { type: "button", class: "secondary" }, "Add field");
+  const customBox = h("div", { class: "inline" }, labelled("Custom field name", customName, "Lowercase letters, digits and _; for example shelter_address."), addCustom);
+  addCustom.addEventListener("click", () => {
+    const name = customName.value.trim();
+    if (!FIELD_NAME_RE.test(name) || values.has(name)) {
+      showError(customBox, new Error(values.has(name) ? `There is already a field named ${name}.` : "A field name starts with a lowercase letter and has only lowercase letters, digits and _ (at most 64)."));
+      return;
+    }
+    customName.value = "";
+    addField(name);
+    values.get(name)?.focus();
+  });
+  form.append(h("fieldset", {}, h("legend", {}, "2. Fields"),
+    h("p", { class: "hint" }, "Only fields you fill in are sent. Each is encrypted in this browser."), fieldsBox, customBox));
+
+  // ---- consent matrix and requests
+  const cells = new Map<string, Cell>(); // `${field}|${recipient}`
+  const asks = new Map<string, Ask>();
+  const matrixBox = h("div", {});
+  const asksBox = h("div", {});
+  function drawMatrix(): void {
+    const filled = [...values].filter(([, a]) => a.value.trim()).map(([n]) => n);
+    const recipients = [...chosen.values()];
+    if (!filled.length || !recipients.length) {
+      matrixBox.replaceChildren(h("p", {}, "Choose recipients and fill in fields to set consent."));
+    } else {
+      const table = h("table", { class: "matrix" },
+        h("caption", {}, "Who may read which field, for what purpose, until when"),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Field"), recipients.map((r) => h("th", { scope: "col" }, r.name)))),
+        h("tbody", {}, filled.map((f) => h("tr", {}, h("th", { scope: "row" }, fieldLabel(f)), recipients.map((r) => {
+          const key = `${f}|${r.id}`;
+          let cell = cells.get(key);
+          if (!cell) {
+            cell = {
+              share: h("input", { type: "checkbox", id: uid("c") }),
+              purpose: select(PURPOSES.map((p): [string, string] => [p, words(p)]), r.kind === "law_enforcement" ? "investigation" : "service_provision"),
+              until: h("input", { type: "date", value: isoDay(today + defaultDays * DAY), min: isoDay(today + DAY), max: isoDay(today + maxDays * DAY) }),
+            };
+            cell.purpose.setAttribute("aria-label", `Purpose for ${fieldLabel(f)} to ${r.name}`);
+            cell.until.setAttribute("aria-label", `${fieldLabel(f)} readable by ${r.name} until`);
+            cells.set(key, cell);
+          }
+          return h("td", {}, h("div", { class: "checkbox" }, cell.share, h("label", { for: cell.share.id }, `Share ${fieldLabel(f)} with ${r.name}`)), cell.purpose, cell.until);
+        })))));
+      matrixBox.replaceChildren(table);
+    }
+    asksBox.replaceChildren(...recipients.map((r) => {
+      let ask = asks.get(r.id);
+      if (!ask) {
+        ask = {
+          services: select(SERVICES.map((x): [string, string] => [x, words(x)])),
+          urgency: select(URGENCIES.map((u): [string, string] => [u, words(u)]), "urgent"),
+          caseRef: h("input", { type: "text", spellcheck: false, pattern: "[A-Za-z0-9._-]{1,64}" }),
+        };
+        ask.services.multiple = true;
+        ask.services.size = 5;
+        asks.set(r.id, ask);
+      }
+      return h("fieldset", {}, h("legend", {}, `Request to ${r.name}`),
+        labelled(`Services asked of ${r.name}`, ask.services, "Hold Ctrl (or Cmd) to choose several."),
+        labelled(`Urgency for ${r.name}`, ask.urgency),
+        labelled(`Case reference for ${r.name} (optional)`, ask.caseRef));
+    }));
+  }
+  form.append(h("fieldset", {}, h("legend", {}, "3. Consent"), matrixBox), h("fieldset", {}, h("legend", {}, "4. Requests"), asksBox));
+
+  // ---- summary and send
+  const summary = h("div", { class: "panel", "aria-live": "polite" });
+  const review = h("button", { type: "submit" }, "Review");
+  form.append(review, summary);
+
+  const plan = (): { fields: [string, string][]; grants: (Omit<Grant, "encPublic">)[]; requests: Request[]; lines: string[] } => {
+    const fields = [...values].filter(([, a]) => a.value.trim()).map(([n, a]): [string, string] => [n, a.value]);
+    if (!fields.length) throw new Error("Fill in at least one field.");
+    if (!chosen.size) throw new Error("Choose at least one recipient.");
+    const nowMs = Date.now();
+    const grants: Omit<Grant, "encPublic">[] = [];
+    const lines: string[] = [];
+    for (const r of chosen.values()) {
+      const mine = fields.map(([f]) => f).filter((f) => cells.get(`${f}|${r.id}`)?.share.checked);
+      if (!mine.length) throw new Error(`${r.name} would receive no field. Tick at least one field for it in the consent table, or remove it from the recipients: a referral may not deliver nothing to someone.`);
+      const parts: string[] = [];
+      for (const f of mine) {
+        const cell = cells.get(`${f}|${r.id}`) as Cell;
+        const days = Math.round((Date.parse(cell.until.value) - today) / DAY);
+        if (!(days >= 1 && days <= maxDays)) throw new Error(`Consent for ${fieldLabel(f)} to ${r.name} must last 1 to ${maxDays} days (the server's maximum). Pick another date.`);
+        const expiresAt = new Date(Math.floor(nowMs / 1000) * 1000 + days * DAY).toISOString().replace(/\.\d{3}Z$/, "Z");
+        grants.push({ field: f, recipient: r.id, purpose: cell.purpose.value, expiresAt });
+        parts.push(`${fieldLabel(f)} until ${day(expiresAt)} (${words(cell.purpose.value)})`);
+      }
+      lines.push(`${r.name} can read ${parts.join(", ")}.`);
+    }
+    const requests: Request[] = [...chosen.values()].map((r) => {
+      const ask = asks.get(r.id) as Ask;
+      const services = [...ask.services.selectedOptions].map((o) => o.value);
+      if (!services.length) throw new Error(`Choose at least one service to ask of ${r.name}.`);
+      const caseRef = ask.caseRef.value.trim() || null;
+      if (caseRef && !/^[A-Za-z0-9._-]{1,64}$/.test(caseRef)) throw new Error(`The case reference for ${r.name} may only have letters, digits, . _ and - (at most 64).`);
+      return { recipient: r.id, services, urgency: ask.urgency.value, caseRef };
+    });
+    const unshared = fields.map(([f]) => f).filter((f) => !grants.some((g) => g.field === f));
+    if (unshared.length) lines.push(`Only your agency can read ${unshared.map(fieldLabel).join(", ")}.`);
+    return { fields, grants, requests, lines };
+  };
+
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    summary.replaceChildren();
+    let p: ReturnType<typeof plan>;
+    try {
+      p = plan();
+    } catch (exc) {
+      showError(summary, exc);
+      return;
+    }
+    const send = h("button", { type: "button" }, "Send referral");
+    summary.append(h("h2", { id: "summary-title", tabindex: -1 }, "Summary"), h("ul", {}, p.lines.map((l) => h("li", {}, l))), send);
+    (summary.querySelector("#summary-title") as HTMLElement).focus();
+    send.addEventListener("click", () => {
+      void (async () => {
+        send.disabled = true;
+        try {
+          const recipients = [...new Set(p.grants.map((g) => g.recipient))];
+          const keysOf = new Map<string, Uint8Array>();
+          for (const [i, r] of recipients.entries()) {
+            say(`Checking ${chosen.get(r)?.name}'s key against the audit log (${i + 1} of ${recipients.length})…`);
+            keysOf.set(r, (await s.trust.agencyKey(r, "enc"))[1]);
+          }
+          say("Encrypting in this browser…");
+          const referralId = crypto.randomUUID();
+          const sealed = sealEnvelope({
+            referralId, senderAgency: s.agencyId, senderSigSeed: s.secrets.sigSeed, senderEncPublic: s.encPublic,
+            fields: p.fields, grants: p.grants.map((g) => ({ ...g, encPublic: keysOf.get(g.recipient) as Uint8Array })),
+            requests: p.requests, createdAt: new Date().toISOString().replace(/\.\d{3}Z$/, "Z"),
+          });
+          say("Sending…");
+          await s.api.post("/v1/referrals", sealed.body, { "idempotency-key": crypto.randomUUID() });
+          for (const a of values.values()) a.value = "";
+          say("Referral sent.");
+          onSent(referralId);
+        } catch (exc) {
+          showError(summary, exc);
+          send.disabled = false;
+        }
+      })();
+    });
+  });
+
+  void (async () => {
+    try {
+      say("Loading the task force's agencies…");
+      everyone = await loadRecipients();
+      drawRecipients();
+      drawMatrix();
+      say("");
+    } catch (exc) {
+      showError(main, exc);
+    }
+  })();
+  return main;
+}

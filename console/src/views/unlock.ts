@@ -1,0 +1,71 @@
+/** Sign in: open the key file in the page, check the audit log, get a token. */
+import { Api } from "../api";
+import { KeyFileError, parseKeyFile, unsealKeyFile } from "../crypto/keyfile";
+import { encPublicFromPrivate, kid, sigPublicFromSeed } from "../crypto/keys";
+import { utf8 } from "../crypto/encoding";
+import { ready } from "../crypto/sodium";
+import { start } from "../session";
+import { Trust } from "../trust";
+import { h, labelled, paint, say, showError } from "../ui";
+
+export function unlockView(onDone: () => void): HTMLElement {
+  const file = h("input", { type: "file", accept: ".json,application/json", required: true });
+  const pass = h("input", { type: "password", autocomplete: "current-password" });
+  const logKey = h("input", { type: "text", spellcheck: false, autocomplete: "off" });
+  const forget = h("input", { type: "checkbox" });
+  const button = h("button", { type: "submit" }, "Unlock");
+  const form = h("form", { class: "panel", "aria-labelledby": "unlock-title" },
+    h("h1", { id: "unlock-title" }, "Sign in with your agency's key file"),
+    h("p", {}, "Your key file is opened in this browser only. Its keys never leave this page and are forgotten when you lock, reload or close the tab."),
+    labelled("Key file", file, "The file made by \"refgate keygen\" (for example agency.key.json)."),
+    labelled("Passphrase", pass, "Only if your key file is protected by a passphrase."),
+    labelled("Log key (optional)", logKey, "The audit log key your task force gave you. Leave empty if it was pinned on an earlier sign-in."),
+    h("div", { class: "control checkbox" }, forget, h("label", { for: (forget.id ||= "forget-pin") }, "Forget the pinned log key (only when your task force tells you it changed)")),
+    button,
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    void (async () => {
+      button.disabled = true;
+      try {
+        await ready();
+        const chosen = file.files?.[0];
+        if (!chosen) throw new KeyFileError("Choose your key file first.");
+        const parsed = parseKeyFile(await chosen.text());
+        const { agency_id: agencyId, client_id: clientId } = parsed.settings;
+        if (!agencyId || !clientId) {
+          throw new KeyFileError("This key file is not registered yet (it has no agency or client id). Ask your administrator to register it, then run \"refgate configure\".");
+        }
+        if (parsed.sealed && !pass.value) throw new KeyFileError("This key file is protected: enter its passphrase.");
+        say("Opening the key file… this takes a few seconds.");
+        await paint();
+        const secrets = unsealKeyFile(parsed, utf8(pass.value));
+        pass.value = "";
+        file.value = "";
+        say("Signing in and checking the audit log…");
+        const api = new Api(clientId, secrets.authSeed);
+        const trust = new Trust(api, `refgate.pin.${kid(sigPublicFromSeed(secrets.authSeed))}`);
+        await trust.init(logKey.value.trim() || null, forget.checked);
+        const own = await trust.agency(agencyId);
+        const limits = await api.get<{ max_consent_days: number }>("/v1/limits");
+        start({
+          agencyId, clientId, role: parsed.settings.role, agencyName: own.name, secrets,
+          encPublic: encPublicFromPrivate(secrets.encPrivate), api, trust, settings: parsed.settings,
+          maxConsentDays: limits.max_consent_days,
+        });
+        say(trust.firstUse
+          ? `Signed in as ${own.name}. No log key was pinned: the server's key was trusted on first use and is pinned from now on.`
+          : `Signed in as ${own.name}.`);
+        onDone();
+      } catch (exc) {
+        pass.value = "";
+        showError(form, exc instanceof KeyFileError && /cannot open/.test(exc.message)
+          ? new Error("The passphrase is wrong, or the key file was changed. Type the passphrase again.")
+          : exc);
+      } finally {
+        button.disabled = false;
+      }
+    })();
+  });
+  return form;
+}
