@@ -89,7 +89,9 @@ def _server_url(args: argparse.Namespace, settings: Settings) -> str:
     return settings.public_url or f"http://{host}:{args.port}"
 
 
-def _seed_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+def _seed_demo(
+    settings: Settings, args: argparse.Namespace, witnesses: list[str] | None = None
+) -> dict[str, Any]:
     upgrade(settings)
 
     async def run() -> dict[str, Any]:
@@ -100,6 +102,7 @@ def _seed_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 log_key=verifier_key(
                     settings.audit.log_origin, load_server_keys(settings).log_public
                 ),
+                witnesses=witnesses,
             )
         finally:
             await engine.dispose()
@@ -152,20 +155,23 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.demo:
-        summary = _seed_demo(settings, args)
-        print(_demo_instructions(summary, _server_url(args, settings)), flush=True)
     load_server_keys(settings)  # create the keys once, before workers race to
     witness = None
     if args.demo and not args.no_witness and not settings.audit.witnesses:
+        # started first, so that the demo's key files pin its key with a quorum of one
         witness = local_witness.start(settings, args.port)
         get_settings.cache_clear()  # the gateway reads REFGATE_AUDIT__WITNESSES afresh
-        auditor = settings.data_dir / "demo" / "auditor.key.json"
-        print(f"local witness at {witness.url}, verifier key {witness.vkey}\n"
-              f"  verify with:  refgate --key-file {auditor} audit verify "
-              f"--witness {witness.vkey} --quorum 1", flush=True)
-    print(f"refgate listening on http://{args.host}:{args.port}", flush=True)
     try:
+        if args.demo:
+            summary = _seed_demo(settings, args, [witness.vkey] if witness else None)
+            print(_demo_instructions(summary, _server_url(args, settings)), flush=True)
+        if witness is not None:
+            auditor = settings.data_dir / "demo" / "auditor.key.json"
+            print(f"local witness at {witness.url}, verifier key {witness.vkey}\n"
+                  "  the demo key files pin it with a quorum of 1: every command needs its "
+                  f"cosignature\n  verify with:  refgate --key-file {auditor} audit verify "
+                  "--full", flush=True)
+        print(f"refgate listening on http://{args.host}:{args.port}", flush=True)
         _run_uvicorn(args)
     finally:
         if witness is not None:

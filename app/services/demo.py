@@ -141,14 +141,15 @@ async def unsafe_onboard_generated(
     return Onboarded(agency.id, agency_keys, clients)
 
 
-def _fresh_pins(key_file: Path, log_key: str | None) -> None:
+def _fresh_pins(key_file: Path, log_key: str | None, witnesses: list[str]) -> None:
     pins = key_file.with_name(key_file.name + ".pins.json")
     pins.unlink(missing_ok=True)
     key_file.with_name(key_file.name + ".audit-state.json").unlink(missing_ok=True)
     if log_key is not None:
         _write_private(
             pins,
-            {"version": 1, "log_key": log_key, "checkpoint": None, "witnesses": [], "quorum": 0},
+            {"version": 1, "log_key": log_key, "checkpoint": None, "witnesses": witnesses,
+             "quorum": len(witnesses)},
         )
 
 
@@ -157,6 +158,7 @@ async def seed(
     data_dir: Path,
     server_url: str,
     log_key: str | None = None,
+    witnesses: list[str] | None = None,
 ) -> dict[str, Any]:
     marker = data_dir / MARKER
     if marker.exists():
@@ -194,7 +196,7 @@ async def seed(
                         "auth_seed": b64url_encode(auth_key.seed),
                     },
                 )
-                _fresh_pins(path, log_key)
+                _fresh_pins(path, log_key, list(witnesses or []))
                 members.append(
                     {
                         "name": name,
