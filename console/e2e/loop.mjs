@@ -113,12 +113,30 @@ try {
   await axe(shelter, "sign-in done / inbox");
   await shelter.page.getByRole("link", { name: "New referral" }).click();
   await shelter.page.getByRole("heading", { name: "New referral" }).waitFor();
-  const pick = async (query, name) => {
-    await shelter.page.getByLabel("Find an agency").fill(query);
-    await shelter.page.getByRole("checkbox", { name: new RegExp(`^${name}`) }).check();
+  // the directory search: legal aid by service and accepting, the police unit by service and language
+  const form = shelter.page.getByRole("group", { name: "1. Recipients" });
+  const search = async (filters) => {
+    for (const [label, value] of Object.entries(filters)) {
+      const control = form.getByLabel(label, { exact: true });
+      if (await control.evaluate((el) => el.tagName === "SELECT")) await control.selectOption(value);
+      else await control.fill(value);
+    }
+    await form.getByRole("button", { name: "Search the directory" }).click();
+    await shelter.page.getByText(/^\d+ agenc(y|ies) found\.$/).waitFor();
   };
-  await pick("legal", ids.legal);
-  await pick("law enforcement", ids.police);
+  const pick = async (name) => {
+    const box = form.getByRole("checkbox", { name: new RegExp(`^${name}`) });
+    await box.check();
+    assert.ok(await box.isChecked(), `${name} is chosen`);
+  };
+  await search({ Service: "immigration_legal", Accepting: "yes" });
+  const results = form.locator("ul.picker li").filter({ hasText: ids.legal });
+  await results.getByText(/accepting, 4 appointments free \(updated (just now|\d+ minutes? ago)\)/).waitFor();
+  assert.equal(await form.getByRole("checkbox", { name: new RegExp(`^${ids.police}`) }).count(), 0, "the police unit offers no immigration legal service");
+  await pick(ids.legal);
+  await search({ Service: "investigation", Language: "es", Population: "minors", Accepting: "" });
+  await pick(ids.police);
+  await form.getByRole("heading", { name: "Chosen (2)" }).waitFor();
   await shelter.page.getByLabel("Full name", { exact: true }).fill(NAME);
   await shelter.page.getByLabel("Narrative", { exact: true }).fill(NARRATIVE);
   await shelter.page.getByLabel("Custom field name").fill(CUSTOM);
