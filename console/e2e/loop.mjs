@@ -111,6 +111,25 @@ try {
   // --- the shelter's caseworker unlocks a sealed key file and composes
   const shelter = await open("shelter", config.keys.shelter, config.passphrase);
   await axe(shelter, "sign-in done / inbox");
+
+  // --- the task force's witness and quorum are set; every checkpoint after carries the quorum
+  await shelter.page.getByRole("link", { name: "Settings" }).click();
+  await shelter.page.getByRole("heading", { name: "Trust settings" }).waitFor();
+  await shelter.page.getByText(/^No witness is required/).waitFor();
+  await shelter.page.getByLabel("Witness keys", { exact: true }).fill(config.witness);
+  await shelter.page.getByLabel("Quorum", { exact: true }).fill("2");
+  await shelter.page.getByRole("button", { name: "Save and check" }).click();
+  await shelter.page.getByRole("alert").getByText("Nothing was changed. A quorum of 2 needs at least as many witness keys (1 given).").waitFor();
+  await shelter.page.getByLabel("Quorum", { exact: true }).fill("1");
+  const asked = [];
+  shelter.page.on("request", (r) => { if (new URL(r.url()).pathname === "/v1/audit/checkpoint") asked.push(new URL(r.url()).search); });
+  await shelter.page.getByRole("button", { name: "Save and check" }).click();
+  await shelter.page.getByText(/^Saved\. The audit log's checkpoint of size \d+ passes these settings\.$/).waitFor({ timeout: 30_000 });
+  await shelter.page.getByText(/^Latest verified checkpoint: size \d+, cosigned by witness\.demo\.refgate\.local\/w1\.$/).waitFor();
+  const pin = JSON.parse(Object.values(await shelter.page.evaluate(() => ({ ...localStorage })))[0]);
+  assert.deepEqual([pin.witnesses, pin.quorum], [[config.witness], 1], "the witness and quorum are pinned with the log key");
+  await axe(shelter, "settings");
+  await shot(shelter, "settings");
   await shelter.page.getByRole("link", { name: "New referral" }).click();
   await shelter.page.getByRole("heading", { name: "New referral" }).waitFor();
   // the directory search: legal aid by service and accepting, the police unit by service and language
@@ -160,6 +179,7 @@ try {
   await shelter.page.waitForURL(/#\/referral\/[0-9a-f-]{36}$/, { timeout: 60_000 });
   const referralId = shelter.page.url().split("/").pop();
   await shelter.page.getByText(NARRATIVE).waitFor({ timeout: 30_000 });
+  assert.ok(asked.length > 0 && asked.every((q) => q === "?cosigned=1"), `every checkpoint was asked with the quorum: ${asked}`);
   await storageClean(shelter);
 
   // --- the liaison sees it in the inbox and opens it: only full_name
@@ -237,7 +257,9 @@ try {
   await shelter.page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
   await axe(shelter, "sign-in");
   await shot(shelter, "sign-in");
+  const beforeRelock = asked.length;
   await unlock(shelter.page, config.keys.shelter, config.passphrase);
+  assert.ok(asked.length > beforeRelock && asked.every((q) => q === "?cosigned=1"), "a new sign-in keeps the pinned quorum");
   await shelter.page.reload();
   await shelter.page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
   await storageClean(shelter);

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -94,8 +95,12 @@ def test_caseworker_and_liaison_work_a_referral_in_the_browser(
         for name, k in loaded.items():
             if m["agency_id"] == k.agency_id:
                 names[name] = m["name"]
+    # the demo's own witness (a separate process with its own key) cosigns the checkpoints
+    witness = re.search(r"local witness at \S+, verifier key (\S+)", (tmp_path / "server.log").read_text())
+    assert witness is not None, "the demo gateway runs a local witness"
     config = {
         "url": url,
+        "witness": witness.group(1),
         "chromium": chromium,
         "csp": EXPECTED_CSP,
         "passphrase": PASSPHRASE,

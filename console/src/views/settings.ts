@@ -40,11 +40,13 @@ export function settingsView(): HTMLElement {
     ev.preventDefault();
     void (async () => {
       save.disabled = true;
+      form.querySelectorAll(":scope > .error").forEach((e) => e.remove());
       try {
         const k = Number(quorum.value.trim() || "0");
         say("Checking the audit log with these settings…");
         const cp = await s.trust.configure({ logKey: logKey.value, witnesses: witnesses.value.split("\n"), quorum: k });
         drawState();
+        document.querySelector("header .notice")?.remove(); // the log key is now pinned on purpose
         say(`Saved. The audit log's checkpoint of size ${cp.size} passes these settings.`);
       } catch (exc) {
         showError(form, new Error(`Nothing was changed. ${(exc as Error).message}`));
