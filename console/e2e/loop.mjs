@@ -63,8 +63,23 @@ async function unlock(page, keyFile, passphrase) {
   await page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
   await page.getByLabel("Key file", { exact: true }).setInputFiles(keyFile);
   if (passphrase) await page.getByLabel("Passphrase", { exact: true }).fill(passphrase);
+  const workers = [];
+  const onWorker = (w) => workers.push(w.url());
+  page.on("worker", onWorker);
   await page.getByRole("button", { name: "Unlock" }).click();
+  if (passphrase) {
+    // Argon2id runs in a worker from the page's own origin; the page shows progress and stays responsive
+    const progress = page.getByRole("progressbar", { name: "Opening the key file" });
+    await progress.waitFor({ timeout: 10_000 });
+    await page.evaluate(() => document.title);
+    assert.ok(await progress.isVisible(), "the page answers while the key file is being opened");
+  }
   await page.getByText(/^Signed in as /).waitFor({ timeout: 30_000 });
+  page.off("worker", onWorker);
+  if (passphrase) {
+    assert.equal(workers.length, 1, "one worker opened the sealed key file");
+    assert.match(workers[0], new RegExp(`^${origin}/console/assets/unseal-worker-[A-Z0-9]{8}\\.js$`));
+  }
 }
 
 async function storageClean(s) {
