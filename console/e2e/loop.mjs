@@ -190,11 +190,23 @@ try {
   await shelter.page.getByText(new RegExp(`^${ids.police} can read Full name until .*\\(investigation\\)\\.$`)).waitFor();
   await axe(shelter, "compose");
   await shot(shelter, "compose");
+  // what the sending progress bar said, step by step (read by a devtools observer, not the page)
+  await shelter.page.evaluate(() => {
+    window.__progress = [];
+    new MutationObserver(() => {
+      const bar = document.querySelector('progress[aria-label="Sending the referral"]');
+      const text = bar?.parentElement?.textContent?.trim();
+      if (bar && text && window.__progress.at(-1) !== text) window.__progress.push(`${bar.value}/${bar.max} ${text}`);
+    }).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
+  });
   await shelter.page.getByRole("button", { name: "Send referral" }).click();
   await shelter.page.waitForURL(/#\/referral\/[0-9a-f-]{36}$/, { timeout: 60_000 });
   const referralId = shelter.page.url().split("/").pop();
   await shelter.page.getByText(NARRATIVE).waitFor({ timeout: 30_000 });
   assert.ok(asked.length > 0 && asked.every((q) => q === "?cosigned=1"), `every checkpoint was asked with the quorum: ${asked}`);
+  const steps = await shelter.page.evaluate(() => window.__progress);
+  assert.ok(steps.some((t) => /^0\/4 Checking .*'s key against the audit log \(1 of 2\)/.test(t)), `sending shows progress: ${steps}`);
+  assert.ok(steps.some((t) => /^3\/4 Sending/.test(t)), `sending shows progress: ${steps}`);
   await storageClean(shelter);
 
   // --- the liaison sees it in the inbox and opens it: only full_name

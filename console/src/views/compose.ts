@@ -231,26 +231,37 @@ export function composeView(onSent: (id: string) => void): HTMLElement {
     send.addEventListener("click", () => {
       void (async () => {
         send.disabled = true;
+        const recipients = [...new Set(p.grants.map((g) => g.recipient))];
+        // one step per recipient's key check, then encrypting and sending
+        const bar = h("progress", { max: recipients.length + 2, value: 0, "aria-label": "Sending the referral" });
+        const step = h("span", {}, "");
+        const box = h("p", { class: "progress" }, bar, " ", step);
+        const progress = (done: number, text: string): void => {
+          bar.value = done;
+          step.textContent = text;
+          say(text);
+        };
+        send.after(box);
         try {
-          const recipients = [...new Set(p.grants.map((g) => g.recipient))];
           const keysOf = new Map<string, Uint8Array>();
           for (const [i, r] of recipients.entries()) {
-            say(`Checking ${chosen.get(r)?.name}'s key against the audit log (${i + 1} of ${recipients.length})…`);
+            progress(i, `Checking ${chosen.get(r)?.name}'s key against the audit log (${i + 1} of ${recipients.length})…`);
             keysOf.set(r, (await s.trust.agencyKey(r, "enc"))[1]);
           }
-          say("Encrypting in this browser…");
+          progress(recipients.length, `Encrypting for ${recipients.length} recipient${recipients.length === 1 ? "" : "s"} in this browser…`);
           const referralId = crypto.randomUUID();
           const sealed = sealEnvelope({
             referralId, senderAgency: s.agencyId, senderSigSeed: s.secrets.sigSeed, senderEncPublic: s.encPublic,
             fields: p.fields, grants: p.grants.map((g) => ({ ...g, encPublic: keysOf.get(g.recipient) as Uint8Array })),
             requests: p.requests, createdAt: new Date().toISOString().replace(/\.\d{3}Z$/, "Z"),
           });
-          say("Sending…");
+          progress(recipients.length + 1, "Sending…");
           await s.api.post("/v1/referrals", sealed.body, { "idempotency-key": crypto.randomUUID() });
           for (const a of values.values()) a.value = "";
           say("Referral sent.");
           onSent(referralId);
         } catch (exc) {
+          box.remove();
           showError(summary, exc);
           send.disabled = false;
         }
