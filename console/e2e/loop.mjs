@@ -168,8 +168,20 @@ try {
   await results.getByText(/accepting, 4 appointments free \(updated (just now|\d+ minutes? ago)\)/).waitFor();
   assert.equal(await form.getByRole("checkbox", { name: new RegExp(`^${ids.police}`) }).count(), 0, "the police unit offers no immigration legal service");
   await pick(ids.legal);
-  await search({ Service: "investigation", Language: "es", Population: "minors", Accepting: "" });
-  await pick(ids.police);
+  // the second search and pick by keyboard only: Enter in a text filter searches, Space ticks
+  await form.getByLabel("Service", { exact: true }).selectOption("investigation");
+  await form.getByLabel("Population", { exact: true }).selectOption("minors");
+  await form.getByLabel("Accepting", { exact: true }).selectOption("");
+  await form.getByLabel("Language", { exact: true }).focus();
+  await shelter.page.keyboard.type("es");
+  await shelter.page.keyboard.press("Enter");
+  await shelter.page.getByText(/^\d+ agenc(y|ies) found\.$/).waitFor();
+  assert.match(shelter.page.url(), /#\/compose$/, "Enter in a filter searched, it did not submit the referral");
+  const policeBox = form.getByRole("checkbox", { name: new RegExp(`^${ids.police}`) });
+  await policeBox.focus();
+  await shelter.page.keyboard.press("Space");
+  assert.ok(await policeBox.isChecked(), "the police unit is chosen by keyboard");
+  assert.ok(await policeBox.evaluate((el) => el === document.activeElement), "the focus stays on the chosen agency");
   await form.getByRole("heading", { name: "Chosen (2)" }).waitFor();
   await shelter.page.getByLabel("Full name", { exact: true }).fill(NAME);
   await shelter.page.getByLabel("Narrative", { exact: true }).fill(NARRATIVE);
