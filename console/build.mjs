@@ -23,13 +23,21 @@ async function buildSite() {
   const out = join(here, "..", "app", "console_dist");
   rmSync(out, { recursive: true, force: true });
   mkdirSync(join(out, "assets"), { recursive: true });
-  const result = await build({
-    entryPoints: [join(here, "src", "main.ts"), join(here, "src", "style.css")],
+  const common = {
     outdir: join(out, "assets"), bundle: true, platform: "browser", format: "esm",
     target: ["chrome110", "firefox115", "safari16"], minify: true, sourcemap: false,
     entryNames: "[name]-[hash]", metafile: true, logLevel: "warning", legalComments: "eof",
+  };
+  const names = (r) => Object.keys(r.metafile.outputs).map((p) => p.split("/").pop());
+  // the Argon2id worker first: the page's script names it by its hashed file
+  const worker = names(await build({ ...common, entryPoints: { "unseal-worker": join(here, "src", "worker", "unseal.ts") } }))
+    .find((f) => /^unseal-worker-.*\.js$/.test(f));
+  const result = await build({
+    ...common,
+    entryPoints: [join(here, "src", "main.ts"), join(here, "src", "style.css")],
+    define: { UNLOCK_WORKER: JSON.stringify(`assets/${worker}`) },
   });
-  const outputs = Object.keys(result.metafile.outputs).map((p) => p.split("/").pop());
+  const outputs = names(result);
   const script = outputs.find((f) => /^main-.*\.js$/.test(f));
   const style = outputs.find((f) => /^style-.*\.css$/.test(f));
   const template = readFileSync(join(here, "src", "index.html"), "utf8");

@@ -63,8 +63,23 @@ async function unlock(page, keyFile, passphrase) {
   await page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
   await page.getByLabel("Key file", { exact: true }).setInputFiles(keyFile);
   if (passphrase) await page.getByLabel("Passphrase", { exact: true }).fill(passphrase);
+  const workers = [];
+  const onWorker = (w) => workers.push(w.url());
+  page.on("worker", onWorker);
   await page.getByRole("button", { name: "Unlock" }).click();
+  if (passphrase) {
+    // Argon2id runs in a worker from the page's own origin; the page shows progress and stays responsive
+    const progress = page.getByRole("progressbar", { name: "Opening the key file" });
+    await progress.waitFor({ timeout: 10_000 });
+    await page.evaluate(() => document.title);
+    assert.ok(await progress.isVisible(), "the page answers while the key file is being opened");
+  }
   await page.getByText(/^Signed in as /).waitFor({ timeout: 30_000 });
+  page.off("worker", onWorker);
+  if (passphrase) {
+    assert.equal(workers.length, 1, "one worker opened the sealed key file");
+    assert.match(workers[0], new RegExp(`^${origin}/console/assets/unseal-worker-[A-Z0-9]{8}\\.js$`));
+  }
 }
 
 async function storageClean(s) {
@@ -111,14 +126,63 @@ try {
   // --- the shelter's caseworker unlocks a sealed key file and composes
   const shelter = await open("shelter", config.keys.shelter, config.passphrase);
   await axe(shelter, "sign-in done / inbox");
+
+  // --- the task force's witness and quorum are set; every checkpoint after carries the quorum
+  await shelter.page.getByRole("link", { name: "Settings" }).click();
+  await shelter.page.getByRole("heading", { name: "Trust settings" }).waitFor();
+  await shelter.page.getByText(/^No witness is required/).waitFor();
+  await shelter.page.getByLabel("Witness keys", { exact: true }).fill(config.witness);
+  await shelter.page.getByLabel("Quorum", { exact: true }).fill("2");
+  await shelter.page.getByRole("button", { name: "Save and check" }).click();
+  await shelter.page.getByRole("alert").getByText("Nothing was changed. A quorum of 2 needs at least as many witness keys (1 given).").waitFor();
+  await shelter.page.getByLabel("Quorum", { exact: true }).fill("1");
+  const asked = [];
+  shelter.page.on("request", (r) => { if (new URL(r.url()).pathname === "/v1/audit/checkpoint") asked.push(new URL(r.url()).search); });
+  await shelter.page.getByRole("button", { name: "Save and check" }).click();
+  await shelter.page.getByText(/^Saved\. The audit log's checkpoint of size \d+ passes these settings\.$/).waitFor({ timeout: 30_000 });
+  await shelter.page.getByText(/^Latest verified checkpoint: size \d+, cosigned by witness\.demo\.refgate\.local\/w1\.$/).waitFor();
+  const pin = JSON.parse(Object.values(await shelter.page.evaluate(() => ({ ...localStorage })))[0]);
+  assert.deepEqual([pin.witnesses, pin.quorum], [[config.witness], 1], "the witness and quorum are pinned with the log key");
+  await axe(shelter, "settings");
+  await shot(shelter, "settings");
   await shelter.page.getByRole("link", { name: "New referral" }).click();
   await shelter.page.getByRole("heading", { name: "New referral" }).waitFor();
-  const pick = async (query, name) => {
-    await shelter.page.getByLabel("Find an agency").fill(query);
-    await shelter.page.getByRole("checkbox", { name: new RegExp(`^${name}`) }).check();
+  // the directory search: legal aid by service and accepting, the police unit by service and language
+  const form = shelter.page.getByRole("group", { name: "1. Recipients" });
+  const search = async (filters) => {
+    for (const [label, value] of Object.entries(filters)) {
+      const control = form.getByLabel(label, { exact: true });
+      if (await control.evaluate((el) => el.tagName === "SELECT")) await control.selectOption(value);
+      else await control.fill(value);
+    }
+    await form.getByRole("button", { name: "Search the directory" }).click();
+    await shelter.page.getByText(/^\d+ agenc(y|ies) found\.$/).waitFor();
   };
-  await pick("legal", ids.legal);
-  await pick("law enforcement", ids.police);
+  const pick = async (name) => {
+    const box = form.getByRole("checkbox", { name: new RegExp(`^${name}`) });
+    await box.check();
+    assert.ok(await box.isChecked(), `${name} is chosen`);
+  };
+  await search({ Service: "immigration_legal", Accepting: "yes" });
+  const results = form.locator("ul.picker li").filter({ hasText: ids.legal });
+  await results.getByText(/accepting, 4 appointments free \(updated (just now|\d+ minutes? ago)\)/).waitFor();
+  assert.equal(await form.getByRole("checkbox", { name: new RegExp(`^${ids.police}`) }).count(), 0, "the police unit offers no immigration legal service");
+  await pick(ids.legal);
+  // the second search and pick by keyboard only: Enter in a text filter searches, Space ticks
+  await form.getByLabel("Service", { exact: true }).selectOption("investigation");
+  await form.getByLabel("Population", { exact: true }).selectOption("minors");
+  await form.getByLabel("Accepting", { exact: true }).selectOption("");
+  await form.getByLabel("Language", { exact: true }).focus();
+  await shelter.page.keyboard.type("es");
+  await shelter.page.keyboard.press("Enter");
+  await shelter.page.getByText(/^\d+ agenc(y|ies) found\.$/).waitFor();
+  assert.match(shelter.page.url(), /#\/compose$/, "Enter in a filter searched, it did not submit the referral");
+  const policeBox = form.getByRole("checkbox", { name: new RegExp(`^${ids.police}`) });
+  await policeBox.focus();
+  await shelter.page.keyboard.press("Space");
+  assert.ok(await policeBox.isChecked(), "the police unit is chosen by keyboard");
+  assert.ok(await policeBox.evaluate((el) => el === document.activeElement), "the focus stays on the chosen agency");
+  await form.getByRole("heading", { name: "Chosen (2)" }).waitFor();
   await shelter.page.getByLabel("Full name", { exact: true }).fill(NAME);
   await shelter.page.getByLabel("Narrative", { exact: true }).fill(NARRATIVE);
   await shelter.page.getByLabel("Custom field name").fill(CUSTOM);
@@ -138,10 +202,23 @@ try {
   await shelter.page.getByText(new RegExp(`^${ids.police} can read Full name until .*\\(investigation\\)\\.$`)).waitFor();
   await axe(shelter, "compose");
   await shot(shelter, "compose");
+  // what the sending progress bar said, step by step (read by a devtools observer, not the page)
+  await shelter.page.evaluate(() => {
+    window.__progress = [];
+    new MutationObserver(() => {
+      const bar = document.querySelector('progress[aria-label="Sending the referral"]');
+      const text = bar?.parentElement?.textContent?.trim();
+      if (bar && text && window.__progress.at(-1) !== text) window.__progress.push(`${bar.value}/${bar.max} ${text}`);
+    }).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
+  });
   await shelter.page.getByRole("button", { name: "Send referral" }).click();
   await shelter.page.waitForURL(/#\/referral\/[0-9a-f-]{36}$/, { timeout: 60_000 });
   const referralId = shelter.page.url().split("/").pop();
   await shelter.page.getByText(NARRATIVE).waitFor({ timeout: 30_000 });
+  assert.ok(asked.length > 0 && asked.every((q) => q === "?cosigned=1"), `every checkpoint was asked with the quorum: ${asked}`);
+  const steps = await shelter.page.evaluate(() => window.__progress);
+  assert.ok(steps.some((t) => /^0\/4 Checking .*'s key against the audit log \(1 of 2\)/.test(t)), `sending shows progress: ${steps}`);
+  assert.ok(steps.some((t) => /^3\/4 Sending/.test(t)), `sending shows progress: ${steps}`);
   await storageClean(shelter);
 
   // --- the liaison sees it in the inbox and opens it: only full_name
@@ -219,7 +296,9 @@ try {
   await shelter.page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
   await axe(shelter, "sign-in");
   await shot(shelter, "sign-in");
+  const beforeRelock = asked.length;
   await unlock(shelter.page, config.keys.shelter, config.passphrase);
+  assert.ok(asked.length > beforeRelock && asked.every((q) => q === "?cosigned=1"), "a new sign-in keeps the pinned quorum");
   await shelter.page.reload();
   await shelter.page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
   await storageClean(shelter);

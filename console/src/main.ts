@@ -9,10 +9,12 @@ import { h } from "./ui";
 import { composeView } from "./views/compose";
 import { inboxView } from "./views/lists";
 import { referralView } from "./views/referral";
+import { settingsView } from "./views/settings";
 import { unlockView } from "./views/unlock";
 
 const ROUTES: [RegExp, string][] = [
   [/^#\/inbox$/, "Inbox"], [/^#\/sent$/, "Sent"], [/^#\/compose$/, "New referral"], [/^#\/referral\/[0-9a-f-]{36}$/, "Referral"],
+  [/^#\/settings$/, "Trust settings"],
 ];
 
 function nav(): HTMLElement {
@@ -20,7 +22,7 @@ function nav(): HTMLElement {
   const link = (href: string, text: string): HTMLElement =>
     h("li", {}, h("a", { href, "aria-current": here === href ? "page" : undefined }, text));
   return h("nav", { "aria-label": "Main" }, h("ul", {},
-    link("#/inbox", "Inbox"), link("#/compose", "New referral"), link("#/sent", "Sent")));
+    link("#/inbox", "Inbox"), link("#/compose", "New referral"), link("#/sent", "Sent"), link("#/settings", "Settings")));
 }
 
 function render(): void {
@@ -52,6 +54,7 @@ function render(): void {
   let view: HTMLElement;
   if (hash === "#/sent") view = inboxView("sent");
   else if (hash === "#/compose") view = composeView((id) => { location.hash = `#/referral/${id}`; });
+  else if (hash === "#/settings") view = settingsView();
   else if (route && hash.startsWith("#/referral/")) view = referralView(hash.slice("#/referral/".length));
   else view = inboxView("received");
   document.title = `${route?.[1] ?? "Inbox"} · refgate`;

@@ -15,7 +15,7 @@ import type { Checkpoint } from "./crypto/checkpoint";
 import { CheckpointError, directoryLine, openCheckpoint, parseVerifierKey } from "./crypto/checkpoint";
 import { canonicalJson } from "./crypto/canonical";
 import type { Witness } from "./crypto/cosignature";
-import { requireQuorum } from "./crypto/cosignature";
+import { parseWitnessKey, validCosigners } from "./crypto/cosignature";
 import { verifyDirectoryProof } from "./crypto/directory";
 import { b64Decode, b64Encode, b64urlDecode, equalBytes } from "./crypto/encoding";
 import { kid as kidOf, KEY_SIZE } from "./crypto/keys";
@@ -27,8 +27,17 @@ export class TrustError extends Error {
 
 export interface Pin {
   log_key: string;
-  size: number;
-  root: string; // standard base64
+  size: number | null; // null: re-pinned on purpose, no checkpoint seen with this key yet
+  root: string | null; // standard base64
+  witnesses?: string[]; // the task force's witness verifier keys (public)
+  quorum?: number; // how many of them must have cosigned every accepted checkpoint
+}
+
+/** What the settings view changes: the log key, the witnesses and the quorum (public data only). */
+export interface TrustSettings {
+  logKey: string;
+  witnesses: string[];
+  quorum: number;
 }
 
 const KEY_EVENTS = new Set(["key:register", "key:rotate"]);
@@ -48,18 +57,76 @@ export class Trust {
   firstUse = false;
   private logKey = "";
   private seen: Checkpoint | null = null;
+  private witnessKeys: string[] = [];
+  private witnesses: Witness[] = [];
+  private quorum = 0;
   private readonly keys = new Map<string, Uint8Array>();
   private readonly agencies = new Map<string, AgencyEntry>();
 
   constructor(
     private readonly api: Api,
     private readonly storageKey: string,
-    private readonly witnesses: Witness[] = [],
-    private readonly quorum = 0,
+    /** How long to wait for the witnesses to cosign a first checkpoint (they lag a little). */
+    private readonly cosignTimeoutMs = 20_000,
   ) {}
 
   get pinnedKey(): string {
     return this.logKey;
+  }
+
+  /** The log key, witness keys and quorum in force (shown and edited by the settings view). */
+  get settings(): TrustSettings {
+    return { logKey: this.logKey, witnesses: [...this.witnessKeys], quorum: this.quorum };
+  }
+
+  /** The newest checkpoint this browser verified, if any. */
+  get checkpoint(): Checkpoint | null {
+    return this.seen;
+  }
+
+  /**
+   * Pin on purpose, like `refgate configure --log-key K --witness V… --quorum N`:
+   * check every key and the quorum, forget the pinned checkpoint when the log key
+   * changes, then verify the server's latest checkpoint under the new settings.
+   * Nothing is stored unless that checkpoint passes.
+   */
+  async configure(next: TrustSettings): Promise<Checkpoint> {
+    const logKey = next.logKey.trim();
+    try {
+      parseVerifierKey(logKey);
+    } catch (exc) {
+      throw new TrustError(`The log key is not a log verifier key (${(exc as Error).message}). Copy it again from your task force's notice.`);
+    }
+    const keys = [...new Set(next.witnesses.map((w) => w.trim()).filter(Boolean))];
+    const parsed = keys.map((w, i) => {
+      try {
+        return parseWitnessKey(w);
+      } catch (exc) {
+        throw new TrustError(`Witness key ${i + 1} is not a witness verifier key (${(exc as Error).message}). Copy it again from your task force's notice.`);
+      }
+    });
+    if (!Number.isInteger(next.quorum) || next.quorum < 0) throw new TrustError("The quorum is a whole number, 0 or more.");
+    if (next.quorum > parsed.length) {
+      throw new TrustError(`A quorum of ${next.quorum} needs at least as many witness keys (${parsed.length} given). Add witness keys or lower the quorum.`);
+    }
+    const before = { logKey: this.logKey, seen: this.seen, keys: this.witnessKeys, witnesses: this.witnesses, quorum: this.quorum };
+    const stored = localStorage.getItem(this.storageKey);
+    if (logKey !== this.logKey) this.seen = null;
+    this.logKey = logKey;
+    this.witnessKeys = keys;
+    this.witnesses = parsed;
+    this.quorum = next.quorum;
+    try {
+      const cp = await this.latest();
+      this.firstUse = false;
+      this.keys.clear();
+      return cp;
+    } catch (exc) {
+      Object.assign(this, { logKey: before.logKey, seen: before.seen, witnessKeys: before.keys, witnesses: before.witnesses, quorum: before.quorum });
+      if (stored === null) localStorage.removeItem(this.storageKey);
+      else localStorage.setItem(this.storageKey, stored);
+      throw exc;
+    }
   }
 
   private loadPin(): Pin | null {
@@ -68,6 +135,12 @@ export class Trust {
     try {
       const pin = JSON.parse(text) as Pin;
       parseVerifierKey(pin.log_key);
+      const witnesses = pin.witnesses ?? [];
+      const quorum = pin.quorum ?? 0;
+      if (!Array.isArray(witnesses) || !Number.isInteger(quorum) || quorum < 0 || quorum > witnesses.length) throw new Error("quorum");
+      this.witnesses = witnesses.map(parseWitnessKey);
+      this.witnessKeys = witnesses;
+      this.quorum = quorum;
       return pin;
     } catch {
       throw new TrustError("The log key pinned in this browser is damaged. " + RE_PIN);
@@ -75,7 +148,9 @@ export class Trust {
   }
 
   private savePin(cp: Checkpoint): void {
-    const pin: Pin = { log_key: this.logKey, size: cp.size, root: b64Encode(cp.root) };
+    const pin: Pin = {
+      log_key: this.logKey, size: cp.size, root: b64Encode(cp.root), witnesses: this.witnessKeys, quorum: this.quorum,
+    };
     localStorage.setItem(this.storageKey, JSON.stringify(pin));
   }
 
@@ -104,15 +179,31 @@ export class Trust {
       }
       this.firstUse = true;
     }
-    if (pin) {
+    if (pin && pin.log_key === this.logKey && pin.size !== null && pin.root !== null) {
       this.seen = { origin: "", size: pin.size, root: b64Decode(pin.root, 32), note: "", text: "", extensions: [], signatures: [] };
     }
     return this.latest();
   }
 
-  /** The server's newest checkpoint, verified and checked against the pin. */
+  /**
+   * The server's newest checkpoint, verified and checked against the pin. With
+   * a quorum, the newest one with that many cosignatures
+   * (`?cosigned=K`, DESIGN.md "Witnesses"), waiting a little for the witnesses.
+   */
   async latest(): Promise<Checkpoint> {
-    return this.observe(await this.api.text("/v1/audit/checkpoint"));
+    if (this.quorum <= 0) return this.observe(await this.api.text("/v1/audit/checkpoint"));
+    const deadline = Date.now() + this.cosignTimeoutMs;
+    for (;;) {
+      try {
+        return this.observe(await this.api.text(`/v1/audit/checkpoint?cosigned=${this.quorum}`));
+      } catch (exc) {
+        if (!(exc instanceof ApiError && (exc.status === 404 || exc.status === 503))) throw exc;
+        if (Date.now() >= deadline) {
+          throw new TrustError(`The server has no audit-log checkpoint cosigned by ${this.quorum} of the witnesses your task force configured. Either the witnesses are not reachable, or the server is showing this browser a log they have not seen. Do not send referrals; call your task-force administrator.`);
+        }
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
   }
 
   /** Verify a checkpoint note: signature, witnesses, consistency with the newest one seen; advance the pin. */
@@ -120,12 +211,15 @@ export class Trust {
     let cp: Checkpoint;
     try {
       cp = openCheckpoint(note, this.logKey);
-      requireQuorum(cp, this.witnesses, this.quorum);
     } catch (exc) {
       if (exc instanceof CheckpointError) {
         throw new TrustError(`The audit log's checkpoint does not verify with the pinned log key: ${exc.message}. Do not send referrals; call your task-force administrator.`);
       }
       throw exc;
+    }
+    const cosigners = validCosigners(cp, this.witnesses);
+    if (cosigners.length < this.quorum) {
+      throw new TrustError(`The audit log's checkpoint (size ${cp.size}) is cosigned by ${cosigners.length} of the witnesses your task force configured, and ${this.quorum} are required: the server may be showing this browser a log the witnesses have not seen. Do not send referrals; call your task-force administrator.`);
     }
     const seen = this.seen;
     if (seen) {

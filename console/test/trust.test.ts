@@ -133,3 +133,119 @@ describe("log pinning in the console", () => {
     assert.equal(JSON.parse(store.get("refgate.pin.test") as string).log_key, vkey(seed(3)));
   });
 });
+
+// ------------------------------------------------------------------ witnesses
+
+const WITNESS = "witness.test/w1";
+
+function witnessVkey(s: Uint8Array, name = WITNESS): string {
+  const pub = sigPublicFromSeed(s);
+  return `${name}+${Buffer.from(keyHash(name, 4, pub)).toString("hex")}+${b64Encode(concat(Uint8Array.of(4), pub))}`;
+}
+
+/** A C2SP tlog-cosignature/v1 line by the witness `s` (as `name`) on `signed`. */
+function cosign(signed: string, s: Uint8Array, name = WITNESS, time = 1_700_000_000n): string {
+  const text = signed.slice(0, signed.indexOf("\n\n") + 1);
+  const stamp = new Uint8Array(8);
+  new DataView(stamp.buffer).setBigUint64(0, time);
+  const sig = sign(s, concat(utf8(`cosignature/v1\ntime ${time}\n`), utf8(text)));
+  return `\u2014 ${name} ${b64Encode(concat(keyHash(name, 4, sigPublicFromSeed(s)), stamp, sig))}\n`;
+}
+
+describe("witness quorum in the console", () => {
+  const w1 = seed(21);
+  const w2 = seed(22);
+  const asked: string[] = [];
+  let cosigned: number; // how many cosignatures the served note has (the server's own claim)
+  const witnessed = (async (input: string, init?: RequestInit) => {
+    const url = new URL(input, "http://gateway.test");
+    if (url.pathname === "/v1/audit/checkpoint") {
+      asked.push(url.search);
+      const want = Number(url.searchParams.get("cosigned") ?? "0");
+      if (want > cosigned) {
+        return new Response(JSON.stringify({ status: 404, title: "Not Found", detail: "no checkpoint with that many cosignatures" }),
+          { status: 404, headers: { "content-type": "application/problem+json" } });
+      }
+    }
+    return fetcher(input, init);
+  }) as unknown as typeof fetch;
+  const wtrust = () => new Trust(new Api("client", seed(9), witnessed), "refgate.pin.test", 300);
+  const settings = (quorum: number, ...keys: string[]) => ({ logKey: vkey(seed(1)), witnesses: keys, quorum });
+
+  beforeEach(() => {
+    store.clear();
+    asked.length = 0;
+    state.key = vkey(seed(1));
+    serve("a", 5);
+    state.note += cosign(state.note, w1);
+    cosigned = 1;
+  });
+
+  test("configured witnesses are pinned, asked for with ?cosigned=K and their cosignatures verified", async () => {
+    const t = wtrust();
+    await t.init(vkey(seed(1)), false);
+    const cp = await t.configure(settings(1, witnessVkey(w1), witnessVkey(w2)));
+    assert.equal(cp.size, 5);
+    const pin = JSON.parse(store.get("refgate.pin.test") as string);
+    assert.deepEqual(pin.witnesses, [witnessVkey(w1), witnessVkey(w2)]);
+    assert.equal(pin.quorum, 1);
+    // a later sign-in takes the witnesses from the pin and asks for the quorum
+    asked.length = 0;
+    const again = wtrust();
+    await again.init(null, false);
+    assert.deepEqual(asked, ["?cosigned=1"]);
+    assert.deepEqual(again.settings.witnesses, [witnessVkey(w1), witnessVkey(w2)]);
+  });
+
+  test("a checkpoint without the quorum is refused in plain words, even when the server claims it", async () => {
+    const t = wtrust();
+    await t.init(vkey(seed(1)), false);
+    await t.configure(settings(1, witnessVkey(w1), witnessVkey(w2)));
+    const before = store.get("refgate.pin.test");
+    // the operator answers ?cosigned=2 with a note carrying one real and one forged cosignature
+    serve("a", 8);
+    state.note += cosign(state.note, w1) + cosign(state.note, seed(66), "witness.test/w2");
+    cosigned = 2;
+    await assert.rejects(t.configure(settings(2, witnessVkey(w1), witnessVkey(w2))),
+      (e: unknown) => e instanceof TrustError && /cosigned by 1 of the witnesses your task force configured, and 2 are required/.test(e.message));
+    assert.equal(store.get("refgate.pin.test"), before, "nothing was saved");
+    assert.equal(t.settings.quorum, 1, "the settings in force did not change");
+    // a split view: the server shows a tree no witness cosigned, ignoring ?cosigned
+    serve("a", 9);
+    cosigned = 5;
+    await assert.rejects(wtrust().init(null, false), /cosigned by 0 of the witnesses .* 1 are required/);
+  });
+
+  test("no checkpoint with the quorum within the wait is refused, saying what to do", async () => {
+    const t = wtrust();
+    await t.init(vkey(seed(1)), false);
+    await t.configure(settings(1, witnessVkey(w1)));
+    cosigned = 0; // the witnesses stopped cosigning (or the server hides their cosignatures)
+    await assert.rejects(wtrust().init(null, false),
+      /no audit-log checkpoint cosigned by 1 of the witnesses .* call your task-force administrator/);
+  });
+
+  test("bad witness keys and an impossible quorum are refused before anything is asked or stored", async () => {
+    const t = wtrust();
+    await t.init(vkey(seed(1)), false);
+    const before = store.get("refgate.pin.test");
+    asked.length = 0;
+    await assert.rejects(t.configure(settings(2, witnessVkey(w1))), /quorum of 2 needs at least as many witness keys \(1 given\)/);
+    await assert.rejects(t.configure(settings(1, vkey(seed(2)))), /Witness key 1 is not a witness verifier key/);
+    await assert.rejects(t.configure(settings(1, witnessVkey(w1).replace(/\+[0-9a-f]{8}\+/, "+00000000+"))), /Witness key 1/);
+    await assert.rejects(t.configure({ logKey: "nonsense", witnesses: [], quorum: 0 }), /not a log verifier key/);
+    assert.deepEqual(asked, []);
+    assert.equal(store.get("refgate.pin.test"), before);
+  });
+
+  test("a new log key set on purpose forgets the old checkpoint; the witnesses carry the quorum", async () => {
+    const t = wtrust();
+    await t.init(vkey(seed(1)), false);
+    state.key = vkey(seed(3));
+    serve("z", 2, seed(3));
+    state.note += cosign(state.note, w1);
+    const cp = await t.configure({ logKey: vkey(seed(3)), witnesses: [witnessVkey(w1)], quorum: 1 });
+    assert.equal(cp.size, 2);
+    assert.equal(JSON.parse(store.get("refgate.pin.test") as string).log_key, vkey(seed(3)));
+  });
+});

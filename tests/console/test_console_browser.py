@@ -3,8 +3,12 @@
 The gateway runs as a subprocess with the demo task force; the shelter's key
 file is sealed with a passphrase first. ``console/e2e/loop.mjs`` (Playwright,
 Debian's Chromium, axe-core) then does the whole loop only through the page:
-the shelter's caseworker unlocks the sealed file, finds legal aid and the
-police unit, sends with ``narrative`` to legal aid only; the liaison's inbox
+the shelter's caseworker unlocks the sealed file (Argon2id in a Web Worker,
+with progress), sets the demo's real witness and a quorum of 1 in Settings
+(every checkpoint after is asked with ``?cosigned=1`` and its cosignature
+verified in the page), finds legal aid and the police unit through the
+service-directory search, sends with ``narrative`` to legal aid only (with
+progress); the liaison's inbox
 shows it and the liaison sees only ``full_name`` (in the DOM and in every
 response body it received); legal aid accepts with a note, by keyboard; the
 shelter sees "accepted" and the note, revokes the police cell; the liaison's
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -94,8 +99,13 @@ def test_caseworker_and_liaison_work_a_referral_in_the_browser(
         for name, k in loaded.items():
             if m["agency_id"] == k.agency_id:
                 names[name] = m["name"]
+    # the demo's own witness (a separate process with its own key) cosigns the checkpoints
+    witness = re.search(r"local witness at \S+, verifier key (\S+)",
+                        (tmp_path / "server.log").read_text())
+    assert witness is not None, "the demo gateway runs a local witness"
     config = {
         "url": url,
+        "witness": witness.group(1),
         "chromium": chromium,
         "csp": EXPECTED_CSP,
         "passphrase": PASSPHRASE,

@@ -1,6 +1,7 @@
 /**
  * Witness cosignatures on checkpoints (C2SP tlog-cosignature, cosignature/v1,
- * Ed25519) and the k-of-n quorum a client requires (DESIGN.md, "Witnesses").
+ * Ed25519): which configured witnesses cosigned a checkpoint. The k-of-n
+ * quorum a client requires is enforced by `Trust` (../trust.ts; DESIGN.md, "Witnesses").
  *
  * A witness is configured as a vkey `<name>+<key hash>+<base64(0x04 || key)>`;
  * its key ID is SHA-256(name || "\n" || 0x04 || key)[:4]. A cosignature line
@@ -54,16 +55,4 @@ export function validCosigners(cp: Checkpoint, witnesses: Witness[]): string[] {
     }
   }
   return [...out];
-}
-
-/** Throw unless at least `quorum` of the configured witnesses cosigned `cp`. */
-export function requireQuorum(cp: Checkpoint, witnesses: Witness[], quorum: number): string[] {
-  const ok = validCosigners(cp, witnesses);
-  if (ok.length < quorum) {
-    throw new CheckpointError(
-      `the log's checkpoint (size ${cp.size}) has ${ok.length} valid witness cosignature(s); ` +
-      `${quorum} are required, so it cannot be trusted not to be a private view of the log`,
-    );
-  }
-  return ok;
 }

@@ -70,15 +70,26 @@ export function parseKeyFile(text: string): ParsedKeyFile {
 /** Open a sealed key file's private part (Argon2id with the file's limits: slow). */
 export function unsealKeyFile(parsed: ParsedKeyFile, passphrase: Uint8Array): AgencySecrets {
   if (parsed.plain) return parsed.plain;
-  let inner: unknown;
+  let inner: Uint8Array;
   try {
-    inner = parseJsonStrict(fromUtf8(openWithPassphrase(parsed.sealed, passphrase)));
+    inner = openWithPassphrase(parsed.sealed, passphrase);
   } catch (exc) {
     if (exc instanceof PassphraseError) throw new KeyFileError(`cannot open the key file: ${exc.message}`);
+    throw exc;
+  }
+  return secretsFromUnsealed(inner);
+}
+
+/** The private keys in the plaintext of a sealed key file (what `openWithPassphrase` returned). */
+export function secretsFromUnsealed(inner: Uint8Array): AgencySecrets {
+  let data: unknown;
+  try {
+    data = parseJsonStrict(fromUtf8(inner));
+  } catch {
     throw new KeyFileError("the sealed key file does not hold JSON");
   }
-  if (typeof inner !== "object" || inner === null) throw new KeyFileError("the sealed key file does not hold a JSON object");
-  return secrets(inner as Record<string, unknown>);
+  if (typeof data !== "object" || data === null) throw new KeyFileError("the sealed key file does not hold a JSON object");
+  return secrets(data as Record<string, unknown>);
 }
 
 /** The base64url public keys of a key file (what an administrator registers). */

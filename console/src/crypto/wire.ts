@@ -10,6 +10,8 @@ export const SERVICES = [
   "financial", "safety_planning", "investigation", "victim_advocacy", "basic_needs",
   "childcare", "transportation",
 ] as const;
+export const POPULATIONS = ["adults", "minors", "women", "men", "lgbtq", "families", "foreign_nationals"] as const;
+export const ACCEPTING = ["yes", "waitlist", "no"] as const;
 export const URGENCIES = ["routine", "urgent", "emergency"] as const;
 export const PURPOSES = ["service_provision", "investigation", "prosecution", "safety_planning"] as const;
 export const SENDER_PURPOSE = "sender";

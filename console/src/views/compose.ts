@@ -4,10 +4,10 @@
  * recipient, a plain-words summary, then sealing in the page and sending.
  */
 import { sealEnvelope, type Grant, type Request } from "../crypto/envelope";
-import { FIELD_NAME_RE, PURPOSES, SERVICES, STANDARD_FIELDS, URGENCIES } from "../crypto/wire";
+import { ACCEPTING, FIELD_NAME_RE, POPULATIONS, PURPOSES, SERVICES, STANDARD_FIELDS, URGENCIES } from "../crypto/wire";
 import { session } from "../session";
 import { day, fieldLabel, h, labelled, say, select, showError, uid, words } from "../ui";
-import { loadRecipients, matches, type Recipient } from "./recipients";
+import { ACCEPTING_WORDS, age, capacityText, loadRecipients, type DirectoryService, type Recipient } from "./recipients";
 
 const DAY = 86_400_000;
 
@@ -27,25 +27,77 @@ export function composeView(onSent: (id: string) => void): HTMLElement {
   const form = h("form", { novalidate: true });
   main.append(form);
 
-  // ---- recipients
+  // ---- recipients: found in the service directory
   const chosen = new Map<string, Recipient>();
-  const search = h("input", { type: "search" });
-  const list = h("ul", { class: "plain picker" });
-  let everyone: Recipient[] = [];
-  const drawRecipients = (): void => {
-    list.replaceChildren(...everyone.filter((r) => matches(r, search.value) || chosen.has(r.id)).map((r) => {
-      const box = h("input", { type: "checkbox", id: uid("r"), checked: chosen.has(r.id), value: r.id });
-      box.addEventListener("change", () => {
-        if (box.checked) chosen.set(r.id, r);
-        else chosen.delete(r.id);
-        drawMatrix();
-      });
-      return h("li", {}, box, h("label", { for: box.id }, `${r.name} `, h("span", { class: "hint" }, `(${r.detail})`)));
-    }));
+  const any: [string, string] = ["", "Any"];
+  const fService = select([any, ...SERVICES.map((x): [string, string] => [x, words(x)])]);
+  const fLanguage = h("input", { type: "text", spellcheck: false, autocomplete: "off", maxlength: 63 });
+  const fPopulation = select([any, ...POPULATIONS.map((x): [string, string] => [x, words(x)])]);
+  const fAccepting = select([any, ...ACCEPTING.map((x): [string, string] => [x, ACCEPTING_WORDS[x] ?? x])]);
+  const fText = h("input", { type: "search", autocomplete: "off", maxlength: 200 });
+  const find = h("button", { type: "button", class: "secondary" }, "Search the directory");
+  const results = h("div", { "aria-live": "polite" });
+  const chosenBox = h("div", {});
+  let found: Recipient[] = [];
+  const serviceLine = (svc: DirectoryService): HTMLElement => h("li", {},
+    h("span", { class: "service" }, svc.name), " — ",
+    h("span", { class: `accepting accepting-${svc.accepting}` }, ACCEPTING_WORDS[svc.accepting] ?? svc.accepting), ", ",
+    capacityText(svc.capacity), " ", h("span", { class: "hint" }, `(${age(svc.capacity.updated_at)})`));
+  const pickBox = (r: Recipient): HTMLElement => {
+    // one id per agency: it moves between the results and "Chosen", and keeps the focus
+    const box = h("input", { type: "checkbox", id: `pick-${r.id}`, checked: chosen.has(r.id), value: r.id });
+    box.addEventListener("change", () => {
+      if (box.checked) chosen.set(r.id, r);
+      else chosen.delete(r.id);
+      drawRecipients();
+      drawMatrix();
+      (document.getElementById(box.id) as HTMLInputElement | null)?.focus();
+    });
+    return h("li", {}, h("div", { class: "checkbox" }, box, h("label", { for: box.id }, `${r.name} `, h("span", { class: "hint" }, `(${words(r.kind)})`))),
+      h("ul", { class: "services" }, r.services.map(serviceLine)));
   };
-  search.addEventListener("input", drawRecipients);
+  function drawRecipients(): void {
+    const chosenList = [...chosen.values()];
+    chosenBox.replaceChildren(chosenList.length
+      ? h("div", {}, h("h2", {}, `Chosen (${chosenList.length})`), h("ul", { class: "plain picker" }, chosenList.map((r) => pickBox(r))))
+      : h("p", { class: "hint" }, "No recipient chosen yet."));
+    const others = found.filter((r) => !chosen.has(r.id));
+    results.replaceChildren(h("h2", {}, "Search results"), others.length
+      ? h("ul", { class: "plain picker" }, others.map((r) => pickBox(r)))
+      : h("p", {}, found.length ? "Every agency found is already chosen." : "No agency in the directory matches. Widen the search (fewer filters)."));
+  }
+  const search = async (): Promise<void> => {
+    find.disabled = true;
+    try {
+      say("Searching the service directory…");
+      found = await loadRecipients({
+        category: fService.value, language: fLanguage.value, population: fPopulation.value,
+        accepting: fAccepting.value, q: fText.value,
+      });
+      // a chosen agency keeps the services it was chosen for; new ones are shown fresh
+      drawRecipients();
+      say(`${found.length} ${found.length === 1 ? "agency" : "agencies"} found.`);
+    } catch (exc) {
+      showError(results, exc);
+    } finally {
+      find.disabled = false;
+    }
+  };
+  find.addEventListener("click", () => void search());
+  for (const input of [fLanguage, fText]) {
+    input.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter") {
+        ev.preventDefault(); // search, not submit the referral
+        void search();
+      }
+    });
+  }
   form.append(h("fieldset", {}, h("legend", {}, "1. Recipients"),
-    labelled("Find an agency", search, "Type part of a name or a kind (shelter, legal aid, law enforcement…)."), list));
+    h("p", { class: "hint" }, "Find who can take her: search the task force's service directory, then tick each agency to send to. Those accepting and with the freshest capacity come first."),
+    h("div", { class: "filters" },
+      labelled("Service", fService), labelled("Language", fLanguage, "A language tag such as es, fa or zh-Hant; es also finds es-MX."),
+      labelled("Population", fPopulation), labelled("Accepting", fAccepting), labelled("Words in the service's name or description", fText)),
+    find, chosenBox, results));
 
   // ---- fields
   const values = new Map<string, HTMLTextAreaElement>();
@@ -179,26 +231,37 @@ export function composeView(onSent: (id: string) => void): HTMLElement {
     send.addEventListener("click", () => {
       void (async () => {
         send.disabled = true;
+        const recipients = [...new Set(p.grants.map((g) => g.recipient))];
+        // one step per recipient's key check, then encrypting and sending
+        const bar = h("progress", { max: recipients.length + 2, value: 0, "aria-label": "Sending the referral" });
+        const step = h("span", {}, "");
+        const box = h("p", { class: "progress" }, bar, " ", step);
+        const progress = (done: number, text: string): void => {
+          bar.value = done;
+          step.textContent = text;
+          say(text);
+        };
+        send.after(box);
         try {
-          const recipients = [...new Set(p.grants.map((g) => g.recipient))];
           const keysOf = new Map<string, Uint8Array>();
           for (const [i, r] of recipients.entries()) {
-            say(`Checking ${chosen.get(r)?.name}'s key against the audit log (${i + 1} of ${recipients.length})…`);
+            progress(i, `Checking ${chosen.get(r)?.name}'s key against the audit log (${i + 1} of ${recipients.length})…`);
             keysOf.set(r, (await s.trust.agencyKey(r, "enc"))[1]);
           }
-          say("Encrypting in this browser…");
+          progress(recipients.length, `Encrypting for ${recipients.length} recipient${recipients.length === 1 ? "" : "s"} in this browser…`);
           const referralId = crypto.randomUUID();
           const sealed = sealEnvelope({
             referralId, senderAgency: s.agencyId, senderSigSeed: s.secrets.sigSeed, senderEncPublic: s.encPublic,
             fields: p.fields, grants: p.grants.map((g) => ({ ...g, encPublic: keysOf.get(g.recipient) as Uint8Array })),
             requests: p.requests, createdAt: new Date().toISOString().replace(/\.\d{3}Z$/, "Z"),
           });
-          say("Sending…");
+          progress(recipients.length + 1, "Sending…");
           await s.api.post("/v1/referrals", sealed.body, { "idempotency-key": crypto.randomUUID() });
           for (const a of values.values()) a.value = "";
           say("Referral sent.");
           onSent(referralId);
         } catch (exc) {
+          box.remove();
           showError(summary, exc);
           send.disabled = false;
         }
@@ -207,15 +270,8 @@ export function composeView(onSent: (id: string) => void): HTMLElement {
   });
 
   void (async () => {
-    try {
-      say("Loading the task force's agencies…");
-      everyone = await loadRecipients();
-      drawRecipients();
-      drawMatrix();
-      say("");
-    } catch (exc) {
-      showError(main, exc);
-    }
+    await search();
+    drawMatrix();
   })();
   return main;
 }

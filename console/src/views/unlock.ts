@@ -1,12 +1,13 @@
 /** Sign in: open the key file in the page, check the audit log, get a token. */
 import { Api } from "../api";
-import { KeyFileError, parseKeyFile, unsealKeyFile } from "../crypto/keyfile";
+import { KeyFileError, parseKeyFile } from "../crypto/keyfile";
 import { encPublicFromPrivate, kid, sigPublicFromSeed } from "../crypto/keys";
 import { utf8 } from "../crypto/encoding";
 import { ready } from "../crypto/sodium";
 import { start } from "../session";
 import { Trust } from "../trust";
-import { h, labelled, paint, say, showError } from "../ui";
+import { unsealInWorker } from "../unseal";
+import { h, labelled, say, showError } from "../ui";
 
 export function unlockView(onDone: () => void): HTMLElement {
   const file = h("input", { type: "file", accept: ".json,application/json", required: true });
@@ -37,9 +38,22 @@ export function unlockView(onDone: () => void): HTMLElement {
           throw new KeyFileError("This key file is not registered yet (it has no agency or client id). Ask your administrator to register it, then run \"refgate configure\".");
         }
         if (parsed.sealed && !pass.value) throw new KeyFileError("This key file is protected: enter its passphrase.");
-        say("Opening the key file… this takes a few seconds.");
-        await paint();
-        const secrets = unsealKeyFile(parsed, utf8(pass.value));
+        let secrets;
+        if (parsed.sealed) {
+          // Argon2id runs in a worker: the page stays responsive and shows how long it has worked
+          const bar = h("progress", { "aria-label": "Opening the key file" });
+          const elapsed = h("span", {}, "");
+          const box = h("p", { class: "progress" }, bar, " Opening the key file with your passphrase… this takes a few seconds. ", elapsed);
+          button.after(box);
+          say("Opening the key file… this takes a few seconds.");
+          try {
+            secrets = await unsealInWorker(parsed, utf8(pass.value), (sec) => { elapsed.textContent = `${sec} s`; });
+          } finally {
+            box.remove();
+          }
+        } else {
+          secrets = parsed.plain as NonNullable<typeof parsed.plain>;
+        }
         pass.value = "";
         file.value = "";
         say("Signing in and checking the audit log…");
