@@ -8,6 +8,7 @@ import { isUnlocked, lock, session } from "./session";
 import { h } from "./ui";
 import { composeView } from "./views/compose";
 import { inboxView } from "./views/lists";
+import { onboardingView } from "./views/onboarding";
 import { referralView } from "./views/referral";
 import { unlockView } from "./views/unlock";
 
@@ -27,6 +28,12 @@ function render(): void {
   const header = document.getElementById("header") as HTMLElement;
   const main = document.getElementById("main") as HTMLElement;
   header.replaceChildren(h("p", { class: "brand" }, "refgate"));
+  if (!isUnlocked() && location.hash === "#/onboard") {
+    document.title = "Create my agency's keys · refgate";
+    main.replaceChildren(onboardingView());
+    (main.querySelector("h1") as HTMLElement | null)?.focus();
+    return;
+  }
   if (!isUnlocked()) {
     document.title = "Sign in · refgate";
     main.replaceChildren(unlockView(() => {
