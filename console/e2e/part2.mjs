@@ -1,0 +1,138 @@
+// Part 2 of the console in real headless Chromium, only through the page, against a
+// live gateway (started by tests/console/test_console_part2_browser.py), one phase
+// per run so that the test can act between phases (the CLI, the operator's SQL).
+// Usage: node e2e/part2.mjs <config.json> <phase>; exits non-zero with a reason on failure.
+//
+//   onboard   a new agency makes its keys on "Create my agency's keys": the sealed
+//             key file and the public-key file are downloaded (to config.onboard.*);
+//             no request carries anything but the page's own assets.
+//   newagency the new agency's caseworker signs in with that sealed file, typing the
+//             ids the administrator gave, and opens the referral sent to it.
+//
+// Every phase: requests stay on the origin and never carry a secret; axe-core finds
+// no serious or critical violation; screenshots of each view (config.screenshots).
+import assert from "node:assert/strict";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const require = createRequire(import.meta.url);
+const config = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const phase = process.argv[3];
+const BASE = config.url;
+const origin = new URL(BASE).origin;
+const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const SHOTS = config.screenshots;
+if (SHOTS) mkdirSync(SHOTS, { recursive: true });
+const secrets = [config.passphrase, ...(config.secrets ?? [])];
+
+const browser = await chromium.launch({ executablePath: config.chromium, args: ["--no-sandbox"] });
+const problems = [];
+const pages = [];
+
+async function open(who, path) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+  const page = await context.newPage();
+  pages.push([who, page]);
+  const requests = [];
+  page.on("request", (request) => {
+    const url = request.url();
+    requests.push(url);
+    if (!url.startsWith("blob:") && new URL(url).origin !== origin) problems.push(`${who}: a request left the origin: ${url}`);
+    const body = request.postData() ?? "";
+    for (const s of secrets) if (s && (body.includes(s) || url.includes(s))) problems.push(`${who}: a request to ${url} carries a secret`);
+  });
+  page.on("pageerror", (e) => problems.push(`${who}: page error ${e.message}`));
+  page.on("dialog", (d) => d.accept());
+  const response = await page.goto(`${BASE}/console/${path}`);
+  assert.equal(response.headers()["content-security-policy"], config.csp, "the CSP header is exact");
+  return { context, page, who, requests };
+}
+
+async function axe(s, view) {
+  await s.page.evaluate(AXE);
+  const result = await s.page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"] },
+  }));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  for (const v of bad) problems.push(`axe on ${view}: ${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(" ")).join("; ")}`);
+}
+
+async function shot(s, name) {
+  if (SHOTS) await s.page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+async function unlock(page, keyFile, passphrase, ids) {
+  await page.getByRole("heading", { name: "Sign in with your agency's key file" }).waitFor();
+  await page.getByLabel("Key file", { exact: true }).setInputFiles(keyFile);
+  if (passphrase) await page.getByLabel("Passphrase", { exact: true }).fill(passphrase);
+  if (ids) {
+    await page.getByLabel("Agency id", { exact: true }).fill(ids.agency_id);
+    await page.getByLabel("Client id", { exact: true }).fill(ids.client_id);
+  }
+  await page.getByRole("button", { name: "Unlock" }).click();
+  await page.getByText(/^Signed in as /).waitFor({ timeout: 60_000 });
+}
+
+const phases = {
+  async onboard() {
+    const s = await open("new agency", "");
+    // from the sign-in form, the way a new agency finds it
+    await s.page.getByRole("link", { name: "Create my agency's keys" }).click();
+    await s.page.getByRole("heading", { name: "Create my agency's keys", level: 1 }).waitFor();
+    await axe(s, "onboarding form");
+    await s.page.getByLabel("Agency name", { exact: true }).fill(config.onboard.name);
+    await s.page.getByLabel("Role of this key file", { exact: true }).selectOption("caseworker");
+    await s.page.getByLabel("Passphrase", { exact: true }).fill("too short");
+    await s.page.getByLabel("Passphrase again", { exact: true }).fill("too short");
+    await s.page.getByRole("button", { name: "Create my agency's keys" }).click();
+    await s.page.getByRole("alert").getByText(/passphrase is too short/).waitFor();
+    await s.page.getByLabel("Passphrase", { exact: true }).fill(config.passphrase);
+    await s.page.getByLabel("Passphrase again", { exact: true }).fill(`${config.passphrase}x`);
+    await s.page.getByRole("button", { name: "Create my agency's keys" }).click();
+    await s.page.getByRole("alert").getByText(/two passphrases are different/).waitFor();
+    await s.page.getByLabel("Passphrase", { exact: true }).fill(config.passphrase);
+    await s.page.getByLabel("Passphrase again", { exact: true }).fill(config.passphrase);
+    const saved = s.page.waitForEvent("download", { timeout: 60_000 });
+    await s.page.getByRole("button", { name: "Create my agency's keys" }).click();
+    const keyDownload = await saved;
+    assert.match(keyDownload.suggestedFilename(), /\.key\.json$/);
+    await keyDownload.saveAs(config.onboard.key_out);
+    await s.page.getByRole("heading", { name: "Your key file is ready" }).waitFor();
+    const pubSaved = s.page.waitForEvent("download");
+    await s.page.getByRole("link", { name: "Download the public-key file" }).click();
+    await (await pubSaved).saveAs(config.onboard.public_out);
+    assert.equal(await s.page.getByLabel("Passphrase", { exact: true }).inputValue(), "", "the passphrase is cleared");
+    await axe(s, "onboarding done");
+    await shot(s, "onboarding");
+    const api = s.requests.filter((u) => new URL(u).pathname.startsWith("/v1/") || new URL(u).pathname.startsWith("/oauth"));
+    assert.deepEqual(api, [], "making keys sends nothing to the server");
+  },
+
+  async newagency() {
+    const s = await open("new agency", "");
+    await unlock(s.page, config.onboard.key_out, config.passphrase, config.onboard.ids);
+    await axe(s, "new agency inbox");
+    await s.page.getByRole("cell", { name: config.onboard.case_ref }).waitFor({ timeout: 30_000 });
+    await s.page.getByRole("row", { name: new RegExp(config.onboard.case_ref) }).getByRole("link", { name: /Open/ }).click();
+    await s.page.getByText(config.onboard.field_value).waitFor({ timeout: 30_000 });
+  },
+};
+
+try {
+  assert.ok(phases[phase], `unknown phase ${phase}`);
+  await phases[phase]();
+} catch (exc) {
+  if (config.debug) {
+    for (const [who, page] of pages) await page.screenshot({ path: join(config.debug, `failed-${phase}-${who.replace(/\W+/g, "-")}.png`), fullPage: true }).catch(() => {});
+  }
+  throw exc;
+} finally {
+  await browser.close();
+}
+if (problems.length) {
+  console.error(problems.join("\n"));
+  process.exit(1);
+}
+console.log(`part2 ${phase} ok`);

@@ -1,0 +1,114 @@
+"""Console part 2 in real headless Chromium against a live gateway, on both databases.
+
+``console/e2e/part2.mjs`` drives the page one phase at a time; between phases
+this test acts as the others would: the CLI, the administrator, the operator.
+
+Onboarding: a new agency makes its keys on "Create my agency's keys"; the
+downloaded sealed key file opens with the SDK and with ``refgate`` (CLI), its
+public keys equal the public-key file's; the administrator registers the agency
+and a caseworker client from that public-key file; the shelter sends it a
+referral with ``refgate send``; its caseworker signs in to the console with the
+sealed file (typing the ids it was given) and reads the consented field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from app.client.keyfile import KeyFile
+from tests.console import node
+from tests.console.test_console_browser import gateway  # noqa: F401  (the live gateway fixture)
+from tests.console.test_console_route import EXPECTED_CSP
+
+BIN = Path(sys.executable).parent
+PASSPHRASE = "new agency first night 2026"
+NAME = "County Human Trafficking Unit"
+CASE_REF = "onboard-17"
+FIELD = "Maria Example"
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, f"{cmd[:3]} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+    return done
+
+
+def test_new_agency_onboarded_from_a_key_file_made_in_the_console(
+    gateway: tuple[str, Path], backend: str, tmp_path: Path, database_url: str  # noqa: F811
+) -> None:
+    chromium = node.chromium()
+    node.run([node.npm(), "run", "--silent", "build"])
+    url, demo = gateway
+    assert httpx.get(f"{url}/console/").status_code == 200
+    key_out, public_out = tmp_path / "new.key.json", tmp_path / "new.public.json"
+    config = {
+        "url": url, "chromium": chromium, "csp": EXPECTED_CSP, "passphrase": PASSPHRASE,
+        "debug": str(tmp_path),
+        "screenshots": str(node.CONSOLE / "screenshots") if backend == "sqlite" else None,
+        "onboard": {"name": NAME, "key_out": str(key_out), "public_out": str(public_out),
+                    "case_ref": CASE_REF, "field_value": FIELD},
+    }
+    config_path = tmp_path / "config.json"
+
+    def phase(name: str) -> None:
+        config_path.write_text(json.dumps(config))
+        done = node.run([node.node(), "e2e/part2.mjs", str(config_path), name], timeout=300)
+        assert f"part2 {name} ok" in done.stdout
+
+    phase("onboard")
+
+    # the console's sealed file: exactly the keygen format, opened by the SDK
+    sealed = json.loads(key_out.read_text())
+    assert set(sealed) == {"v", "server", "agency_id", "client_id", "role", "sealed"}
+    assert sealed["server"] == url
+    assert sealed["role"] == "caseworker"
+    assert set(sealed["sealed"]) == {"kdf", "opslimit", "memlimit", "salt", "box"}
+    assert not any(k in key_out.read_text() for k in ("enc_private", "sig_seed", "auth_seed"))
+    key_out.chmod(0o600)
+    opened = KeyFile.load(key_out, PASSPHRASE.encode())
+    public = json.loads(public_out.read_text())
+    assert public["name"] == NAME
+    assert public["role"] == "caseworker"
+    assert vars(opened.public_keys()) == {k: public[k] for k in ("enc_key", "sign_key", "auth_key")}
+
+    # the administrator registers it from the public-key file
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFGATE_")}
+    env |= {"REFGATE_DATA_DIR": str(tmp_path / "data"), "REFGATE_DATABASE_URL": database_url,
+            "NEW_PASSPHRASE": PASSPHRASE}
+    server = str(BIN / "refgate-server")
+    agency = json.loads(_run([server, "create-agency", "--name", NAME, "--kind", "law_enforcement",
+                              f"--enc-key={public['enc_key']}",
+                              f"--sign-key={public['sign_key']}"], env, tmp_path).stdout)
+    client = json.loads(_run([server, "create-client", "--agency", agency["id"], "--role",
+                              "caseworker", f"--auth-key={public['auth_key']}"], env,
+                             tmp_path).stdout)
+    _run([server, "sequence"], env, tmp_path)
+
+    # the CLI opens the console's sealed file: configure a copy, then sign in with it
+    cli_copy = tmp_path / "cli.key.json"
+    cli_copy.write_text(key_out.read_text())
+    cli_copy.chmod(0o600)
+    refgate = str(BIN / "refgate")
+    _run([refgate, "--key-file", str(cli_copy), "configure", "--agency-id", agency["id"],
+          "--client-id", client["client_id"]], env, tmp_path)
+    inbox = _run([refgate, "--key-file", str(cli_copy), "--passphrase-env", "NEW_PASSPHRASE",
+                  "--json", "inbox"], env, tmp_path)
+    assert json.loads(inbox.stdout)["items"] == []
+
+    # the shelter sends the new agency a referral
+    shelter = demo / "shelter.key.json"
+    _run([refgate, "--key-file", str(shelter), "--server", url, "send", "--to", agency["id"],
+          "--field", f"full_name={FIELD}", "--field", "narrative=Not for the new unit.",
+          "--consent", f"full_name:{agency['id']}:investigation", "--service", "investigation",
+          "--case-ref", CASE_REF], env, tmp_path)
+
+    # its caseworker signs in to the console with the sealed file and reads the field
+    config["onboard"]["ids"] = {"agency_id": agency["id"], "client_id": client["client_id"]}
+    phase("newagency")
