@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -48,7 +49,7 @@ def test_new_agency_onboarded_from_a_key_file_made_in_the_console(
     url, demo = gateway
     assert httpx.get(f"{url}/console/").status_code == 200
     key_out, public_out = tmp_path / "new.key.json", tmp_path / "new.public.json"
-    config = {
+    config: dict[str, Any] = {
         "url": url, "chromium": chromium, "csp": EXPECTED_CSP, "passphrase": PASSPHRASE,
         "debug": str(tmp_path),
         "screenshots": str(node.CONSOLE / "screenshots") if backend == "sqlite" else None,

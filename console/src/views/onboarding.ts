@@ -100,6 +100,7 @@ export function onboardingView(): HTMLElement {
           h("p", {}, pubLink),
         );
         result.hidden = false;
+        form.querySelectorAll(":scope > .error").forEach((e) => e.remove());
         keyLink.click();
         say("Your key file is ready and saved. Give the public-key file to your administrator.");
         (result.querySelector("h2") as HTMLElement).focus();
