@@ -8,11 +8,16 @@
 //             no request carries anything but the page's own assets.
 //   newagency the new agency's caseworker signs in with that sealed file, typing the
 //             ids the administrator gave, and opens the referral sent to it.
+//   report    the shelter's access report of its referral: the police read in plain
+//             words, every event verified in the page; the print stylesheet.
+//   auditor   the auditor finds the police read, verifies it in the page (its seq is
+//             written to config.out), exports NDJSON, opens the log's health.
+//   tampered  after the test rewrote that event by SQL: "Verification failed" in words.
 //
 // Every phase: requests stay on the origin and never carry a secret; axe-core finds
 // no serious or critical violation; screenshots of each view (config.screenshots).
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -72,7 +77,7 @@ async function unlock(page, keyFile, passphrase, ids) {
     await page.getByLabel("Client id", { exact: true }).fill(ids.client_id);
   }
   await page.getByRole("button", { name: "Unlock" }).click();
-  await page.getByText(/^Signed in as /).waitFor({ timeout: 60_000 });
+  await page.locator("header .who").waitFor({ timeout: 60_000 });
 }
 
 const phases = {
@@ -117,6 +122,78 @@ const phases = {
     await s.page.getByRole("cell", { name: config.onboard.case_ref }).waitFor({ timeout: 30_000 });
     await s.page.getByRole("row", { name: new RegExp(config.onboard.case_ref) }).getByRole("link", { name: /Open/ }).click();
     await s.page.getByText(config.onboard.field_value).waitFor({ timeout: 30_000 });
+  },
+
+  // the sender's access report: the police read, in plain words, every event verified
+  async report() {
+    const s = await open("shelter", "");
+    await unlock(s.page, config.keys.shelter, null);
+    await s.page.goto(`${BASE}/console/#/referral/${config.referral_id}`);
+    await s.page.getByRole("link", { name: /Access report/ }).click();
+    await s.page.getByRole("heading", { name: "Access report", level: 1 }).waitFor();
+    const read = `${config.names.police} read full_name under investigation consent`;
+    await s.page.getByRole("cell", { name: read }).waitFor({ timeout: 60_000 });
+    await s.page.getByText(/ events?: \d+ verified in this browser/).waitFor();
+    const summary = await s.page.getByText(/ events?: \d+ verified in this browser/).textContent();
+    assert.match(summary, / 0 failed\./, "nothing failed");
+    assert.doesNotMatch(summary, /: 0 verified/, "events were verified");
+    await axe(s, "access report");
+    await shot(s, "access-report");
+    await s.page.emulateMedia({ media: "print" });
+    assert.equal(await s.page.getByRole("button", { name: "Print this report" }).isVisible(), false, "the print stylesheet hides buttons");
+    await shot(s, "access-report-print");
+  },
+
+  // the auditor finds the police read, verifies it in the page, exports, checks the log's health
+  async auditor() {
+    const s = await open("auditor", "");
+    await unlock(s.page, config.keys.auditor, null);
+    await s.page.getByRole("heading", { name: "Audit log", level: 1 }).waitFor();
+    await s.page.getByLabel("Referral id", { exact: true }).fill(config.referral_id);
+    await s.page.getByLabel("Agency", { exact: true }).selectOption({ label: config.names.police });
+    await s.page.getByLabel("Action", { exact: true }).selectOption("referral:read");
+    await s.page.getByLabel("Outcome", { exact: true }).selectOption("ok");
+    await s.page.getByRole("button", { name: "Search" }).click();
+    await s.page.getByText(/^Events matching your search/).waitFor({ timeout: 30_000 });
+    const row = s.page.getByRole("row", { name: new RegExp(`${config.names.police} read`) });
+    assert.equal(await s.page.locator("tbody tr").count(), 1, "one police read of this referral");
+    await axe(s, "audit search");
+    await shot(s, "audit-search");
+    await row.getByRole("link", { name: /Open/ }).click();
+    await s.page.getByRole("heading", { name: /^Audit event \d+$/ }).waitFor();
+    const seq = Number((await s.page.getByRole("heading", { name: /^Audit event \d+$/ }).textContent()).split(" ").pop());
+    await s.page.getByRole("button", { name: "Verify" }).click();
+    await s.page.locator("main p.ok").filter({ hasText: /^Verified\. Verified in this browser: event \d+ is in the signed audit log/ }).waitFor({ timeout: 30_000 });
+    await axe(s, "audit event");
+    await shot(s, "audit-event");
+    writeFileSync(config.out, JSON.stringify({ seq }));
+
+    await s.page.getByRole("link", { name: "Back to the search" }).click();
+    await s.page.getByRole("heading", { name: "Audit log", level: 1 }).waitFor();
+    const saved = s.page.waitForEvent("download", { timeout: 120_000 });
+    await s.page.getByRole("button", { name: "Export as NDJSON" }).click();
+    const download = await saved;
+    await download.saveAs(config.export_out);
+    await s.page.locator("main").getByText(/^Export complete: /).waitFor();
+
+    await s.page.getByRole("link", { name: "Log health" }).click();
+    await s.page.getByRole("heading", { name: "Log health", level: 1 }).waitFor();
+    await s.page.getByText(/^Verified in this browser with the pinned log key/).waitFor({ timeout: 30_000 });
+    await axe(s, "log health");
+    await shot(s, "log-health");
+  },
+
+  // after the operator rewrote the police read in the database: the page says so in plain words
+  async tampered() {
+    const s = await open("auditor", "");
+    await unlock(s.page, config.keys.auditor, null);
+    await s.page.goto(`${BASE}/console/#/audit/event/${config.seq}`);
+    await s.page.getByRole("button", { name: "Verify" }).click();
+    const alert = s.page.locator("main").getByRole("alert").filter({ hasText: "Verification failed." });
+    await alert.waitFor({ timeout: 30_000 });
+    assert.match(await alert.textContent(), /changed or removed on the server after it was logged/);
+    await axe(s, "audit event, tampered");
+    await shot(s, "audit-event-tampered");
   },
 };
 

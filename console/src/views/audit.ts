@@ -71,12 +71,16 @@ export function auditSearchView(): HTMLElement {
     set("until", utc(until.value));
     return f;
   };
+  let generation = 0;
   const search = async (page: number): Promise<void> => {
     say("Searching the audit log…");
+    const mine = ++generation;
+    results.replaceChildren(h("p", {}, "Searching…"));
     try {
       const f = filter();
       const answer = await s.api.get<{ items: AuditItem[]; next_cursor: string | null }>("/v1/audit/events",
         { ...f, limit: String(PAGE), cursor: cursors[page] ?? null });
+      if (mine !== generation) return; // a newer search answered or is on its way
       cursors.length = page + 1;
       cursors.push(answer.next_cursor);
       const rows = answer.items.map((item) => h("tr", {},
@@ -92,7 +96,7 @@ export function auditSearchView(): HTMLElement {
       next.addEventListener("click", () => void search(page + 1));
       results.replaceChildren(
         answer.items.length
-          ? h("table", {}, h("caption", {}, `Events, newest first (page ${page + 1})`),
+          ? h("table", {}, h("caption", {}, `${Object.keys(f).length ? "Events matching your search" : "Latest events"}, newest first (page ${page + 1})`),
             h("thead", {}, h("tr", {}, ["Seq", "When", "What happened", "Action", "Outcome", "Detail"].map((c) => h("th", { scope: "col" }, c)))),
             h("tbody", {}, rows))
           : h("p", {}, "No event matches this search."),
@@ -184,7 +188,6 @@ export async function exportEvents(f: Filter, format: "ndjson" | "csv", area: HT
   text.textContent = `Export complete: ${events.toLocaleString("en-GB")} events (${(bytes / 1048576).toFixed(1)} MB).`;
   area.append(h("p", {}, link));
   link.click();
-  say(text.textContent);
   return { lines: events, bytes };
 }
 
