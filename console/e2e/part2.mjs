@@ -6,6 +6,8 @@
 //   onboard   a new agency makes its keys on "Create my agency's keys": the sealed
 //             key file and the public-key file are downloaded (to config.onboard.*);
 //             no request carries anything but the page's own assets.
+//   admin     the administrator onboards it from the public-key file with its client;
+//             the ids are written to config.out.
 //   newagency the new agency's caseworker signs in with that sealed file, typing the
 //             ids the administrator gave, and opens the referral sent to it.
 //   report    the shelter's access report of its referral: the police read in plain
@@ -113,6 +115,30 @@ const phases = {
     await shot(s, "onboarding");
     const api = s.requests.filter((u) => new URL(u).pathname.startsWith("/v1/") || new URL(u).pathname.startsWith("/oauth"));
     assert.deepEqual(api, [], "making keys sends nothing to the server");
+  },
+
+  // the administrator onboards the new agency from its public-key file and registers its client
+  async admin() {
+    const s = await open("admin", "");
+    await unlock(s.page, config.keys.admin, null);
+    await s.page.getByRole("heading", { name: "Agencies", level: 1 }).waitFor();
+    await s.page.getByText(/^Verified: active, keys as listed/).first().waitFor({ timeout: 60_000 });
+    await axe(s, "agencies");
+    const form = s.page.getByRole("form", { name: "Onboard an agency" });
+    await form.getByLabel("Public-key file (optional)").setInputFiles(config.onboard.public_out);
+    await form.getByLabel("Kind", { exact: true }).selectOption("law_enforcement");
+    assert.equal(await form.getByLabel("Agency name", { exact: true }).inputValue(), config.onboard.name, "the name comes from the public-key file");
+    await form.getByRole("button", { name: "Onboard the agency" }).click();
+    const done = s.page.locator("main p.ok").filter({ hasText: "is onboarded" });
+    await done.waitFor({ timeout: 30_000 });
+    const text = await done.textContent();
+    const agencyId = text.match(/agency id is ([0-9a-f-]{36})/)[1];
+    const clientId = text.match(/client id ([0-9a-f-]{36})/)[1];
+    assert.match(text, /Its caseworker client is registered/);
+    await s.page.getByRole("row", { name: new RegExp(config.onboard.name) }).waitFor();
+    await axe(s, "agencies, onboarded");
+    await shot(s, "agencies");
+    writeFileSync(config.out, JSON.stringify({ agency_id: agencyId, client_id: clientId }));
   },
 
   async newagency() {

@@ -6,6 +6,7 @@
  */
 import { isUnlocked, lock, session } from "./session";
 import { h } from "./ui";
+import { adminView } from "./views/admin";
 import { auditEventView, auditSearchView, logHealthView } from "./views/audit";
 import { composeView } from "./views/compose";
 import { inboxView } from "./views/lists";
@@ -18,17 +19,18 @@ const ROUTES: [RegExp, string][] = [
   [/^#\/inbox$/, "Inbox"], [/^#\/sent$/, "Sent"], [/^#\/compose$/, "New referral"], [/^#\/referral\/[0-9a-f-]{36}$/, "Referral"],
   // part 2 (issue 17)
   [/^#\/report\/[0-9a-f-]{36}$/, "Access report"], [/^#\/audit$/, "Audit log"], [/^#\/audit\/event\/[0-9]{1,18}$/, "Audit event"],
-  [/^#\/audit\/health$/, "Log health"],
+  [/^#\/audit\/health$/, "Log health"], [/^#\/admin$/, "Agencies"],
 ];
 
 /** Where a role starts, and its views beyond the caseworker's (part 2). */
 function home(role: string | null): string {
-  return role === "auditor" ? "#/audit" : "#/inbox";
+  return role === "auditor" ? "#/audit" : role === "admin" ? "#/admin" : "#/inbox";
 }
 
 function part2View(hash: string): HTMLElement | null {
   if (hash.startsWith("#/report/")) return reportView(hash.slice("#/report/".length));
   if (hash === "#/audit") return auditSearchView();
+  if (hash === "#/admin") return adminView();
   if (hash === "#/audit/health") return logHealthView();
   if (hash.startsWith("#/audit/event/")) return auditEventView(Number(hash.slice("#/audit/event/".length)));
   return null;
@@ -38,6 +40,7 @@ function nav(role: string | null): HTMLElement {
   const here = location.hash || home(role);
   const link = (href: string, text: string): HTMLElement =>
     h("li", {}, h("a", { href, "aria-current": here === href ? "page" : undefined }, text));
+  if (role === "admin") return h("nav", { "aria-label": "Main" }, h("ul", {}, link("#/admin", "Agencies")));
   if (role === "auditor") {
     return h("nav", { "aria-label": "Main" }, h("ul", {}, link("#/audit", "Audit log"), link("#/audit/health", "Log health")));
   }
@@ -81,11 +84,12 @@ function render(): void {
   const extra = route ? part2View(hash) : null;
   if (extra) view = extra;
   else if (s.role === "auditor") view = auditSearchView();
+  else if (s.role === "admin") view = adminView();
   else if (hash === "#/sent") view = inboxView("sent");
   else if (hash === "#/compose") view = composeView((id) => { location.hash = `#/referral/${id}`; });
   else if (route && hash.startsWith("#/referral/")) view = referralView(hash.slice("#/referral/".length));
   else view = inboxView("received");
-  document.title = `${route?.[1] ?? (s.role === "auditor" ? "Audit log" : "Inbox")} · refgate`;
+  document.title = `${route?.[1] ?? (s.role === "auditor" ? "Audit log" : s.role === "admin" ? "Agencies" : "Inbox")} · refgate`;
   main.replaceChildren(view);
   (main.querySelector("h1") as HTMLElement | null)?.focus();
 }

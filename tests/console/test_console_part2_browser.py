@@ -5,8 +5,8 @@ this test acts as the others would: the CLI, the administrator, the operator.
 
 Onboarding: a new agency makes its keys on "Create my agency's keys"; the
 downloaded sealed key file opens with the SDK and with ``refgate`` (CLI), its
-public keys equal the public-key file's; the administrator registers the agency
-and a caseworker client from that public-key file; the shelter sends it a
+public keys equal the public-key file's; the administrator, in the console,
+onboards the agency and a caseworker client from that public-key file; the shelter sends it a
 referral with ``refgate send``; its caseworker signs in to the console with the
 sealed file (typing the ids it was given) and reads the consented field.
 
@@ -62,8 +62,10 @@ def test_new_agency_onboarded_from_a_key_file_made_in_the_console(
     url, demo = gateway
     assert httpx.get(f"{url}/console/").status_code == 200
     key_out, public_out = tmp_path / "new.key.json", tmp_path / "new.public.json"
+    out = tmp_path / "phase-out.json"
     config: dict[str, Any] = {
         "url": url, "chromium": chromium, "csp": EXPECTED_CSP, "passphrase": PASSPHRASE,
+        "out": str(out), "keys": {"admin": str(demo / "admin.key.json")},
         "debug": str(tmp_path),
         "screenshots": str(node.CONSOLE / "screenshots") if backend == "sqlite" else None,
         "onboard": {"name": NAME, "key_out": str(key_out), "public_out": str(public_out),
@@ -92,18 +94,15 @@ def test_new_agency_onboarded_from_a_key_file_made_in_the_console(
     assert public["role"] == "caseworker"
     assert vars(opened.public_keys()) == {k: public[k] for k in ("enc_key", "sign_key", "auth_key")}
 
-    # the administrator registers it from the public-key file
+    # the administrator onboards it in the console from the public-key file
+    phase("admin")
+    ids = json.loads(out.read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFGATE_")}
     env |= {"REFGATE_DATA_DIR": str(tmp_path / "data"), "REFGATE_DATABASE_URL": database_url,
             "NEW_PASSPHRASE": PASSPHRASE}
-    server = str(BIN / "refgate-server")
-    agency = json.loads(_run([server, "create-agency", "--name", NAME, "--kind", "law_enforcement",
-                              f"--enc-key={public['enc_key']}",
-                              f"--sign-key={public['sign_key']}"], env, tmp_path).stdout)
-    client = json.loads(_run([server, "create-client", "--agency", agency["id"], "--role",
-                              "caseworker", f"--auth-key={public['auth_key']}"], env,
-                             tmp_path).stdout)
-    _run([server, "sequence"], env, tmp_path)
+    agency = {"id": ids["agency_id"]}
+    client = {"client_id": ids["client_id"]}
+    _run([str(BIN / "refgate-server"), "sequence"], env, tmp_path)
 
     # the CLI opens the console's sealed file: configure a copy, then sign in with it
     cli_copy = tmp_path / "cli.key.json"
