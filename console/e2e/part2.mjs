@@ -135,7 +135,15 @@ const phases = {
     const agencyId = text.match(/agency id is ([0-9a-f-]{36})/)[1];
     const clientId = text.match(/client id ([0-9a-f-]{36})/)[1];
     assert.match(text, /Its caseworker client is registered/);
-    await s.page.getByRole("row", { name: new RegExp(config.onboard.name) }).waitFor();
+    const row = s.page.getByRole("row", { name: new RegExp(config.onboard.name) });
+    await row.waitFor();
+    // suspend and reactivate it, each confirmed in plain words (the dialogs are accepted)
+    await row.getByRole("button", { name: /^Suspend/ }).click();
+    await s.page.locator("main p.ok").filter({ hasText: `${config.onboard.name} is suspended.` }).waitFor({ timeout: 30_000 });
+    await row.getByRole("cell", { name: "suspended", exact: true }).waitFor();
+    await row.getByRole("button", { name: /^Reactivate/ }).click();
+    await s.page.locator("main p.ok").filter({ hasText: `${config.onboard.name} is active again.` }).waitFor({ timeout: 30_000 });
+    await row.getByRole("cell", { name: "active", exact: true }).waitFor();
     await axe(s, "agencies, onboarded");
     await shot(s, "agencies");
     writeFileSync(config.out, JSON.stringify({ agency_id: agencyId, client_id: clientId }));

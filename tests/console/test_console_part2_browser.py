@@ -42,7 +42,7 @@ from tests.console.test_console_route import EXPECTED_CSP
 
 BIN = Path(sys.executable).parent
 PASSPHRASE = "new agency first night 2026"
-NAME = "County Human Trafficking Unit"
+NAME = "Riverside Anti-Trafficking Unit"
 CASE_REF = "onboard-17"
 FIELD = "Maria Example"
 
