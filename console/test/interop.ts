@@ -96,6 +96,8 @@ const freshFile = sealedKeyFile(fresh, { server: "http://127.0.0.1", agency_id: 
   utf8(input.passphrase), s.crypto_pwhash_OPSLIMIT_INTERACTIVE, s.crypto_pwhash_MEMLIMIT_INTERACTIVE);
 assert.deepEqual(parsePublicKeyFile(JSON.stringify(freshPublic)).enc_key, freshPublic.enc_key);
 assert.throws(() => parsePublicKeyFile(JSON.stringify(freshFile)), /private key file/);
+// what `refgate keygen --json` prints is accepted too
+assert.equal(parsePublicKeyFile(JSON.stringify({ key_file: "a.json", sealed: true, ...publicKeys(fresh) })).auth_key, freshPublic.auth_key);
 assert.throws(() => sealedKeyFile(fresh, { server: null, agency_id: null, client_id: null, role: null }, new Uint8Array(0)));
 writeFileSync(process.argv[3] as string, JSON.stringify({ envelope: sealed.body, fids: sealed.fids, amendment, status, keyfile, fresh_keyfile: freshFile, fresh_public: freshPublic }));
 console.log("interop ok");

@@ -154,7 +154,9 @@ export function parsePublicKeyFile(text: string): { name: string | null; role: s
   }
   if (typeof data !== "object" || data === null) throw new KeyFileError("this file is not a public-key file");
   const d = data as Record<string, unknown>;
-  if ("sealed" in d || "enc_private" in d) {
+  // `refgate keygen --json` prints {"sealed": true|false, …} beside the public keys: only a
+  // sealed object or a private member makes this a private key file
+  if ((typeof d.sealed === "object" && d.sealed !== null) || "enc_private" in d || "sig_seed" in d || "auth_seed" in d) {
     throw new KeyFileError("this is a private key file: ask the agency for its public-key file instead, and tell them to keep this one private");
   }
   const out = { name: null as string | null, role: null as string | null, enc_key: "", sign_key: "", auth_key: "" };

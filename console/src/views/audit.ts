@@ -233,7 +233,9 @@ export function auditEventView(seq: number): HTMLElement {
           }
         })();
       });
-      body.replaceChildren(h("dl", { class: "fields" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { class: k.startsWith("Leaf") ? "key" : "" }, v)])), verify, verdict);
+      const report = e.resource_type === "referral" && typeof e.resource_id === "string" && /^[0-9a-f-]{36}$/.test(e.resource_id)
+        ? h("p", {}, h("a", { href: `#/report/${e.resource_id}` }, "Every event of this referral (access report)")) : null;
+      body.replaceChildren(report ?? "", h("dl", { class: "fields" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { class: k.startsWith("Leaf") ? "key" : "" }, v)])), verify, verdict);
       say(`Event ${seq} loaded.`);
     } catch (exc) {
       showError(body, exc);

@@ -5,6 +5,7 @@
  * sender's own decryption of the referral in this page (the server's events
  * carry field ids only) and are never sent anywhere. Printable.
  */
+import { ApiError } from "../api";
 import { describe, proveEvent, type AuditItem } from "../audit";
 import { openEnvelope } from "../crypto/envelope";
 import { lib } from "../crypto/sodium";
@@ -24,7 +25,14 @@ export function reportView(id: string): HTMLElement {
 /** Field id -> name from the sender's own decryption (empty when this agency is not the sender). */
 async function fieldNames(id: string): Promise<{ names: Map<string, string>; isSender: boolean; created: string | null }> {
   const s = session();
-  const doc = await s.api.get<{ manifest: { referral_id: string; sender_agency: string; created_at: string } }>(`/v1/referrals/${encodeURIComponent(id)}`);
+  let doc: { manifest: { referral_id: string; sender_agency: string; created_at: string } };
+  try {
+    doc = await s.api.get(`/v1/referrals/${encodeURIComponent(id)}`);
+  } catch (exc) {
+    // an auditor, or a referral this agency can no longer open: events still show, fields unnamed
+    if (exc instanceof ApiError && (exc.status === 403 || exc.status === 404 || exc.status === 410)) return { names: new Map(), isSender: false, created: null };
+    throw exc;
+  }
   if (doc.manifest?.referral_id !== id) throw new Error("The server answered with another referral than the one asked for. Call your administrator.");
   if (doc.manifest.sender_agency !== s.agencyId) return { names: new Map(), isSender: false, created: doc.manifest.created_at };
   const [, sigPublic] = await s.trust.agencyKey(doc.manifest.sender_agency, "sig");
@@ -72,7 +80,7 @@ async function render(id: string, body: HTMLElement): Promise<void> {
       h("p", {}, `Referral ${id}${created ? `, sent ${date(created)}` : ""}. Prepared ${date(new Date().toISOString())} by ${s.agencyName}.`),
       isSender
         ? h("p", {}, "Field names are read from your own copy of the referral in this browser; the server only knows field ids.")
-        : h("p", { class: "notice" }, "Your agency did not send this referral, so its fields are shown as \"a field\". Only the sender can name them."),
+        : h("p", { class: "notice" }, "Your agency did not send this referral (or cannot open it now), so its fields are shown as \"a field\". Only the sender can name them."),
       h("p", { class: counts.failed ? "error" : "", role: counts.failed ? "alert" : undefined },
         `${items.length} event${items.length === 1 ? "" : "s"}: ${counts.ok} verified in this browser against the signed audit log (size ${cp.size}), ${counts.pending} not yet in it, ${counts.failed} failed.`,
         counts.failed ? " Some events do not match the signed log: they were changed on the server. Report it to your task-force oversight office." : ""),
