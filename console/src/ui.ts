@@ -89,3 +89,8 @@ export function day(text: string): string {
   const d = new Date(text);
   return d.toLocaleDateString("en-GB", { day: "numeric", month: "long", year: "numeric", timeZone: "UTC" });
 }
+
+/** Let the browser paint (progress text) before a long synchronous step such as Argon2id. */
+export function paint(): Promise<void> {
+  return new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
+}

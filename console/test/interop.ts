@@ -10,10 +10,9 @@ import { openCheckpoint } from "../src/crypto/checkpoint";
 import { parseWitnessKey, validCosigners } from "../src/crypto/cosignature";
 import { b64Decode, b64urlDecode, b64urlEncode, utf8 } from "../src/crypto/encoding";
 import * as env from "../src/crypto/envelope";
-import { parseKeyFile, publicKeys, unsealKeyFile } from "../src/crypto/keyfile";
+import { generateSecrets, parseKeyFile, parsePublicKeyFile, publicKeyFile, publicKeys, sealedKeyFile, unsealKeyFile } from "../src/crypto/keyfile";
 import { encPublicFromPrivate, sigPublicFromSeed } from "../src/crypto/keys";
 import { leafHash, verifyConsistency, verifyInclusion } from "../src/crypto/merkle";
-import { sealWithPassphrase } from "../src/crypto/passphrase";
 import { lib, ready } from "../src/crypto/sodium";
 
 await ready();
@@ -85,10 +84,20 @@ const status = env.signStatus({
   referralId, recipient: B.agency_id, status: "accepted", reason: null, note, signedAt: input.created_at, sigSeed: key(B.sig_seed),
 });
 const s = lib();
-const inner = utf8(JSON.stringify({ enc_private: A.enc_private, sig_seed: A.sig_seed, auth_seed: A.auth_seed }));
-const keyfile = {
-  v: 1, server: null, agency_id: A.agency_id, client_id: null, role: "caseworker",
-  sealed: sealWithPassphrase(inner, utf8(input.passphrase), s.crypto_pwhash_OPSLIMIT_INTERACTIVE, s.crypto_pwhash_MEMLIMIT_INTERACTIVE),
-};
-writeFileSync(process.argv[3] as string, JSON.stringify({ envelope: sealed.body, fids: sealed.fids, amendment, status, keyfile }));
+const keyfile = sealedKeyFile(
+  { encPrivate: key(A.enc_private), sigSeed: key(A.sig_seed), authSeed: key(A.auth_seed) },
+  { server: null, agency_id: A.agency_id, client_id: null, role: "caseworker" },
+  utf8(input.passphrase), s.crypto_pwhash_OPSLIMIT_INTERACTIVE, s.crypto_pwhash_MEMLIMIT_INTERACTIVE,
+);
+// 7. a key file made as the onboarding page makes it (fresh keys), with its public-key file
+const fresh = generateSecrets();
+const freshPublic = publicKeyFile(publicKeys(fresh), "New Agency ✔", "liaison");
+const freshFile = sealedKeyFile(fresh, { server: "http://127.0.0.1", agency_id: null, client_id: null, role: "liaison" },
+  utf8(input.passphrase), s.crypto_pwhash_OPSLIMIT_INTERACTIVE, s.crypto_pwhash_MEMLIMIT_INTERACTIVE);
+assert.deepEqual(parsePublicKeyFile(JSON.stringify(freshPublic)).enc_key, freshPublic.enc_key);
+assert.throws(() => parsePublicKeyFile(JSON.stringify(freshFile)), /private key file/);
+// what `refgate keygen --json` prints is accepted too
+assert.equal(parsePublicKeyFile(JSON.stringify({ key_file: "a.json", sealed: true, ...publicKeys(fresh) })).auth_key, freshPublic.auth_key);
+assert.throws(() => sealedKeyFile(fresh, { server: null, agency_id: null, client_id: null, role: null }, new Uint8Array(0)));
+writeFileSync(process.argv[3] as string, JSON.stringify({ envelope: sealed.body, fids: sealed.fids, amendment, status, keyfile, fresh_keyfile: freshFile, fresh_public: freshPublic }));
 console.log("interop ok");

@@ -164,3 +164,8 @@ def test_console_and_python_open_each_others_referrals_statuses_and_key_files(
     reopened = KeyFile.from_json(out["keyfile"], PASSPHRASE.encode())
     assert reopened.enc_private == sender.enc_private
     assert reopened.auth_seed == sender.auth_seed
+    # the onboarding page's key file opens with the SDK and matches its public-key file
+    fresh = KeyFile.from_json(out["fresh_keyfile"], PASSPHRASE.encode())
+    assert vars(fresh.public_keys()) == {k: out["fresh_public"][k]
+                                          for k in ("enc_key", "sign_key", "auth_key")}
+    assert (fresh.role, fresh.agency_id, fresh.client_id) == ("liaison", None, None)

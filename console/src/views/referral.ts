@@ -81,6 +81,7 @@ async function render(id: string, body: HTMLElement): Promise<void> {
     body.append(h("h2", {}, "What you are asked to do"), h("p", {},
       `${own.services.map(words).join(", ")}; urgency ${words(own.urgency)}${own.case_ref ? `; case reference ${own.case_ref}` : ""}.`));
   }
+  if (isSender) body.append(h("p", {}, h("a", { href: `#/report/${id}` }, "Access report: who saw this referral, verified")));
   if (isSender) await senderPart(id, doc, opened, body);
   else recipientPart(id, doc, opened, body);
   say(`Referral opened and verified: ${names.length} field${names.length === 1 ? "" : "s"}.`);

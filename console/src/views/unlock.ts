@@ -8,12 +8,14 @@ import { start } from "../session";
 import { Trust } from "../trust";
 import { unsealInWorker } from "../unseal";
 import { h, labelled, say, showError } from "../ui";
+import { registrationInputs } from "./onboarding";
 
 export function unlockView(onDone: () => void): HTMLElement {
   const file = h("input", { type: "file", accept: ".json,application/json", required: true });
   const pass = h("input", { type: "password", autocomplete: "current-password" });
   const logKey = h("input", { type: "text", spellcheck: false, autocomplete: "off" });
   const forget = h("input", { type: "checkbox" });
+  const ids = registrationInputs();
   const button = h("button", { type: "submit" }, "Unlock");
   const form = h("form", { class: "panel", "aria-labelledby": "unlock-title" },
     h("h1", { id: "unlock-title" }, "Sign in with your agency's key file"),
@@ -21,8 +23,10 @@ export function unlockView(onDone: () => void): HTMLElement {
     labelled("Key file", file, "The file made by \"refgate keygen\" (for example agency.key.json)."),
     labelled("Passphrase", pass, "Only if your key file is protected by a passphrase."),
     labelled("Log key (optional)", logKey, "The audit log key your task force gave you. Leave empty if it was pinned on an earlier sign-in."),
+    ids.fields,
     h("div", { class: "control checkbox" }, forget, h("label", { for: (forget.id ||= "forget-pin") }, "Forget the pinned log key (only when your task force tells you it changed)")),
     button,
+    h("p", {}, "New agency without a key file? ", h("a", { href: "#/onboard" }, "Create my agency's keys")),
   );
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -33,9 +37,9 @@ export function unlockView(onDone: () => void): HTMLElement {
         const chosen = file.files?.[0];
         if (!chosen) throw new KeyFileError("Choose your key file first.");
         const parsed = parseKeyFile(await chosen.text());
-        const { agency_id: agencyId, client_id: clientId } = parsed.settings;
+        const { agencyId, clientId } = ids.resolve(parsed.settings);
         if (!agencyId || !clientId) {
-          throw new KeyFileError("This key file is not registered yet (it has no agency or client id). Ask your administrator to register it, then run \"refgate configure\".");
+          throw new KeyFileError("This key file is not registered yet (it has no agency or client id). Ask your administrator to register it, then type the agency and client ids they give you under \"New key file only\" (or record them with \"refgate configure\").");
         }
         if (parsed.sealed && !pass.value) throw new KeyFileError("This key file is protected: enter its passphrase.");
         let secrets;
