@@ -43,9 +43,12 @@ from app.client.keyfile import (
     PassphraseRequired,
     update_settings,
 )
+from app.client.outbox import Outbox, OutboxError, checked_referral_id, post_saved
 from app.client.sdk import RefgateClient, RefgateError, VerificationError
 from app.client.transparency import Pins, pins_path
+from app.crypto import envelope as env
 from app.crypto.passphrase import PassphraseError
+from app.crypto.wire import GrantValue
 from app.vocab import Service, Urgency
 
 EXIT_OK = 0
@@ -254,6 +257,12 @@ async def cmd_agencies(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 def _send_input(args: argparse.Namespace) -> dict[str, Any]:
     """Fields, consent and per-recipient requests from the flags or ``--from-file``."""
+    if args.retry:
+        if args.to or args.field or args.consent or args.request or args.from_file:
+            raise UsageError("--retry re-sends the saved envelope as it is: give no --to, "
+                             "--field, --consent, --request or --from-file with it")
+        checked_referral_id(args.retry)
+        return {}
     if args.from_file:
         if args.to or args.field or args.consent or args.request:
             raise UsageError("--from-file excludes --to, --field, --consent and --request")
@@ -295,19 +304,45 @@ def _send_input(args: argparse.Namespace) -> dict[str, Any]:
     return {"fields": fields, "consent": consent, "requests": requests}
 
 
+def _granted_fields(body: dict[str, Any], fields_of: dict[str, str]) -> dict[str, list[str]]:
+    """Recipient -> the field names granted to it, from a sealed body's grant disclosures."""
+    out: dict[str, list[str]] = {}
+    for item in body.get("disclosures") or []:
+        value = env.parse_disclosure(item).value
+        if isinstance(value, GrantValue) and value.fid in fields_of:
+            out.setdefault(value.recipient, []).append(fields_of[value.fid])
+    return out
+
+
 async def cmd_send(rc: RefgateClient, args: argparse.Namespace) -> int:
-    data = await directory_cli.resolve_send_input(rc, _send_input(args))
-    summary = await rc.send_referral(
-        data["fields"], data["consent"], data["requests"],
-        expires_in_days=args.days, release_ref=args.release_ref,
-    )
+    # The referral id is chosen here and the sealed envelope saved in the outbox
+    # before anything is posted; the Idempotency-Key derives from the id, so
+    # `refgate send --retry ID` after an interruption never makes a duplicate.
+    box = Outbox.of_key_file(_key_path(args))
+    if args.retry:
+        sealed = box.load(args.retry)
+        print(f"re-sending referral {sealed.referral_id} (saved in {box.directory})",
+              file=sys.stderr)
+    else:
+        data = await directory_cli.resolve_send_input(rc, _send_input(args))
+        sealed = await rc.seal_referral(
+            data["fields"], data["consent"], data["requests"],
+            expires_in_days=args.days, release_ref=args.release_ref,
+        )
+        box.save(sealed)
+        print(f"sending referral {sealed.referral_id} (if interrupted: "
+              f"refgate send --retry {sealed.referral_id})", file=sys.stderr, flush=True)
+    summary = await post_saved(rc, box, sealed, sys.stderr)
+    fields_of = {fid: name for name, fid in sealed.fids.items()}
 
     def human(out: TextIO) -> None:
+        n = len(summary["statuses"])
         out.write(f"sent referral {summary['referral_id']} to "
-                  f"{len(summary['statuses'])} agencies\n")
+                  f"{n} {'agency' if n == 1 else 'agencies'}\n")
+        granted = _granted_fields(sealed.body, fields_of)
         for recipient, expires in sorted(summary["expires_at"].items()):
-            names = sorted(f for f, per in data["consent"].items() if recipient in per)
-            out.write(f"  {recipient}: {', '.join(names)} until {expires}\n")
+            names = ", ".join(sorted(granted.get(recipient, ())))
+            out.write(f"  {recipient}: {names} until {expires}\n")
 
     _emit(args, summary, human)
     return EXIT_OK
@@ -550,6 +585,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--release-ref", help="reference of the signed release form")
     sp.add_argument("--from-file", metavar="JSON",
                     help="{fields, consent, requests} instead of the flags")
+    sp.add_argument("--retry", metavar="REFERRAL_ID",
+                    help="re-send the envelope saved in the outbox (<key file>.outbox/) by an "
+                         "interrupted or failed send; never creates a second referral")
     sp.set_defaults(remote=cmd_send)
 
     sp = sub.add_parser("inbox", help="list received (or --sent) referrals")
@@ -672,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_VERIFY, f"verification failed: {exc}")
     except httpx.TransportError as exc:
         return _fail(EXIT_NETWORK, f"error: cannot reach the server: {exc or type(exc).__name__}")
-    except (UsageError, KeyFileError, PassphraseError, ValueError) as exc:
+    except (UsageError, KeyFileError, PassphraseError, OutboxError, ValueError) as exc:
         return _fail(EXIT_USAGE, f"error: {exc}")
     except KeyboardInterrupt:
         return _fail(130, "interrupted")
