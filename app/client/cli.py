@@ -17,8 +17,9 @@ pins on purpose.
 
 Exit codes: 0 ok, 1 usage or input error, 2 the server refused (4xx),
 3 verification failure (signature, hash, commitment, key transparency, audit
-log), 4 network error or server failure (5xx). Errors go to stderr with the
-problem's title and detail.
+log), 4 network error or server failure (5xx), 130 interrupted
+(``EXIT_CODES_HELP``, shown by ``refgate --help``). Errors go to stderr with
+the problem's title and detail.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import httpx
 
 from app import vocab
 from app.client import directory_cli, webhook_listen
+from app.client.help_topics import roles_text
 from app.client.keyfile import (
     KeyFile,
     KeyFileError,
@@ -44,7 +46,7 @@ from app.client.keyfile import (
     update_settings,
 )
 from app.client.outbox import Outbox, OutboxError, checked_referral_id, post_saved
-from app.client.sdk import RefgateClient, RefgateError, VerificationError
+from app.client.sdk import RefgateClient, RefgateError, ServerUnreachable, VerificationError
 from app.client.transparency import Pins, pins_path
 from app.crypto import envelope as env
 from app.crypto.passphrase import PassphraseError
@@ -56,6 +58,21 @@ EXIT_USAGE = 1
 EXIT_REFUSED = 2
 EXIT_VERIFY = 3
 EXIT_NETWORK = 4
+
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    done
+  1    usage or input error (a flag, a file, the key file or its passphrase); nothing was sent
+  2    the server refused (4xx): the message says why
+  3    verification failed (a signature, hash, commitment, the key directory or the audit
+       log does not verify): do not trust the answer, report it to the task force
+  4    network error or server failure (5xx): retry later; an unsent referral waits in the
+       outbox (refgate send --retry REFERRAL_ID)
+  130  interrupted (Ctrl-C); for send, the message says how to retry without a duplicate
+
+roles: refgate roles explains caseworker, liaison, auditor and admin"""
 
 AUDIT_STATE_SUFFIX = ".audit-state.json"
 """``audit verify`` keeps its state beside the key file, like the pins."""
@@ -199,6 +216,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
                   f"--client-id CLIENT_ID --server {args.server or 'https://REFGATE_URL'}\n")
 
     _emit(args, data, human)
+    return EXIT_OK
+
+
+def cmd_roles(args: argparse.Namespace) -> int:
+    from app.client.help_topics import ROLE_SCOPES, ROLE_TEXT
+
+    _emit(args, {r: {"description": t, "scopes": list(ROLE_SCOPES[r])}
+                 for r, t in ROLE_TEXT.items()}, lambda out: out.write(roles_text()))
     return EXIT_OK
 
 
@@ -529,8 +554,7 @@ async def cmd_audit_report(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="refgate", description="Client of a refgate referral gateway.",
-                epilog="exit codes: 0 ok, 1 usage/input, 2 refused (4xx), 3 verification "
-                       "failed, 4 network/5xx")
+                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--key-file", help="agency key file (default: $REFGATE_KEY_FILE)")
     p.add_argument("--server", help="gateway URL (overrides the key file's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -561,6 +585,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--quorum", type=int, help="witness cosignatures required")
     sp.set_defaults(local=cmd_configure)
 
+    sub.add_parser("roles", help="what the four roles (caseworker, liaison, auditor, admin) "
+                   "may do").set_defaults(local=cmd_roles)
     sub.add_parser("token", help="print an access token").set_defaults(remote=cmd_token)
     sub.add_parser("agencies", help="list the directory").set_defaults(remote=cmd_agencies)
     directory_cli.add_commands(sub)
@@ -708,12 +734,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(code, f"error: {exc.status} {exc.title}: {exc.detail}")
     except VerificationError as exc:
         return _fail(EXIT_VERIFY, f"verification failed: {exc}")
-    except httpx.TransportError as exc:
-        return _fail(EXIT_NETWORK, f"error: cannot reach the server: {exc or type(exc).__name__}")
+    except httpx.TransportError as exc:  # ServerUnreachable names the URL and what to check
+        return _fail(EXIT_NETWORK, f"error: {exc}" if isinstance(exc, ServerUnreachable)
+                     else f"error: cannot reach the server: {exc or type(exc).__name__}")
     except (UsageError, KeyFileError, PassphraseError, OutboxError, ValueError) as exc:
         return _fail(EXIT_USAGE, f"error: {exc}")
     except KeyboardInterrupt:
-        return _fail(130, "interrupted")
+        return _fail(EXIT_INTERRUPTED, "interrupted")
 
 
 if __name__ == "__main__":

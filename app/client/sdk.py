@@ -61,7 +61,8 @@ Errors::
 
 Invalid arguments (an unknown field name, a consent for an unlisted
 recipient) raise ``ValueError`` (``EnvelopeError`` is one); network failures
-are ``httpx.TransportError``.
+raise :class:`ServerUnreachable` (an ``httpx.TransportError`` too), whose
+message names the URL.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ from app.client.errors import (
     LogConsistencyError,
     PinMismatchError,
     RefgateSDKError,
+    ServerUnreachable,
     VerificationError,
 )
 from app.client.keyfile import KeyFile
@@ -118,7 +120,10 @@ __all__ = [
     "RefgateClient",
     "RefgateError",
     "RefgateSDKError",
+    "SealedReferral",
+    "ServerUnreachable",
     "VerificationError",
+    "idempotency_key_for",
 ]
 
 _RETRYABLE = frozenset({502, 503, 504})
@@ -329,6 +334,18 @@ class Page:
     next_cursor: str | None
 
 
+class _Client(httpx.AsyncClient):
+    """``httpx.AsyncClient`` whose network failures name the server (:class:`ServerUnreachable`)."""
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        try:
+            return await super().send(request, **kwargs)
+        except ServerUnreachable:
+            raise
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(str(self.base_url).rstrip("/"), exc) from exc
+
+
 def idempotency_key_for(referral_id: str) -> str:
     """The ``Idempotency-Key`` of the POST that creates ``referral_id``: every
     (re)post of one sealed referral carries the same key."""
@@ -421,7 +438,10 @@ class RefgateClient(DirectoryMethods):
     ) -> None:
         url = (base_url or key.server or "").rstrip("/")
         if not url:
-            raise ValueError("no server URL: pass base_url or set it in the key file")
+            raise ValueError(
+                "no server URL: pass base_url=... (the CLI flag is --server URL) or record it "
+                "in the key file (refgate configure --server URL)"
+            )
         if not key.client_id or not key.agency_id:
             raise ValueError(
                 "the key file has no client_id/agency_id yet: run refgate configure"
@@ -437,7 +457,7 @@ class RefgateClient(DirectoryMethods):
         self.client_id: str = key.client_id
         self.verify_keys = verify_keys
         self._auth = PrivateKeyJWT(key.client_id, key.auth_seed, f"{url}/oauth/token")
-        self._http = httpx.AsyncClient(
+        self._http = _Client(
             base_url=url,
             transport=transport,
             auth=self._auth,
