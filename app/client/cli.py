@@ -38,7 +38,7 @@ import httpx
 
 from app import vocab
 from app.client import directory_cli, webhook_listen
-from app.client.help_topics import roles_text
+from app.client.help_topics import describe_options, roles_text
 from app.client.keyfile import (
     KeyFile,
     KeyFileError,
@@ -46,6 +46,7 @@ from app.client.keyfile import (
     update_settings,
 )
 from app.client.outbox import Outbox, OutboxError, checked_referral_id, post_saved
+from app.client.people import agency_labels, plural, verified_agencies
 from app.client.sdk import RefgateClient, RefgateError, ServerUnreachable, VerificationError
 from app.client.transparency import Pins, pins_path
 from app.crypto import envelope as env
@@ -270,11 +271,14 @@ async def cmd_token(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_agencies(rc: RefgateClient, args: argparse.Namespace) -> int:
-    items = await rc.agencies()
+    items = await verified_agencies(rc)
 
     def human(out: TextIO) -> None:
-        _table(out, ["ID", "KIND", "STATUS", "NAME"],
-               [(a["id"], a["kind"], a["status"], a["name"]) for a in items])
+        _table(out, ["NAME", "KIND", "STATUS", "ENC KID", "SIG KID", "KEYS VERIFIED", "ID"],
+               [(a["name"], a["kind"], a["status"], a["enc_kid"], a["sig_kid"], a["verified"],
+                 a["id"]) for a in items])
+        out.write(f"{plural(len(items), 'agency', 'agencies')}; keys verified against the key "
+                  "directory of the pinned checkpoint\n")
 
     _emit(args, items, human)
     return EXIT_OK
@@ -357,17 +361,17 @@ async def cmd_send(rc: RefgateClient, args: argparse.Namespace) -> int:
         box.save(sealed)
         print(f"sending referral {sealed.referral_id} (if interrupted: "
               f"refgate send --retry {sealed.referral_id})", file=sys.stderr, flush=True)
+    label = await agency_labels(rc, args.ids or args.json)  # before: nothing may fail after
     summary = await post_saved(rc, box, sealed, sys.stderr)
     fields_of = {fid: name for name, fid in sealed.fids.items()}
 
     def human(out: TextIO) -> None:
-        n = len(summary["statuses"])
         out.write(f"sent referral {summary['referral_id']} to "
-                  f"{n} {'agency' if n == 1 else 'agencies'}\n")
+                  f"{plural(len(summary['statuses']), 'agency', 'agencies')}\n")
         granted = _granted_fields(sealed.body, fields_of)
         for recipient, expires in sorted(summary["expires_at"].items()):
             names = ", ".join(sorted(granted.get(recipient, ())))
-            out.write(f"  {recipient}: {names} until {expires}\n")
+            out.write(f"  {label(recipient)}: {names} until {expires}\n")
 
     _emit(args, summary, human)
     return EXIT_OK
@@ -377,21 +381,24 @@ async def cmd_inbox(rc: RefgateClient, args: argparse.Namespace) -> int:
     query = rc.sent if args.sent else rc.inbox
     page = await query(status=args.status, urgency=args.urgency, limit=args.limit,
                        cursor=args.cursor)
+    label = await agency_labels(rc, args.ids or args.json)
 
     def human(out: TextIO) -> None:
         rows = []
         for item in page.items:
             request = item.get("request") or {}
-            statuses = ", ".join(
-                f"{s['status']}" if not args.sent else f"{s['recipient'][:8]}:{s['status']}"
-                for s in item.get("statuses") or []
-            )
-            rows.append((item["referral_id"], item["created_at"],
-                         "" if args.sent else item["sender_agency"],
+            statuses = item.get("statuses") or []
+            shown = ", ".join(s["status"] if not args.sent
+                              else f"{label(s['recipient'])}: {s['status']}" for s in statuses)
+            who = (", ".join(label(s["recipient"]) for s in statuses) if args.sent
+                   else label(item["sender_agency"]))
+            rows.append((item["referral_id"], item["created_at"], who,
                          request.get("urgency", ""), ",".join(request.get("services") or []),
-                         request.get("case_ref") or "", statuses))
-        _table(out, ["REFERRAL", "CREATED", "FROM", "URGENCY", "SERVICES", "CASE", "STATUS"],
-               rows)
+                         request.get("case_ref") or "", shown))
+        _table(out, ["REFERRAL", "CREATED", "TO" if args.sent else "FROM", "URGENCY",
+                     "SERVICES", "CASE", "STATUS"], rows)
+        out.write(f"{plural(len(page.items), 'referral')}"
+                  f"{' (this page)' if page.next_cursor else ''}\n")
         if page.next_cursor:
             out.write(f"more: --cursor {page.next_cursor}\n")
 
@@ -406,14 +413,15 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
             "fields": opened.fields, "fids": opened.fids, "grants": opened.grants,
             "requests": opened.requests, "statuses": opened.statuses, "notes": opened.notes,
             "unreadable_notes": list(opened.unreadable_notes)}
+    label = await agency_labels(rc, args.ids or args.json)
 
     def human(out: TextIO) -> None:
         out.write(f"referral  {opened.referral_id} (version {opened.manifest['version']})\n"
-                  f"from      {opened.sender_agency}\n"
+                  f"from      {label(opened.sender_agency)}\n"
                   f"created   {opened.manifest['created_at']}\n")
         for recipient, request in sorted(opened.requests.items()):
             case = f", case {request['case_ref']}" if request.get("case_ref") else ""
-            out.write(f"request   {recipient}: {', '.join(request['services'])} "
+            out.write(f"request   {label(recipient)}: {', '.join(request['services'])} "
                       f"({request['urgency']}{case})\n")
         out.write("\nfields (signature, digests, hashes and commitments verified):\n")
         for name, text in sorted(opened.fields.items()):
@@ -425,7 +433,7 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
             if g["purpose"] == "sender":
                 continue
             name = opened.field_of(g["fid"]) or g["fid"]
-            out.write(f"  {g['recipient']} may read {name} for {g['purpose']} "
+            out.write(f"  {label(g['recipient'])} may read {name} for {g['purpose']} "
                       f"until {g['expires_at']}\n")
         out.write("\nstatus:\n")
         for s in opened.statuses:
@@ -436,7 +444,8 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
             elif s["recipient"] in opened.unreadable_notes:
                 extra += " note: (does not open with this agency's key)"
             signed = " (signature verified)" if s.get("verified") else " (set by the server)"
-            out.write(f"  {s['recipient']}  {s['status']}  {s['updated_at']}{signed}{extra}\n")
+            out.write(f"  {label(s['recipient'])}  {s['status']}  {s['updated_at']}{signed}"
+                      f"{extra}\n")
 
     _emit(args, data, human)
     return EXIT_OK
@@ -498,7 +507,7 @@ async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
 async def cmd_withdraw(rc: RefgateClient, args: argparse.Namespace) -> int:
     statuses = await rc.withdraw(args.referral_id)
     _emit(args, statuses, lambda out: out.write(
-        f"withdrew {args.referral_id}: {len(statuses)} recipients cancelled\n"
+        f"withdrew {args.referral_id}: {plural(len(statuses), 'recipient')} cancelled\n"
     ))
     return EXIT_OK
 
@@ -557,7 +566,10 @@ def parser() -> argparse.ArgumentParser:
                 epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--key-file", help="agency key file (default: $REFGATE_KEY_FILE)")
     p.add_argument("--server", help="gateway URL (overrides the key file's)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (agencies by id)")
+    p.add_argument("--ids", action="store_true",
+                   help="show agencies by id instead of by name")
     p.add_argument("--passphrase-env", metavar="VAR",
                    help="environment variable holding the key file passphrase")
     p.add_argument("--log-key", help="audit log verifier key to pin (default: $REFGATE_LOG_KEY, "
@@ -691,6 +703,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8787)
     sp.add_argument("--secret", required=True, help="the whsec_ secret shown when subscribing")
     sp.set_defaults(local=lambda a: webhook_listen.listen(a.port, a.secret, sys.stdout))
+    describe_options(p)
     return p
 
 

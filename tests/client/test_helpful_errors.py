@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import uuid
 from pathlib import Path
 
@@ -109,3 +110,18 @@ def test_refgate_roles_explains_the_four_roles_as_the_server_grants_them(
         assert f"\n{role}\n  " in out
     assert "It cannot send referrals." in out
 
+
+
+def test_every_option_of_every_command_has_a_description() -> None:
+    missing: list[str] = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not action.help:
+                missing.append(f"{path} {action.option_strings or action.dest}")
+
+    walk(parser(), "refgate")
+    assert missing == []
