@@ -148,7 +148,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
 }
 
 STATUS_PROBLEMS: dict[int, tuple[str, ...]] = {
-    400: ("bad-request", "invalid-json", "invalid-cursor"),
+    400: ("bad-request",),  # + invalid-cursor (a GET) or invalid-json (a body): _problems
     401: ("unauthorized",),
     403: ("forbidden",),
     404: ("not-found",),
@@ -234,6 +234,8 @@ PARAMETERS: dict[str, str] = {
 def _problems(method: str, path: str, operation: dict[str, Any]) -> list[str]:
     statuses = sorted(int(s) for s in operation.get("responses", {}) if s[0] in "45")
     slugs = [slug for status in statuses for slug in STATUS_PROBLEMS.get(status, ())]
+    if 400 in statuses:
+        slugs.append("invalid-cursor" if method == "get" else "invalid-json")
     slugs += EXTRA_PROBLEMS.get((method, path), ())
     return [slug if slug.startswith("envelope/<") else errors.PROBLEM_BASE + slug
             for slug in dict.fromkeys(slugs)]
