@@ -132,6 +132,7 @@ def _install_openapi(app: FastAPI) -> None:
     every error response a problem+json schema."""
     from pydantic.json_schema import models_json_schema
 
+    from app import openapi_docs
     from app.crypto.wire import Amendment, EnvelopeIn, StatusIn
 
     generate = app.openapi
@@ -160,6 +161,7 @@ def _install_openapi(app: FastAPI) -> None:
                     if status.startswith(("4", "5")):
                         response["content"] = {errors.PROBLEM_JSON: {"schema": problem}}
                         response.setdefault("description", errors.title_for(int(status)))
+        openapi_docs.document(schema)  # descriptions and problem types (app/openapi_docs.py)
         app.openapi_schema = schema
         return schema
 

@@ -17,8 +17,9 @@ pins on purpose.
 
 Exit codes: 0 ok, 1 usage or input error, 2 the server refused (4xx),
 3 verification failure (signature, hash, commitment, key transparency, audit
-log), 4 network error or server failure (5xx). Errors go to stderr with the
-problem's title and detail.
+log), 4 network error or server failure (5xx), 130 interrupted
+(``EXIT_CODES_HELP``, shown by ``refgate --help``). Errors go to stderr with
+the problem's title and detail.
 """
 
 from __future__ import annotations
@@ -37,15 +38,20 @@ import httpx
 
 from app import vocab
 from app.client import directory_cli, webhook_listen
+from app.client.help_topics import describe_options, roles_text
 from app.client.keyfile import (
     KeyFile,
     KeyFileError,
     PassphraseRequired,
     update_settings,
 )
-from app.client.sdk import RefgateClient, RefgateError, VerificationError
+from app.client.outbox import Outbox, OutboxError, checked_referral_id, post_saved
+from app.client.people import agency_labels, plural, verified_agencies
+from app.client.sdk import RefgateClient, RefgateError, ServerUnreachable, VerificationError
 from app.client.transparency import Pins, pins_path
+from app.crypto import envelope as env
 from app.crypto.passphrase import PassphraseError
+from app.crypto.wire import GrantValue
 from app.vocab import Service, Urgency
 
 EXIT_OK = 0
@@ -53,6 +59,21 @@ EXIT_USAGE = 1
 EXIT_REFUSED = 2
 EXIT_VERIFY = 3
 EXIT_NETWORK = 4
+
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    done
+  1    usage or input error (a flag, a file, the key file or its passphrase); nothing was sent
+  2    the server refused (4xx): the message says why
+  3    verification failed (a signature, hash, commitment, the key directory or the audit
+       log does not verify): do not trust the answer, report it to the task force
+  4    network error or server failure (5xx): retry later; an unsent referral waits in the
+       outbox (refgate send --retry REFERRAL_ID)
+  130  interrupted (Ctrl-C); for send, the message says how to retry without a duplicate
+
+roles: refgate roles explains caseworker, liaison, auditor and admin"""
 
 AUDIT_STATE_SUFFIX = ".audit-state.json"
 """``audit verify`` keeps its state beside the key file, like the pins."""
@@ -199,6 +220,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_roles(args: argparse.Namespace) -> int:
+    from app.client.help_topics import ROLE_SCOPES, ROLE_TEXT
+
+    _emit(args, {r: {"description": t, "scopes": list(ROLE_SCOPES[r])}
+                 for r, t in ROLE_TEXT.items()}, lambda out: out.write(roles_text()))
+    return EXIT_OK
+
+
 def cmd_configure(args: argparse.Namespace) -> int:
     changes = {name: value for name, value in (
         ("server", args.set_server or args.server), ("agency_id", args.agency_id),
@@ -242,11 +271,14 @@ async def cmd_token(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_agencies(rc: RefgateClient, args: argparse.Namespace) -> int:
-    items = await rc.agencies()
+    items = await verified_agencies(rc)
 
     def human(out: TextIO) -> None:
-        _table(out, ["ID", "KIND", "STATUS", "NAME"],
-               [(a["id"], a["kind"], a["status"], a["name"]) for a in items])
+        _table(out, ["NAME", "KIND", "STATUS", "ENC KID", "SIG KID", "KEYS VERIFIED", "ID"],
+               [(a["name"], a["kind"], a["status"], a["enc_kid"], a["sig_kid"], a["verified"],
+                 a["id"]) for a in items])
+        out.write(f"{plural(len(items), 'agency', 'agencies')}; keys verified against the key "
+                  "directory of the pinned checkpoint\n")
 
     _emit(args, items, human)
     return EXIT_OK
@@ -254,6 +286,12 @@ async def cmd_agencies(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 def _send_input(args: argparse.Namespace) -> dict[str, Any]:
     """Fields, consent and per-recipient requests from the flags or ``--from-file``."""
+    if args.retry:
+        if args.to or args.field or args.consent or args.request or args.from_file:
+            raise UsageError("--retry re-sends the saved envelope as it is: give no --to, "
+                             "--field, --consent, --request or --from-file with it")
+        checked_referral_id(args.retry)
+        return {}
     if args.from_file:
         if args.to or args.field or args.consent or args.request:
             raise UsageError("--from-file excludes --to, --field, --consent and --request")
@@ -295,19 +333,45 @@ def _send_input(args: argparse.Namespace) -> dict[str, Any]:
     return {"fields": fields, "consent": consent, "requests": requests}
 
 
+def _granted_fields(body: dict[str, Any], fields_of: dict[str, str]) -> dict[str, list[str]]:
+    """Recipient -> the field names granted to it, from a sealed body's grant disclosures."""
+    out: dict[str, list[str]] = {}
+    for item in body.get("disclosures") or []:
+        value = env.parse_disclosure(item).value
+        if isinstance(value, GrantValue) and value.fid in fields_of:
+            out.setdefault(value.recipient, []).append(fields_of[value.fid])
+    return out
+
+
 async def cmd_send(rc: RefgateClient, args: argparse.Namespace) -> int:
-    data = await directory_cli.resolve_send_input(rc, _send_input(args))
-    summary = await rc.send_referral(
-        data["fields"], data["consent"], data["requests"],
-        expires_in_days=args.days, release_ref=args.release_ref,
-    )
+    # The referral id is chosen here and the sealed envelope saved in the outbox
+    # before anything is posted; the Idempotency-Key derives from the id, so
+    # `refgate send --retry ID` after an interruption never makes a duplicate.
+    box = Outbox.of_key_file(_key_path(args))
+    if args.retry:
+        sealed = box.load(args.retry)
+        print(f"re-sending referral {sealed.referral_id} (saved in {box.directory})",
+              file=sys.stderr)
+    else:
+        data = await directory_cli.resolve_send_input(rc, _send_input(args))
+        sealed = await rc.seal_referral(
+            data["fields"], data["consent"], data["requests"],
+            expires_in_days=args.days, release_ref=args.release_ref,
+        )
+        box.save(sealed)
+        print(f"sending referral {sealed.referral_id} (if interrupted: "
+              f"refgate send --retry {sealed.referral_id})", file=sys.stderr, flush=True)
+    label = await agency_labels(rc, args.ids or args.json)  # before: nothing may fail after
+    summary = await post_saved(rc, box, sealed, sys.stderr)
+    fields_of = {fid: name for name, fid in sealed.fids.items()}
 
     def human(out: TextIO) -> None:
         out.write(f"sent referral {summary['referral_id']} to "
-                  f"{len(summary['statuses'])} agencies\n")
+                  f"{plural(len(summary['statuses']), 'agency', 'agencies')}\n")
+        granted = _granted_fields(sealed.body, fields_of)
         for recipient, expires in sorted(summary["expires_at"].items()):
-            names = sorted(f for f, per in data["consent"].items() if recipient in per)
-            out.write(f"  {recipient}: {', '.join(names)} until {expires}\n")
+            names = ", ".join(sorted(granted.get(recipient, ())))
+            out.write(f"  {label(recipient)}: {names} until {expires}\n")
 
     _emit(args, summary, human)
     return EXIT_OK
@@ -317,21 +381,24 @@ async def cmd_inbox(rc: RefgateClient, args: argparse.Namespace) -> int:
     query = rc.sent if args.sent else rc.inbox
     page = await query(status=args.status, urgency=args.urgency, limit=args.limit,
                        cursor=args.cursor)
+    label = await agency_labels(rc, args.ids or args.json)
 
     def human(out: TextIO) -> None:
         rows = []
         for item in page.items:
             request = item.get("request") or {}
-            statuses = ", ".join(
-                f"{s['status']}" if not args.sent else f"{s['recipient'][:8]}:{s['status']}"
-                for s in item.get("statuses") or []
-            )
-            rows.append((item["referral_id"], item["created_at"],
-                         "" if args.sent else item["sender_agency"],
+            statuses = item.get("statuses") or []
+            shown = ", ".join(s["status"] if not args.sent
+                              else f"{label(s['recipient'])}: {s['status']}" for s in statuses)
+            who = (", ".join(label(s["recipient"]) for s in statuses) if args.sent
+                   else label(item["sender_agency"]))
+            rows.append((item["referral_id"], item["created_at"], who,
                          request.get("urgency", ""), ",".join(request.get("services") or []),
-                         request.get("case_ref") or "", statuses))
-        _table(out, ["REFERRAL", "CREATED", "FROM", "URGENCY", "SERVICES", "CASE", "STATUS"],
-               rows)
+                         request.get("case_ref") or "", shown))
+        _table(out, ["REFERRAL", "CREATED", "TO" if args.sent else "FROM", "URGENCY",
+                     "SERVICES", "CASE", "STATUS"], rows)
+        out.write(f"{plural(len(page.items), 'referral')}"
+                  f"{' (this page)' if page.next_cursor else ''}\n")
         if page.next_cursor:
             out.write(f"more: --cursor {page.next_cursor}\n")
 
@@ -346,14 +413,15 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
             "fields": opened.fields, "fids": opened.fids, "grants": opened.grants,
             "requests": opened.requests, "statuses": opened.statuses, "notes": opened.notes,
             "unreadable_notes": list(opened.unreadable_notes)}
+    label = await agency_labels(rc, args.ids or args.json)
 
     def human(out: TextIO) -> None:
         out.write(f"referral  {opened.referral_id} (version {opened.manifest['version']})\n"
-                  f"from      {opened.sender_agency}\n"
+                  f"from      {label(opened.sender_agency)}\n"
                   f"created   {opened.manifest['created_at']}\n")
         for recipient, request in sorted(opened.requests.items()):
             case = f", case {request['case_ref']}" if request.get("case_ref") else ""
-            out.write(f"request   {recipient}: {', '.join(request['services'])} "
+            out.write(f"request   {label(recipient)}: {', '.join(request['services'])} "
                       f"({request['urgency']}{case})\n")
         out.write("\nfields (signature, digests, hashes and commitments verified):\n")
         for name, text in sorted(opened.fields.items()):
@@ -365,7 +433,7 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
             if g["purpose"] == "sender":
                 continue
             name = opened.field_of(g["fid"]) or g["fid"]
-            out.write(f"  {g['recipient']} may read {name} for {g['purpose']} "
+            out.write(f"  {label(g['recipient'])} may read {name} for {g['purpose']} "
                       f"until {g['expires_at']}\n")
         out.write("\nstatus:\n")
         for s in opened.statuses:
@@ -376,7 +444,8 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
             elif s["recipient"] in opened.unreadable_notes:
                 extra += " note: (does not open with this agency's key)"
             signed = " (signature verified)" if s.get("verified") else " (set by the server)"
-            out.write(f"  {s['recipient']}  {s['status']}  {s['updated_at']}{signed}{extra}\n")
+            out.write(f"  {label(s['recipient'])}  {s['status']}  {s['updated_at']}{signed}"
+                      f"{extra}\n")
 
     _emit(args, data, human)
     return EXIT_OK
@@ -438,7 +507,7 @@ async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
 async def cmd_withdraw(rc: RefgateClient, args: argparse.Namespace) -> int:
     statuses = await rc.withdraw(args.referral_id)
     _emit(args, statuses, lambda out: out.write(
-        f"withdrew {args.referral_id}: {len(statuses)} recipients cancelled\n"
+        f"withdrew {args.referral_id}: {plural(len(statuses), 'recipient')} cancelled\n"
     ))
     return EXIT_OK
 
@@ -494,11 +563,13 @@ async def cmd_audit_report(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="refgate", description="Client of a refgate referral gateway.",
-                epilog="exit codes: 0 ok, 1 usage/input, 2 refused (4xx), 3 verification "
-                       "failed, 4 network/5xx")
+                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--key-file", help="agency key file (default: $REFGATE_KEY_FILE)")
     p.add_argument("--server", help="gateway URL (overrides the key file's)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (agencies by id)")
+    p.add_argument("--ids", action="store_true",
+                   help="show agencies by id instead of by name")
     p.add_argument("--passphrase-env", metavar="VAR",
                    help="environment variable holding the key file passphrase")
     p.add_argument("--log-key", help="audit log verifier key to pin (default: $REFGATE_LOG_KEY, "
@@ -526,6 +597,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--quorum", type=int, help="witness cosignatures required")
     sp.set_defaults(local=cmd_configure)
 
+    sub.add_parser("roles", help="what the four roles (caseworker, liaison, auditor, admin) "
+                   "may do").set_defaults(local=cmd_roles)
     sub.add_parser("token", help="print an access token").set_defaults(remote=cmd_token)
     sub.add_parser("agencies", help="list the directory").set_defaults(remote=cmd_agencies)
     directory_cli.add_commands(sub)
@@ -550,6 +623,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--release-ref", help="reference of the signed release form")
     sp.add_argument("--from-file", metavar="JSON",
                     help="{fields, consent, requests} instead of the flags")
+    sp.add_argument("--retry", metavar="REFERRAL_ID",
+                    help="re-send the envelope saved in the outbox (<key file>.outbox/) by an "
+                         "interrupted or failed send; never creates a second referral")
     sp.set_defaults(remote=cmd_send)
 
     sp = sub.add_parser("inbox", help="list received (or --sent) referrals")
@@ -627,6 +703,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8787)
     sp.add_argument("--secret", required=True, help="the whsec_ secret shown when subscribing")
     sp.set_defaults(local=lambda a: webhook_listen.listen(a.port, a.secret, sys.stdout))
+    describe_options(p)
     return p
 
 
@@ -670,12 +747,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(code, f"error: {exc.status} {exc.title}: {exc.detail}")
     except VerificationError as exc:
         return _fail(EXIT_VERIFY, f"verification failed: {exc}")
-    except httpx.TransportError as exc:
-        return _fail(EXIT_NETWORK, f"error: cannot reach the server: {exc or type(exc).__name__}")
-    except (UsageError, KeyFileError, PassphraseError, ValueError) as exc:
+    except httpx.TransportError as exc:  # ServerUnreachable names the URL and what to check
+        return _fail(EXIT_NETWORK, f"error: {exc}" if isinstance(exc, ServerUnreachable)
+                     else f"error: cannot reach the server: {exc or type(exc).__name__}")
+    except (UsageError, KeyFileError, PassphraseError, OutboxError, ValueError) as exc:
         return _fail(EXIT_USAGE, f"error: {exc}")
     except KeyboardInterrupt:
-        return _fail(130, "interrupted")
+        return _fail(EXIT_INTERRUPTED, "interrupted")
 
 
 if __name__ == "__main__":

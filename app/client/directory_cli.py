@@ -48,7 +48,9 @@ def _capacity(item: Mapping[str, Any]) -> str:
     capacity = item.get("capacity") or {}
     available = capacity.get("available")
     unit = capacity.get("unit", "")
-    return f"{unit}: not counted" if available is None else f"{available} {unit}"
+    if available is None:
+        return f"{unit}: not counted"
+    return f"{available} {unit.removesuffix('s') if available == 1 else unit}"  # 1 bed, 2 beds
 
 
 def _language(value: str) -> str:

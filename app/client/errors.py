@@ -4,6 +4,7 @@
 
     RefgateSDKError
     ├── RefgateError (app.client.sdk)   the server refused (problem+json)
+    ├── ServerUnreachable               no answer from the server (also an httpx.TransportError)
     └── VerificationError               something served does not verify
         ├── KeyTransparencyError        an agency's key or status is not what the log states
         │   └── AgencyKeyError          the log states a suspended agency or another kid
@@ -17,12 +18,15 @@ reads them at midnight.
 
 from __future__ import annotations
 
+import httpx
+
 __all__ = [
     "AgencyKeyError",
     "KeyTransparencyError",
     "LogConsistencyError",
     "PinMismatchError",
     "RefgateSDKError",
+    "ServerUnreachable",
     "VerificationError",
     "WitnessQuorumError",
 ]
@@ -35,6 +39,24 @@ _REPORT = (
 
 class RefgateSDKError(Exception):
     """Base class of every error the SDK raises on purpose."""
+
+
+class ServerUnreachable(RefgateSDKError, httpx.TransportError):
+    """The server could not be reached (connection refused, DNS, TLS, timeout).
+
+    Also an ``httpx.TransportError``, so code that catches that keeps working;
+    the message names the URL and what to check.
+    """
+
+    def __init__(self, base_url: str, cause: httpx.TransportError) -> None:
+        reason = str(cause) or type(cause).__name__
+        super().__init__(
+            f"cannot reach the server at {base_url}: {reason}. Check the URL (refgate "
+            "--server URL, or the server in the key file: refgate configure --server URL) "
+            "and that the server is running (for a local one: ./dev serve)",
+            request=getattr(cause, "_request", None),
+        )
+        self.base_url = base_url
 
 
 class VerificationError(RefgateSDKError):

@@ -61,7 +61,8 @@ Errors::
 
 Invalid arguments (an unknown field name, a consent for an unlisted
 recipient) raise ``ValueError`` (``EnvelopeError`` is one); network failures
-are ``httpx.TransportError``.
+raise :class:`ServerUnreachable` (an ``httpx.TransportError`` too), whose
+message names the URL.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ from app.client.errors import (
     LogConsistencyError,
     PinMismatchError,
     RefgateSDKError,
+    ServerUnreachable,
     VerificationError,
 )
 from app.client.keyfile import KeyFile
@@ -118,7 +120,10 @@ __all__ = [
     "RefgateClient",
     "RefgateError",
     "RefgateSDKError",
+    "SealedReferral",
+    "ServerUnreachable",
     "VerificationError",
+    "idempotency_key_for",
 ]
 
 _RETRYABLE = frozenset({502, 503, 504})
@@ -329,6 +334,49 @@ class Page:
     next_cursor: str | None
 
 
+class _Client(httpx.AsyncClient):
+    """``httpx.AsyncClient`` whose network failures name the server (:class:`ServerUnreachable`)."""
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        try:
+            return await super().send(request, **kwargs)
+        except ServerUnreachable:
+            raise
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(str(self.base_url).rstrip("/"), exc) from exc
+
+
+def idempotency_key_for(referral_id: str) -> str:
+    """The ``Idempotency-Key`` of the POST that creates ``referral_id``: every
+    (re)post of one sealed referral carries the same key."""
+    return f"refgate-send-{referral_id}"
+
+
+@dataclass(frozen=True)
+class SealedReferral:
+    """A referral encrypted and signed but not yet sent (:meth:`RefgateClient.seal_referral`).
+
+    ``body`` is the ``POST /v1/referrals`` request (ciphertext, salted
+    disclosures and the signed manifest: nothing readable without a
+    recipient's key); ``fids`` maps field names to their opaque ids and
+    ``expires_at`` maps each recipient to its consent's expiry.
+    """
+
+    referral_id: str
+    body: dict[str, Any]
+    fids: dict[str, str]
+    expires_at: dict[str, str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"referral_id": self.referral_id, "body": self.body, "fids": self.fids,
+                "expires_at": self.expires_at}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SealedReferral:
+        return cls(referral_id=str(data["referral_id"]), body=dict(data["body"]),
+                   fids=dict(data["fids"]), expires_at=dict(data["expires_at"]))
+
+
 @dataclass(frozen=True)
 class OpenedReferral:
     """A referral whose signature, digests, hashes, commitments and statuses all verified.
@@ -390,7 +438,10 @@ class RefgateClient(DirectoryMethods):
     ) -> None:
         url = (base_url or key.server or "").rstrip("/")
         if not url:
-            raise ValueError("no server URL: pass base_url or set it in the key file")
+            raise ValueError(
+                "no server URL: pass base_url=... (the CLI flag is --server URL) or record it "
+                "in the key file (refgate configure --server URL)"
+            )
         if not key.client_id or not key.agency_id:
             raise ValueError(
                 "the key file has no client_id/agency_id yet: run refgate configure"
@@ -406,7 +457,7 @@ class RefgateClient(DirectoryMethods):
         self.client_id: str = key.client_id
         self.verify_keys = verify_keys
         self._auth = PrivateKeyJWT(key.client_id, key.auth_seed, f"{url}/oauth/token")
-        self._http = httpx.AsyncClient(
+        self._http = _Client(
             base_url=url,
             transport=transport,
             auth=self._auth,
@@ -580,6 +631,57 @@ class RefgateClient(DirectoryMethods):
         now = datetime.now(UTC).replace(microsecond=0)
         return now, _rfc3339(now + timedelta(days=expires_in_days))
 
+    async def seal_referral(
+        self,
+        fields: Mapping[str, str],
+        consent: Mapping[str, Mapping[str, str]],
+        requests: Mapping[str, Mapping[str, Any]],
+        *,
+        expires_in_days: int = 90,
+        release_ref: str | None = None,
+    ) -> SealedReferral:
+        """Check and encrypt a referral without sending it (arguments as :meth:`send_referral`).
+
+        The referral id is chosen here, by the client; post the result with
+        :meth:`post_referral`, as often as needed: every post carries the same
+        ``Idempotency-Key`` (:func:`idempotency_key_for`), so a re-post after
+        an interrupted or failed send is answered like the first and never
+        creates a second referral. The ``refgate`` CLI saves it in an outbox
+        (``app.client.outbox``) between the two steps.
+        """
+        _check_request_shape(fields, consent, requests, await self.limits())
+        await self._check_own_keys()
+        now, expires_at = await self._expiry(expires_in_days)
+        grants = await self._grants(consent, expires_at, release_ref)
+        referral_id = str(uuid.uuid4())
+        sealed = env.seal_envelope(
+            referral_id=referral_id,
+            sender_agency=self.agency_id,
+            sender_sig_seed=self.key.sig_seed,
+            sender_enc_public=self.key.enc_public,
+            fields=dict(fields),
+            grants=grants,
+            requests=[_request(r, spec) for r, spec in requests.items()],
+            created_at=_rfc3339(now),
+        )
+        return SealedReferral(referral_id=referral_id, body=sealed.body, fids=sealed.fids,
+                              expires_at={r: expires_at for r in requests})
+
+    async def post_referral(self, sealed: SealedReferral) -> dict[str, Any]:
+        """Post a sealed referral (``POST /v1/referrals``); returns the server's summary.
+
+        The ``Idempotency-Key`` is derived from the referral id, so posting the
+        same ``sealed`` again (after a timeout, a Ctrl-C, a lost answer) is
+        answered with the first answer and stores nothing new. Retried here on
+        a network error or 502/503/504.
+        """
+        result = await self._post_idempotent(
+            "/v1/referrals", sealed.body, idempotency_key_for(sealed.referral_id)
+        )
+        result["expires_at"] = dict(sealed.expires_at)
+        result["fids"] = dict(sealed.fids)
+        return result
+
     async def send_referral(
         self,
         fields: Mapping[str, str],
@@ -588,7 +690,6 @@ class RefgateClient(DirectoryMethods):
         *,
         expires_in_days: int = 90,
         release_ref: str | None = None,
-        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Encrypt and send a referral (Envelope v2); returns the server's summary.
 
@@ -605,32 +706,28 @@ class RefgateClient(DirectoryMethods):
         Refused locally (``ValueError``): a recipient with no consented field,
         a consent to an agency with no request, an unknown field in a consent,
         an unknown service or urgency. Each recipient's current encryption key
-        is verified first (module docstring). The POST is retried on a network
-        error or 502/503/504 with the same body and ``Idempotency-Key`` (one
-        is generated when none is given), so a retry never creates a second
-        referral. The result adds ``expires_at`` (recipient -> effective
-        expiry) and ``fids`` (field name -> its opaque id).
+        is verified first (module docstring). It is :meth:`seal_referral` then
+        :meth:`post_referral`: the ``Idempotency-Key`` is derived from the
+        referral id the client chose, so a retry never creates a second
+        referral; to survive a crash between the two, keep the
+        :class:`SealedReferral` and post it again. The result adds
+        ``expires_at`` (recipient -> effective expiry) and ``fids`` (field
+        name -> its opaque id).
+
+        Example::
+
+            async with RefgateClient.from_key_file("shelter.json") as rc:
+                summary = await rc.send_referral(
+                    {"full_name": "Maria Example"},
+                    {"full_name": {legal_id: "service_provision"}},
+                    {legal_id: {"services": ["legal"], "urgency": "urgent"}},
+                )
+                print(summary["referral_id"])
         """
-        _check_request_shape(fields, consent, requests, await self.limits())
-        await self._check_own_keys()
-        now, expires_at = await self._expiry(expires_in_days)
-        grants = await self._grants(consent, expires_at, release_ref)
-        sealed = env.seal_envelope(
-            referral_id=str(uuid.uuid4()),
-            sender_agency=self.agency_id,
-            sender_sig_seed=self.key.sig_seed,
-            sender_enc_public=self.key.enc_public,
-            fields=dict(fields),
-            grants=grants,
-            requests=[_request(r, spec) for r, spec in requests.items()],
-            created_at=_rfc3339(now),
-        )
-        result = await self._post_idempotent(
-            "/v1/referrals", sealed.body, idempotency_key or str(uuid.uuid4())
-        )
-        result["expires_at"] = {r: expires_at for r in requests}
-        result["fids"] = sealed.fids
-        return result
+        sealed = await self.seal_referral(fields, consent, requests,
+                                          expires_in_days=expires_in_days,
+                                          release_ref=release_ref)
+        return await self.post_referral(sealed)
 
     async def _post_idempotent(
         self, path: str, body: Mapping[str, Any], idempotency_key: str

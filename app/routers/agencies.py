@@ -50,7 +50,7 @@ async def list_agencies(
 async def get_agency(agency_id: str, who: DirectoryReader, db: Db) -> AgencyOut:
     found = await agencies.get(db, agency_id)
     if found is None:
-        raise errors.NotFound("no such agency")
+        raise errors.NotFound(agencies.no_such_agency(agency_id))
     await audit.record(
         db, who.actor, Action.AGENCY_READ, "agency", agency_id, subject_agency=agency_id
     )

@@ -141,10 +141,17 @@ async def create(
     return to_out(agency, [k1, k2])
 
 
+def no_such_agency(agency_id: str) -> str:
+    """The 404 detail for an unknown agency id: which id, and where to find the right one."""
+    return (f"no such agency: {agency_id!r} is not an agency id in this gateway's directory; "
+            "`refgate agencies` lists every agency, `refgate find` searches them by service "
+            "and place")
+
+
 async def _require(db: AsyncSession, agency_id: str) -> Agency:
     agency = await db.get(Agency, agency_id)
     if agency is None:
-        raise errors.NotFound("no such agency")
+        raise errors.NotFound(no_such_agency(agency_id))
     return agency
 
 

@@ -46,6 +46,7 @@ from app.models.tables import Agency
 from app.models.types import UTCDateTime, utcnow
 from app.models.webhook_schemas import EventType
 from app.services import audit, hsds, webhooks
+from app.services.agencies import no_such_agency
 from app.services.audit import Action, Actor
 from app.vocab import Accepting
 
@@ -200,7 +201,7 @@ async def _require_own(
         subject_agency=found,
     )
     if found is None:
-        raise errors.NotFound("no such agency", audit=event)
+        raise errors.NotFound(no_such_agency(agency_id), audit=event)
     raise errors.Forbidden(
         "only an agency's own caseworkers and admins may change its services and capacity; "
         f"yours are under /v1/agencies/{who.agency_id}/services",

@@ -18,7 +18,7 @@ from app.auth import Principal
 from app.crypto import keydir
 from app.crypto.encoding import b64_encode
 from app.models.tables import Agency, AuditCheckpoint
-from app.services import audit
+from app.services import agencies, audit
 from app.services.audit import Action
 from app.services.audit_log import latest_checkpoint
 from app.services.sequencer import directory_state
@@ -44,7 +44,7 @@ async def key_proof(
     proof = keydir.prove(leaves, agency_id)
     if proof is None:
         if await db.get(Agency, agency_id) is None:
-            raise errors.NotFound("no such agency")
+            raise errors.NotFound(agencies.no_such_agency(agency_id))
         raise errors.Conflict(
             f"agency {agency_id} is not in the key directory of the checkpoint of size "
             f"{size} yet; retry shortly",

@@ -508,6 +508,13 @@ async def create(
         wrapped=_wrapped_rows(referral_id, body.wrapped_keys),
     )
     if not await _store(db, rows):
+        # A concurrent re-post of the same envelope with the same key (a client retrying
+        # while its first request is still in flight) waited for the first to commit:
+        # it is answered like the first.
+        if idempotency_key is not None:
+            replayed = await replay_idempotent(db, who, idempotency_key, raw)
+            if replayed is not None:
+                return replayed
         raise errors.Conflict("a referral with this referral_id exists", slug="referral-exists")
     recipients = sorted(checked.recipients)
     await audit.record(

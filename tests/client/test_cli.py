@@ -160,7 +160,26 @@ def test_cli_round_trip_against_a_live_server(
         cli("shelter", "audit", "verify", "--state-file", "audit-state.json"),
     ], env, tmp_path)
     assert sender_show.code == 0, sender_show.err
-    assert f"{legal}  accepted" in sender_show.out
+    assert "legal agency  accepted" in sender_show.out
+
+    # people read names: FROM and TO columns, key ids verified against the pinned checkpoint
+    police_inbox, sent_box, sent_ids, listing = ok_all([
+        cli("police", "inbox"), cli("shelter", "inbox", "--sent"),
+        [REFGATE, "--key-file", "shelter.json", "--ids", "inbox", "--sent"],
+        cli("shelter", "agencies"),
+    ], env, tmp_path)
+    assert "FROM" in police_inbox.out
+    assert "shelter agency" in police_inbox.out
+    assert "1 referral\n" in police_inbox.out
+    assert "TO" in sent_box.out
+    assert "legal agency: accepted" in sent_box.out
+    assert "police agency" in sent_box.out
+    assert f"{legal}: accepted" in sent_ids.out
+    assert "3 agencies;" in listing.out
+    for name in ("shelter agency", "legal agency", "police agency"):
+        [line] = [row for row in listing.out.splitlines() if row.startswith(name)]
+        assert "  yes  " in line, listing.out
+    assert public["legal"]["enc_key"] not in listing.out
     assert "note: Intake Tuesday 10:00" in sender_show.out
     assert refused.code == 2
     assert "409 Conflict" in refused.err

@@ -91,10 +91,11 @@ def test_find_then_send_by_name_then_post_capacity(
     emergency = next(s for s in own if s["name"] == "Emergency beds for women")
     [posted] = ok_all([cli("shelter", "capacity", emergency["id"], "--available", "1")], env,
                       tmp_path)
-    assert "yes, 1 beds" in posted.out
+    assert "yes, 1 bed" in posted.out
+    assert "1 beds" not in posted.out
     [after] = ok_all([cli("legal-aid", "find", "--service", "shelter", "--accepting")], env,
                      tmp_path)
-    assert "1 beds" in after.out
+    assert "1 bed" in after.out
 
     # a name that is not unique, one that matches nothing, another agency's service
     keygen = ok_all([[REFGATE, "--json", "--server", "http://x", "keygen", "--out", "y.json"]],
