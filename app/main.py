@@ -168,14 +168,19 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def log_risks(settings: Settings) -> None:
+    """Name each risky setting at start, as a warning an operator sees (not in tests)."""
+    for risk in settings.risks() if settings.env != "test" else []:
+        logging.getLogger("refgate.config").warning("risky configuration: %s", risk)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for risk in settings.risks() if settings.env != "test" else []:
-            logging.getLogger("refgate.config").warning("risky configuration: %s", risk)
+        log_risks(settings)
         engine = create_engine(settings)
         server_keys = load_server_keys(settings)
         app.state.settings = settings

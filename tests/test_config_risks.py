@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from app.config import RateLimitSettings, Settings
-from app.main import create_app
+from app.main import log_risks
 
 
 def test_a_production_like_setup_has_no_risk(tmp_path: Path) -> None:
@@ -24,8 +24,7 @@ def test_each_risky_setting_is_named(tmp_path: Path) -> None:
     assert not any("PUBLIC_URL" in r for r in risks)
 
 
-async def test_the_risks_are_logged_as_warnings_at_start(tmp_path: Path) -> None:
-    app = create_app(Settings(env="development", data_dir=tmp_path))
+def test_the_risks_are_logged_as_warnings_at_start(tmp_path: Path) -> None:
     seen: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -36,8 +35,7 @@ async def test_the_risks_are_logged_as_warnings_at_start(tmp_path: Path) -> None
     logger = logging.getLogger("refgate.config")
     logger.addHandler(handler)
     try:
-        async with app.router.lifespan_context(app):
-            pass
+        log_risks(Settings(env="development", data_dir=tmp_path))
     finally:
         logger.removeHandler(handler)
     warnings = [r.getMessage() for r in seen if r.levelno == logging.WARNING]
