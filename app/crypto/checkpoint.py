@@ -22,13 +22,13 @@ key but does not verify rejects the whole note. Every refusal is a
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from app.crypto import note as note_format
 from app.crypto.encoding import EncodingError, b64_decode, b64_encode
 
 __all__ = [
@@ -45,11 +45,9 @@ __all__ = [
 ]
 
 _ALG_ED25519 = 0x01
-_KEY_ID_SIZE = 4
 _PUBLIC_KEY_SIZE = 32
 _SIGNATURE_SIZE = 64
 _HASH_SIZE = 32
-_MAX_SIGNATURES = 100
 # Tree sizes are stored in signed 64-bit columns.
 _MAX_TREE_SIZE = 2**63 - 1
 _SIG_PREFIX = "\u2014 "
@@ -84,18 +82,13 @@ class Checkpoint:
     extension line commits to, or ``None`` when the checkpoint has none."""
 
 
-def _is_valid_name(name: str) -> bool:
-    return bool(name) and "+" not in name and not any(c.isspace() for c in name)
-
-
 def _check_name(name: str) -> None:
-    if not _is_valid_name(name):
+    if not note_format.is_valid_key_name(name):
         raise CheckpointError(f"invalid key name {name!r}: must be non-empty, no spaces or '+'")
 
 
 def _key_hash(name: str, public_key: bytes) -> bytes:
-    data = name.encode("utf-8") + b"\n" + bytes([_ALG_ED25519]) + public_key
-    return hashlib.sha256(data).digest()[:_KEY_ID_SIZE]
+    return note_format.key_id(name, _ALG_ED25519, public_key)
 
 
 def verifier_key(name: str, public_key: bytes) -> str:
@@ -185,45 +178,26 @@ def open_note(note: str | bytes, vkey: str) -> str:
     one must exist.
     """
     key = parse_verifier_key(vkey)
-    note = _as_text(note)
-    _check_text(note, "note")
-    split = note.rfind("\n\n")
-    if split < 0:
-        raise CheckpointError("note has no blank line before its signatures")
-    text, sig_block = note[: split + 1], note[split + 2 :]
-    if not sig_block.endswith("\n"):
-        raise CheckpointError("note signature block must end with a newline")
-    lines = sig_block[:-1].split("\n")
-    if len(lines) > _MAX_SIGNATURES:
-        raise CheckpointError(f"note has more than {_MAX_SIGNATURES} signatures")
+    try:
+        parsed = note_format.parse_note(note)
+    except note_format.NoteError as exc:
+        raise CheckpointError(str(exc)) from None
     verify_key = VerifyKey(key.public_key)
-    body = text.encode("utf-8")
+    body = parsed.text.encode("utf-8")
     verified = False
-    for line in lines:
-        if not line.startswith(_SIG_PREFIX):
-            raise CheckpointError("malformed signature line: must start with an em dash and space")
-        name, sep, sig_b64 = line[len(_SIG_PREFIX) :].partition(" ")
-        if not sep or not _is_valid_name(name):
-            raise CheckpointError("malformed signature line: bad key name")
-        try:
-            raw = b64_decode(sig_b64)
-        except EncodingError as exc:
-            raise CheckpointError("malformed signature line: signature is not base64") from exc
-        if len(raw) <= _KEY_ID_SIZE:
-            raise CheckpointError("malformed signature line: signature too short")
-        if name != key.name or raw[:_KEY_ID_SIZE] != key.key_hash:
+    for sig in parsed.signatures:
+        if sig.name != key.name or sig.key_id != key.key_hash:
             continue
-        signature = raw[_KEY_ID_SIZE:]
-        if len(signature) != _SIGNATURE_SIZE:
+        if len(sig.signature) != _SIGNATURE_SIZE:
             raise CheckpointError(f"signature by {key.name} has the wrong length")
         try:
-            verify_key.verify(body, signature)
+            verify_key.verify(body, sig.signature)
         except BadSignatureError as exc:
             raise CheckpointError(f"invalid signature by {key.name}") from exc
         verified = True
     if not verified:
         raise CheckpointError(f"note is not signed by {key.name}+{key.key_hash.hex()}")
-    return text
+    return parsed.text
 
 
 def directory_line(size: int, root: bytes) -> str:

@@ -25,12 +25,15 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from app.crypto.checkpoint import VerifierKey
 from app.crypto.encoding import EncodingError, b64_decode
+
+if TYPE_CHECKING:  # checkpoint.py builds on this module; the key type is only annotated here
+    from app.crypto.checkpoint import VerifierKey
 
 __all__ = [
     "MAX_SIGNATURES",
