@@ -33,11 +33,12 @@ from sqlalchemy import BindParameter, and_, bindparam, exists, null, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
-from app.auth import Principal
+from app.identity import Principal
 from app.models.tables import Referral, ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
 from app.models.types import UTCDateTime
+from app.vocab import AgencyKind
 
-LAW_ENFORCEMENT = "law_enforcement"
+LAW_ENFORCEMENT = AgencyKind.LAW_ENFORCEMENT
 
 
 class Relation(StrEnum):
@@ -237,7 +238,7 @@ async def relation(
     caller's wrapped key. ``lock_own`` takes the caller's recipient row
     ``FOR UPDATE`` in the first statement (status changes).
     """
-    le = who.agency_kind == LAW_ENFORCEMENT
+    le = who.law_enforcement
     values = params(who, now, referral_id=referral_id)
     row = None
     if lock_own:

@@ -1,6 +1,6 @@
 """Engine and sessions: the one place a transaction is committed.
 
-One request, one transaction. ``transaction()`` is a FastAPI dependency with
+One request, one transaction. ``app.deps.transaction()`` is a FastAPI dependency with
 ``scope="function"``: it commits after the route returns and *before* the
 response is sent, and rolls back on any exception, so a client never sees 201
 for something that did not commit. Services call ``flush()``, never
@@ -23,10 +23,8 @@ the event is two statements, so GETs keep their transaction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -37,11 +35,12 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.config import Settings
+from app.dialect import is_postgres, url_is_postgres
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url
-    if url.startswith("sqlite"):
+    if not url_is_postgres(url):
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _tune_sqlite(engine)
@@ -85,8 +84,6 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cur.close()
 
 
-def is_postgres(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "postgresql"
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -98,24 +95,3 @@ def read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     if is_postgres(engine):
         return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
     return sessionmaker(engine)
-
-
-async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
-    """Yield a session inside one transaction; commit before the response, roll back on error."""
-    from app.services import audit  # audit imports db helpers; import late to avoid a cycle
-
-    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    reads: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
-    async with (reads if request.method == "GET" else maker)() as session:
-        try:
-            async with session.begin():
-                yield session
-        except Exception as exc:
-            pending = getattr(exc, "audit", None)
-            if pending is not None:
-                async with maker() as denial_session, denial_session.begin():
-                    await audit.record_pending(denial_session, pending)
-            raise
-
-
-Db = Annotated[AsyncSession, Depends(transaction, scope="function")]

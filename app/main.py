@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__, errors
-from app.auth import token_key_set
 from app.config import Settings, get_settings
 from app.context import problem_var, request_id_var
 from app.db import create_engine, read_sessionmaker, sessionmaker
@@ -35,6 +34,7 @@ from app.services.sequencer import SequencerRunner
 from app.services.server_keys import load_server_keys
 from app.services.webhooks import WebhookRunner
 from app.services.witnesses import WitnessRunner
+from app.tokens import token_key_set
 
 log = logging.getLogger("refgate")
 

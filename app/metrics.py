@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
 from app.models.types import UTCDateTime, utcnow
+from app.vocab import DeliveryStatus
 
 log = logging.getLogger("refgate.metrics")
 
@@ -251,7 +252,7 @@ class Metrics:
                     out.append(
                         ("refgate_webhook_queue_depth",
                          "Webhook deliveries waiting to be sent (pending).",
-                         (), by_status.get("pending", 0.0))
+                         (), by_status.get(DeliveryStatus.PENDING, 0.0))
                     )
                     out += [
                         ("refgate_webhook_deliveries", "Webhook deliveries by status.",

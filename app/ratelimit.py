@@ -73,7 +73,6 @@ import json
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,19 +80,20 @@ from typing import Any
 from joserfc import jws
 from joserfc.errors import JoseError
 from sqlalchemy import BigInteger, Column, Integer, String, Table, delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlmodel import SQLModel
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import errors
-from app.auth import decode_jws
+from app import dialect, errors
 from app.config import RateLimitSettings, Settings
 from app.context import request_id_var
+from app.dialect import url_is_postgres
+from app.identity import Actor
 from app.middleware import problem_body
-from app.services.audit import Action, Actor, Outcome, PendingEvent
+from app.services.audit import Action, Outcome, PendingEvent
+from app.tokens import bearer_token, verified_tokens
 
 log = logging.getLogger("refgate.ratelimit")
 
@@ -107,7 +107,6 @@ rate_limit_table = Table(
 )
 
 SWEEP_EVERY = 60.0
-_TOKEN_CACHE_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ class RateLimiter:
         backend = cfg.backend
         if backend == "auto":
             url = settings.resolved_database_url
-            backend = "database" if url.startswith("postgresql") else "memory"
+            backend = "database" if url_is_postgres(url) else "memory"
         self.backend = backend
         self.token_address = Limit("token-address", cfg.token_per_address, 60)
         self.token_client = Limit("token-client", cfg.token_per_client, 60)
@@ -282,11 +281,9 @@ class RateLimiter:
         self, conn: AsyncConnection, adds: dict[tuple[str, int], int], now: float
     ) -> dict[tuple[str, int], int]:
         """Add ``adds`` to the stored counters; the totals by (key, window start)."""
-        dialect = conn.dialect.name
-        ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
         rows = [{"key": k, "window_start": w, "count": n} for (k, w), n in sorted(adds.items())]
         t = rate_limit_table
-        insert = ins(t).values(rows)
+        insert = dialect.insert(conn, t).values(rows)
         stmt = insert.on_conflict_do_update(
             index_elements=["key", "window_start"],
             set_={"count": t.c.count + insert.excluded.count},
@@ -313,47 +310,27 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-class _VerifiedTokens:
-    """A small LRU of access tokens already verified: token → (sub, exp).
+def _subject(token: str, state: Any) -> str | None:
+    """The client id of a valid, unexpired access token of this server, else None.
 
-    A client reuses one token for minutes, so most requests skip the signature
-    check here (``app.auth.require`` verifies every request independently).
+    Uses the process's one cache of verified tokens (``app.tokens``): a client
+    reuses one token for minutes, so most requests skip the signature check
+    (``app.auth.require`` validates every request independently).
     """
-
-    def __init__(self, size: int = _TOKEN_CACHE_SIZE) -> None:
-        self.size = size
-        self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
-
-    def subject(self, token: str, state: Any) -> str | None:
-        now = time.time()
-        cached = self._items.get(token)
-        if cached is not None:
-            if cached[1] > now:
-                self._items.move_to_end(token)
-                return cached[0]
-            del self._items[token]
-            return None
-        try:
-            claims = decode_jws(token, state.token_verify_key).claims
-        except (JoseError, ValueError, AttributeError):
-            return None
-        exp, sub = claims.get("exp"), claims.get("sub")
-        if not isinstance(exp, int | float) or exp <= now or not isinstance(sub, str):
-            return None
-        if claims.get("iss") != getattr(state, "issuer", None):
-            return None
-        self._items[token] = (sub, float(exp))
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
-        return sub
-
-
-def _bearer(scope: Scope) -> str | None:
-    header = Headers(scope=scope).get("authorization")
-    if not header:
+    server_keys = getattr(state, "server_keys", None)
+    key_set = getattr(state, "token_verify_key", None)
+    if server_keys is None or key_set is None:
         return None
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    try:
+        claims = verified_tokens.claims(token, server_keys.token_verify_keys, key_set)
+    except (JoseError, ValueError):
+        return None
+    exp, sub = claims.get("exp"), claims.get("sub")
+    if not isinstance(exp, int | float) or exp <= time.time() or not isinstance(sub, str):
+        return None
+    if claims.get("iss") != getattr(state, "issuer", None):
+        return None
+    return sub
 
 
 async def send_too_many(send: Send, path: str, exceeded: Exceeded) -> None:
@@ -389,7 +366,6 @@ class RateLimitMiddleware:
     def __init__(self, app: ASGIApp, *, limiter: RateLimiter) -> None:
         self.app = app
         self.limiter = limiter
-        self.tokens = _VerifiedTokens()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.limiter.enabled:
@@ -401,8 +377,8 @@ class RateLimitMiddleware:
             hits = [(limiter.token_address, client_address(scope))]
         elif path.startswith("/v1/") or path == "/v1":
             state = scope["app"].state
-            token = _bearer(scope)
-            subject = self.tokens.subject(token, state) if token else None
+            token = bearer_token(Headers(scope=scope).get("authorization"))
+            subject = _subject(token, state) if token else None
             if subject is not None:
                 hits = limiter.api_hits(subject)
             else:

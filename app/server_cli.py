@@ -17,9 +17,9 @@ from app.crypto.checkpoint import verifier_key
 from app.db import create_engine, sessionmaker
 from app.migrate import upgrade
 from app.services import agencies, demo, retention, sequencer, witnesses
-from app.services.agencies import KINDS, ROLES
 from app.services.audit import Actor
 from app.services.server_keys import load_server_keys
+from app.vocab import AgencyKind, Role
 from app.witness import cli as witness_cli
 from app.witness import demo as local_witness
 
@@ -252,13 +252,13 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
     sp = sub.add_parser("create-agency", help="register an agency and its public keys")
     sp.add_argument("--name", required=True)
-    sp.add_argument("--kind", required=True, choices=KINDS)
+    sp.add_argument("--kind", required=True, choices=list(AgencyKind))
     sp.add_argument("--enc-key", required=True, help="base64url X25519 public key")
     sp.add_argument("--sign-key", required=True, help="base64url Ed25519 public key")
     sp.set_defaults(func=cmd_create_agency)
     sp = sub.add_parser("create-client", help="register an API client of an agency")
     sp.add_argument("--agency", required=True)
-    sp.add_argument("--role", required=True, choices=ROLES)
+    sp.add_argument("--role", required=True, choices=list(Role))
     sp.add_argument("--auth-key", required=True, help="base64url Ed25519 public key")
     sp.set_defaults(func=cmd_create_client)
     sp = sub.add_parser("revoke-client", help="revoke one API client of an agency for good")

@@ -31,6 +31,7 @@ from typing import Any
 
 from app.crypto import merkle
 from app.crypto.canonical import canonical_json
+from app.vocab import AgencyStatus, AuditAction, AuditOutcome
 
 __all__ = [
     "KEY_ACTIONS",
@@ -44,10 +45,13 @@ __all__ = [
     "verify_entry",
 ]
 
-KEY_ACTIONS = frozenset({"agency:create", "key:register", "key:rotate", "agency:suspend"})
+KEY_ACTIONS = frozenset({
+    AuditAction.AGENCY_CREATE, AuditAction.KEY_REGISTER, AuditAction.KEY_ROTATE,
+    AuditAction.AGENCY_SUSPEND,
+})
 """Audit actions that change the directory (when their outcome is ``ok``)."""
 
-STATUSES = frozenset({"active", "suspended"})
+STATUSES = frozenset(AgencyStatus)
 _LEAF_MEMBERS = frozenset({"agency", "status", "enc_kid", "sig_kid", "event"})
 
 
@@ -72,7 +76,7 @@ def apply_event(state: dict[str, dict[str, Any]], seq: int, event: Mapping[str, 
     its leaf as ``active`` (a log that begins after the agency's creation).
     """
     action = event.get("action")
-    if action not in KEY_ACTIONS or event.get("outcome") != "ok":
+    if action not in KEY_ACTIONS or event.get("outcome") != AuditOutcome.OK:
         return None
     detail = event.get("detail")
     detail = detail if isinstance(detail, Mapping) else {}

@@ -20,7 +20,7 @@ taken over the disclosure strings exactly as sent.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
@@ -128,11 +128,11 @@ Disclosure = Annotated[
 ]
 
 
-class _MemberOf:
-    """A validator and JSON schema admitting the values of a StrEnum (and ``extra``)."""
+class MemberOf:
+    """A validator and JSON schema admitting the given vocabulary values (and ``extra``)."""
 
-    def __init__(self, enum: type[StrEnum], *extra: str) -> None:
-        self.allowed = frozenset(e.value for e in enum) | frozenset(extra)
+    def __init__(self, values: Iterable[str], *extra: str) -> None:
+        self.allowed = frozenset(str(v) for v in values) | frozenset(extra)
         self.values = sorted(self.allowed)
 
     def __call__(self, value: str) -> str:
@@ -144,27 +144,18 @@ class _MemberOf:
         return WithJsonSchema({"type": "string", "enum": self.values})
 
 
-_SERVICE = _MemberOf(vocab.Service)
-_URGENCY = _MemberOf(vocab.Urgency)
-_PURPOSE = _MemberOf(vocab.Purpose, vocab.SENDER_PURPOSE)
+_SERVICE = MemberOf(vocab.Service)
+_URGENCY = MemberOf(vocab.Urgency)
+_PURPOSE = MemberOf(vocab.Purpose, vocab.SENDER_PURPOSE)
+_TASK_STATUS = MemberOf(vocab.TaskStatus)
+_POSTABLE = MemberOf(vocab.POSTABLE_STATUSES)
 ServiceName = Annotated[str, AfterValidator(_SERVICE), _SERVICE.schema()]
 UrgencyName = Annotated[str, AfterValidator(_URGENCY), _URGENCY.schema()]
 PurposeName = Annotated[str, AfterValidator(_PURPOSE), _PURPOSE.schema()]
-
-TaskStatus = Literal[
-    "requested",
-    "received",
-    "accepted",
-    "rejected",
-    "in-progress",
-    "on-hold",
-    "completed",
-    "failed",
-    "cancelled",
-]
-PostableStatus = Literal[
-    "received", "accepted", "rejected", "in-progress", "on-hold", "completed", "failed"
-]
+TaskStatus = Annotated[str, AfterValidator(_TASK_STATUS), _TASK_STATUS.schema()]
+"""A ``vocab.TaskStatus`` value."""
+PostableStatus = Annotated[str, AfterValidator(_POSTABLE), _POSTABLE.schema()]
+"""A status a recipient may post (``vocab.POSTABLE_STATUSES``)."""
 
 
 class _Strict(BaseModel):

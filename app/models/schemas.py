@@ -5,14 +5,30 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
-from app.crypto.wire import Manifest, RequestValue, Revocation, TaskStatus
+from app import vocab
+from app.crypto.wire import Manifest, MemberOf, RequestValue, Revocation, TaskStatus
 
-AgencyKind = Literal[
-    "social_service", "shelter", "legal_aid", "medical", "law_enforcement", "ngo", "government"
-]
-RoleName = Literal["caseworker", "liaison", "auditor", "admin"]
+_KIND = MemberOf(vocab.AgencyKind)
+_ROLE = MemberOf(vocab.Role)
+_AGENCY_STATUS = MemberOf(vocab.AgencyStatus)
+_CLIENT_STATUS = MemberOf(vocab.ClientStatus)
+_KEY_USE = MemberOf(vocab.KeyUse)
+_KEY_STATUS = MemberOf(vocab.KeyStatus)
+AgencyKind = Annotated[str, AfterValidator(_KIND), _KIND.schema()]
+RoleName = Annotated[str, AfterValidator(_ROLE), _ROLE.schema()]
+AgencyStatusName = Annotated[str, AfterValidator(_AGENCY_STATUS), _AGENCY_STATUS.schema()]
+ClientStatusName = Annotated[str, AfterValidator(_CLIENT_STATUS), _CLIENT_STATUS.schema()]
+KeyUseName = Annotated[str, AfterValidator(_KEY_USE), _KEY_USE.schema()]
+KeyStatusName = Annotated[str, AfterValidator(_KEY_STATUS), _KEY_STATUS.schema()]
 B64Key = Field(min_length=43, max_length=43, pattern=r"^[A-Za-z0-9_-]{43}$")
 
 
@@ -92,9 +108,9 @@ class Jwks(BaseModel):
 
 class KeyOut(Out):
     kid: str
-    use: Literal["enc", "sig"]
+    use: KeyUseName
     public_key: str
-    status: Literal["current", "retired", "revoked"]
+    status: KeyStatusName
     created_at: Timestamp
 
 
@@ -102,7 +118,7 @@ class AgencyOut(Out):
     id: str
     name: str
     kind: AgencyKind
-    status: Literal["active", "suspended"]
+    status: AgencyStatusName
     keys: list[KeyOut]
 
 
@@ -133,7 +149,7 @@ class ClientOut(Out):
     agency_id: str
     role: RoleName
     auth_kid: str
-    status: str
+    status: ClientStatusName
     created_at: Timestamp
 
 

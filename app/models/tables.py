@@ -18,6 +18,7 @@ from sqlalchemy import BigInteger, Column, Computed, Index, Integer, LargeBinary
 from sqlmodel import Field, SQLModel
 
 from app.models.types import UTCDateTime, utcnow
+from app.vocab import AgencyStatus, ClientStatus, KeyStatus, TaskStatus
 
 
 def _ts(*, nullable: bool = False, index: bool = False) -> Column[datetime]:
@@ -30,7 +31,7 @@ class Agency(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=36)
     name: str = Field(max_length=200)
     kind: str = Field(max_length=32)
-    status: str = Field(default="active", max_length=16)
+    status: str = Field(default=AgencyStatus.ACTIVE.value, max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
@@ -42,7 +43,7 @@ class AgencyKey(SQLModel, table=True):
     agency_id: str = Field(foreign_key="agency.id", max_length=36)
     use: str = Field(max_length=8)
     public_key: str = Field(max_length=64)
-    status: str = Field(default="current", max_length=16)
+    status: str = Field(default=KeyStatus.CURRENT.value, max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     retired_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
@@ -55,7 +56,7 @@ class ApiClient(SQLModel, table=True):
     role: str = Field(max_length=16)
     auth_public_key: str = Field(max_length=64)
     auth_kid: str = Field(max_length=32)
-    status: str = Field(default="active", max_length=16)
+    status: str = Field(default=ClientStatus.ACTIVE.value, max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
@@ -114,7 +115,7 @@ class ReferralRecipient(SQLModel, table=True):
     request: str = Field(sa_column=Column(Text, nullable=False))
     request_json: str = Field(sa_column=Column(Text, nullable=False))
     urgency: str = Field(max_length=16)
-    status: str = Field(default="requested", max_length=16)
+    status: str = Field(default=TaskStatus.REQUESTED.value, max_length=16)
     reason: str | None = Field(default=None, max_length=64)
     note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     signed_at: str | None = Field(default=None, max_length=40)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
+from app import vocab
+from app.crypto.wire import MemberOf
 from app.models.schemas import Model, Out, Timestamp
 
 
@@ -19,7 +21,8 @@ class EventType(StrEnum):
     CAPACITY_UPDATED = "capacity.updated"
 
 
-DeliveryStatus = Literal["pending", "delivered", "dead"]
+_DELIVERY_STATUS = MemberOf(vocab.DeliveryStatus)
+DeliveryStatus = Annotated[str, AfterValidator(_DELIVERY_STATUS), _DELIVERY_STATUS.schema()]
 
 
 class WebhookCreate(Model):

@@ -19,6 +19,7 @@ from sqlmodel import Field, SQLModel
 
 import app.models.tables  # noqa: F401  (agency must be on the metadata for the foreign keys)
 from app.models.types import UTCDateTime, utcnow
+from app.vocab import DeliveryStatus
 
 
 def _ts(*, nullable: bool = False) -> Column[datetime]:
@@ -59,7 +60,7 @@ class WebhookDelivery(SQLModel, table=True):
     )
     event_type: str = Field(max_length=64)
     payload: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(default="pending", max_length=16)
+    status: str = Field(default=DeliveryStatus.PENDING.value, max_length=16)
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     last_attempt_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query
 
 from app import errors
 from app.auth import Admin, DirectoryReader
-from app.db import Db
+from app.deps import Db
 from app.models.schemas import (
     AgencyCreate,
     AgencyList,
@@ -16,6 +16,7 @@ from app.models.schemas import (
 )
 from app.services import agencies, audit, key_directory
 from app.services.audit import Action
+from app.vocab import AgencyStatus
 
 router = APIRouter(prefix="/v1/agencies", tags=["agencies"])
 AUTH_ERRORS = (401, 403, 404, 422)
@@ -118,7 +119,7 @@ async def rotate_keys(agency_id: str, body: KeyRotation, who: Admin, db: Db) -> 
     responses=errors.responses(*AUTH_ERRORS),
 )
 async def suspend(agency_id: str, who: Admin, db: Db) -> AgencyOut:
-    return await agencies.set_status(db, who.actor, agency_id, "suspended")
+    return await agencies.set_status(db, who.actor, agency_id, AgencyStatus.SUSPENDED)
 
 
 @router.post(
@@ -128,7 +129,7 @@ async def suspend(agency_id: str, who: Admin, db: Db) -> AgencyOut:
     responses=errors.responses(*AUTH_ERRORS),
 )
 async def reactivate(agency_id: str, who: Admin, db: Db) -> AgencyOut:
-    return await agencies.set_status(db, who.actor, agency_id, "active")
+    return await agencies.set_status(db, who.actor, agency_id, AgencyStatus.ACTIVE)
 
 
 @router.get(

@@ -8,7 +8,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from app import errors
 from app.auth import AnyPrincipal, Principal, Scope
 from app.crypto.checkpoint import verifier_key
-from app.db import Db
+from app.deps import Db
 from app.models.schemas import AuditItem, AuditList, ConsistencyProof, InclusionProof
 from app.models.types import QueryTime
 from app.services import audit, audit_log

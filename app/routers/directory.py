@@ -7,7 +7,7 @@ from pydantic import BeforeValidator
 
 from app import errors
 from app.auth import DirectoryReader, ServiceWriter
-from app.db import Db
+from app.deps import Db
 from app.models.directory_schemas import (
     CapacityPatch,
     HsdsExport,

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from app import errors
 from app.metrics import CONTENT_TYPE, Metrics
+from app.tokens import bearer_token
 
 router = APIRouter(include_in_schema=False)
 
@@ -21,9 +22,9 @@ async def metrics(request: Request) -> Response:
     secret = request.app.state.settings.metrics.token
     if secret is None:
         raise errors.NotFound("metrics are not enabled on this server")
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    presented = bearer_token(request.headers.get("authorization"))
     expected = secret.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+    if presented is None or not hmac.compare_digest(presented.encode(), expected):
         raise errors.Unauthorized("the metrics bearer token is required")
     registry: Metrics = request.app.state.metrics
     return Response(await registry.render(request.app.state.engine), media_type=CONTENT_TYPE)

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from app import errors, ratelimit
 from app.crypto.encoding import b64url_encode
 from app.crypto.keys import kid
-from app.db import Db
+from app.deps import Db
 from app.models.schemas import Jwks, TokenResponse
 from app.services import oauth
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from app import errors
 from app.auth import AnyPrincipal, Caseworker, Reader, StatusWriter
 from app.crypto.wire import Amendment, EnvelopeIn, Revocations, StatusIn, TaskStatus
-from app.db import Db
+from app.deps import Db
 from app.jsonbody import json_object
 from app.models.schemas import (
     AmendmentDone,

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app import errors
 from app.auth import WebhookManager
-from app.db import Db
+from app.deps import Db
 from app.models.webhook_schemas import (
     DeliveryList,
     DeliveryOut,

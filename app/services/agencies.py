@@ -8,32 +8,39 @@ log binds each kid (a hash of the public key) to its agency: key transparency.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from app import errors
-from app.auth import forget_principals
 from app.crypto import keys
 from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
+from app.identity import Actor
 from app.models.schemas import AgencyOut, ClientOut, KeyOut
 from app.models.tables import Agency, AgencyKey, ApiClient
 from app.models.types import utcnow
 from app.services import audit
-from app.services.audit import Action, Actor
+from app.services.audit import Action
+from app.vocab import AgencyKind, AgencyStatus, ClientStatus, KeyStatus, KeyUse, Role
 
-KINDS = (
-    "social_service",
-    "shelter",
-    "legal_aid",
-    "medical",
-    "law_enforcement",
-    "ngo",
-    "government",
-)
-ROLES = ("caseworker", "liaison", "auditor", "admin")
+KINDS = tuple(AgencyKind)
+ROLES = tuple(Role)
+
+_status_hooks: list[Callable[[], None]] = []
+
+
+def on_status_change(hook: Callable[[], None]) -> None:
+    """Call ``hook`` after every client or agency status change in this process, when
+    it is made and again when it commits (``app.auth`` drops its status cache so)."""
+    if hook not in _status_hooks:
+        _status_hooks.append(hook)
+
+
+def _notify_status_change(_session: Session | None = None) -> None:
+    for hook in _status_hooks:
+        hook()
 
 
 def _public_key(value: str, what: str) -> bytes:
@@ -100,7 +107,11 @@ async def _register_key(
     if await db.get(AgencyKey, kid) is not None:
         raise errors.Conflict(f"the {use} key {kid} is already registered", slug="key-exists")
     key = AgencyKey(
-        kid=kid, agency_id=agency_id, use=use, public_key=b64url_encode(raw), status="current"
+        kid=kid,
+        agency_id=agency_id,
+        use=use,
+        public_key=b64url_encode(raw),
+        status=KeyStatus.CURRENT,
     )
     db.add(key)
     await audit.record(
@@ -123,7 +134,7 @@ async def create(
     enc, sig = _public_key(enc_key, "enc_key"), _public_key(sign_key, "sign_key")
     if enc == sig:
         raise errors.Unprocessable("enc_key and sign_key must differ", slug="invalid-key")
-    agency = Agency(id=str(uuid.uuid4()), name=name, kind=kind, status="active")
+    agency = Agency(id=str(uuid.uuid4()), name=name, kind=kind, status=AgencyStatus.ACTIVE)
     db.add(agency)
     await db.flush()
     await audit.record(
@@ -135,8 +146,8 @@ async def create(
         subject_agency=agency.id,
         detail={"kind": kind},
     )
-    k1 = await _register_key(db, actor, agency.id, "enc", enc, Action.KEY_REGISTER)
-    k2 = await _register_key(db, actor, agency.id, "sig", sig, Action.KEY_REGISTER)
+    k1 = await _register_key(db, actor, agency.id, KeyUse.ENC, enc, Action.KEY_REGISTER)
+    k2 = await _register_key(db, actor, agency.id, KeyUse.SIG, sig, Action.KEY_REGISTER)
     await db.flush()
     return to_out(agency, [k1, k2])
 
@@ -162,7 +173,7 @@ async def rotate_keys(
     if not enc_key and not sign_key:
         raise errors.Unprocessable("give enc_key, sign_key or both", slug="invalid-key")
     now = utcnow()
-    for use, value in (("enc", enc_key), ("sig", sign_key)):
+    for use, value in ((KeyUse.ENC, enc_key), (KeyUse.SIG, sign_key)):
         if not value:
             continue
         raw = _public_key(value, f"{use} key")
@@ -171,18 +182,21 @@ async def rotate_keys(
             .where(
                 AgencyKey.agency_id == agency_id,
                 AgencyKey.use == use,
-                AgencyKey.status == "current",
+                AgencyKey.status == KeyStatus.CURRENT,
             )
-            .values(status="retired", retired_at=now)
+            .values(status=KeyStatus.RETIRED, retired_at=now)
         )
         await _register_key(db, actor, agency_id, use, raw, Action.KEY_ROTATE)
     await db.flush()
     return to_out(agency, (await _keys_of(db, [agency_id]))[agency_id])
 
 
-async def set_status(db: AsyncSession, actor: Actor, agency_id: str, status: str) -> AgencyOut:
-    """Suspend or reactivate. Drops this process's cache of client statuses now and
-    again at commit (``app.auth``), so the change applies to the next request here."""
+async def set_status(
+    db: AsyncSession, actor: Actor, agency_id: str, status: AgencyStatus
+) -> AgencyOut:
+    """Suspend or reactivate. Runs the status-change hooks now and again at commit
+    (``app.auth`` drops its cache of client statuses), so the change applies to the
+    next request here."""
     agency = await _require(db, agency_id)
     previous = agency.status
     agency.status = status
@@ -200,15 +214,12 @@ async def set_status(db: AsyncSession, actor: Actor, agency_id: str, status: str
 
 
 async def _statuses_changed(db: AsyncSession) -> None:
-    """After a client or agency status change: drop this process's cache of client
-    statuses (``app.auth``) now and again at commit, so no request here reads the old."""
+    """After a client or agency status change: run the status-change hooks now and
+    again at commit (``app.auth`` drops its status cache), so no request here reads
+    the old."""
     await db.flush()
-    forget_principals()
-    event.listen(db.sync_session, "after_commit", _forget_on_commit, once=True)
-
-
-def _forget_on_commit(_session: Session) -> None:
-    forget_principals()
+    _notify_status_change()
+    event.listen(db.sync_session, "after_commit", _notify_status_change, once=True)
 
 
 async def create_client(
@@ -224,7 +235,7 @@ async def create_client(
         role=role,
         auth_public_key=b64url_encode(raw),
         auth_kid=keys.kid(raw),
-        status="active",
+        status=ClientStatus.ACTIVE,
     )
     db.add(client)
     await db.flush()
@@ -253,8 +264,8 @@ async def revoke_client(
     if client is None or client.agency_id != agency_id:
         raise errors.NotFound("no such client of this agency")
     previous = client.status
-    if previous != "revoked":
-        client.status = "revoked"
+    if previous != ClientStatus.REVOKED:
+        client.status = ClientStatus.REVOKED
         await _statuses_changed(db)
     await audit.record(
         db,
@@ -263,7 +274,7 @@ async def revoke_client(
         "client",
         client_id,
         subject_agency=agency_id,
-        detail={"from": previous, "to": "revoked"},
+        detail={"from": previous, "to": ClientStatus.REVOKED.value},
     )
     return ClientOut.model_validate(client, from_attributes=True)
 
@@ -273,7 +284,7 @@ async def current_keys(db: AsyncSession, agency_ids: Sequence[str]) -> dict[tupl
     rows = await db.execute(
         select(AgencyKey.agency_id, AgencyKey.use, AgencyKey.kid).where(
             AgencyKey.agency_id.in_(agency_ids),
-            AgencyKey.status == "current",
+            AgencyKey.status == KeyStatus.CURRENT,
         )
     )
     return {(a, u): k for a, u, k in rows}

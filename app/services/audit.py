@@ -18,7 +18,6 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select
@@ -26,65 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import client_request_id_var, request_id_var
 from app.crypto.canonical import canonical_json
+from app.identity import Actor as Actor  # re-exported: callers record as an Actor
 from app.models.tables import AuditEvent, AuditPending
 from app.models.types import utcnow
+from app.vocab import AuditAction, AuditOutcome
 
-
-class Action(StrEnum):
-    TOKEN_ISSUE = "token:issue"  # noqa: S105 (an action name, not a secret)
-    AGENCY_LIST = "agency:list"
-    AGENCY_READ = "agency:read"
-    AGENCY_CREATE = "agency:create"
-    AGENCY_SUSPEND = "agency:suspend"
-    KEY_REGISTER = "key:register"
-    KEY_ROTATE = "key:rotate"
-    KEY_PROOF = "key:proof"
-    CLIENT_CREATE = "client:create"
-    CLIENT_REVOKE = "client:revoke"
-    REFERRAL_CREATE = "referral:create"
-    REFERRAL_LIST = "referral:list"
-    REFERRAL_READ = "referral:read"
-    REFERRAL_STATUS = "referral:status"
-    REFERRAL_WITHDRAW = "referral:withdraw"
-    GRANT_ADD = "grant:add"
-    CONSENT_REVOKE = "consent:revoke"
-    AUDIT_QUERY = "audit:query"
-    AUDIT_EXPORT = "audit:export"
-    AUDIT_READ = "audit:read"
-    AUDIT_PROOF = "audit:proof"
-    AUDIT_CHECKPOINT = "audit:checkpoint"
-    WEBHOOK_CREATE = "webhook:create"
-    WEBHOOK_READ = "webhook:read"
-    WEBHOOK_DELETE = "webhook:delete"
-    WEBHOOK_ROTATE = "webhook:rotate"
-    WEBHOOK_REPLAY = "webhook:replay"
-    RETENTION_PURGE = "retention:purge"
-    DIRECTORY_SEARCH = "directory:search"
-    DIRECTORY_EXPORT = "directory:export"
-    SERVICE_CREATE = "service:create"
-    SERVICE_REPLACE = "service:replace"
-    SERVICE_DELETE = "service:delete"
-    CAPACITY_UPDATE = "capacity:update"
-    ACCESS_DENIED = "access:denied"
-
-
-class Outcome(StrEnum):
-    OK = "ok"
-    DENIED = "denied"
-    ERROR = "error"
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who acted: an authenticated client, a client attempting to log on, or the system."""
-
-    client_id: str | None
-    agency_id: str | None
-    role: str | None
-
-    @classmethod
-    def system(cls) -> Actor:
-        return cls(client_id=None, agency_id=None, role="system")
+Action = AuditAction
+Outcome = AuditOutcome
 
 
 @dataclass

@@ -28,10 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 
 from app import errors
-from app.auth import Principal, Scope
 from app.config import Settings
 from app.crypto import merkle
 from app.crypto.encoding import EncodingError, b64_encode, b64url_decode
+from app.dialect import is_postgres
+from app.identity import Principal, Scope
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
 from app.services import audit, witnesses
 from app.services.audit import Action
@@ -285,7 +286,7 @@ async def export(
     async with maker() as db:
         # the session's first connection use begins the snapshot transaction,
         # which closing the session ends (nothing is written)
-        if db.bind.dialect.name == "postgresql":
+        if is_postgres(db):
             await db.connection(
                 execution_options={
                     "isolation_level": "REPEATABLE READ",

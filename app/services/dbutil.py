@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import dialect
 
 
 async def insert_ignore(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
@@ -14,8 +15,6 @@ async def insert_ignore(session: AsyncSession, model: Any, values: dict[str, Any
     Used where a unique key is the guard (assertion jti, idempotency keys): the
     conflict is an answer, not an error, and must not abort the transaction.
     """
-    dialect = session.bind.dialect.name
-    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = ins(model).values(**values).on_conflict_do_nothing()
+    stmt = dialect.insert(session, model).values(**values).on_conflict_do_nothing()
     result = await session.execute(stmt)
     return bool(result.rowcount)

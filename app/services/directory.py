@@ -37,8 +37,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from app import authz, errors, langtags
-from app.auth import Principal
 from app.crypto.encoding import EncodingError, b64url_decode
+from app.identity import Principal
 from app.models.directory_schemas import CapacityPatch, ServiceIn, ServiceOut
 from app.models.directory_tables import DirectoryService, DirectoryTerm
 from app.models.schemas import rfc3339
@@ -48,7 +48,7 @@ from app.models.webhook_schemas import EventType
 from app.services import audit, hsds, webhooks
 from app.services.agencies import no_such_agency
 from app.services.audit import Action, Actor
-from app.vocab import Accepting
+from app.vocab import Accepting, AgencyStatus
 
 ACCEPTING_RANK = {Accepting.YES: 2, Accepting.WAITLIST: 1, Accepting.NO: 0}
 MAX_SERVICES_PER_AGENCY = 500
@@ -382,7 +382,7 @@ def _search_query(
     stmt = (
         select(*_COLUMNS)
         .join(Agency, Agency.id == s.agency_id)
-        .where(Agency.status == "active")
+        .where(Agency.status == AgencyStatus.ACTIVE)
     )
     for kind, present in ((CATEGORY, category), (LANGUAGE, language), (POPULATION, population)):
         if present:
@@ -472,7 +472,7 @@ async def export_hsds(db: AsyncSession, who: Principal) -> dict[str, Any]:
     agencies = (
         await db.execute(
             select(Agency.id, Agency.name, Agency.kind)
-            .where(Agency.status == "active")
+            .where(Agency.status == AgencyStatus.ACTIVE)
             .order_by(Agency.name, Agency.id)
         )
     ).all()
@@ -480,7 +480,7 @@ async def export_hsds(db: AsyncSession, who: Principal) -> dict[str, Any]:
         await db.execute(
             select(DirectoryService)
             .join(Agency, Agency.id == DirectoryService.agency_id)
-            .where(Agency.status == "active")
+            .where(Agency.status == AgencyStatus.ACTIVE)
             .order_by(DirectoryService.agency_id, DirectoryService.name, DirectoryService.id)
         )
     ).scalars().all()

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import errors
-from app.auth import Principal
 from app.crypto import keydir
 from app.crypto.encoding import b64_encode
+from app.identity import Principal
 from app.models.tables import Agency, AuditCheckpoint
 from app.services import agencies, audit
 from app.services.audit import Action

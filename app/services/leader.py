@@ -25,6 +25,8 @@ from typing import ClassVar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.dialect import is_postgres
+
 log = logging.getLogger("refgate.leader")
 HEARTBEAT_SECONDS = 5.0
 
@@ -64,7 +66,7 @@ class LeaderRunner(abc.ABC):
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                if self.engine.dialect.name == "postgresql":
+                if is_postgres(self.engine):
                     await self._lead_postgres()
                 else:
                     self.is_leader = True

@@ -20,7 +20,6 @@ from joserfc.errors import JoseError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import errors
-from app.auth import decode_jws, issue_access_token, okp_public
 from app.config import Settings
 from app.context import agency_var, client_var
 from app.crypto.encoding import EncodingError, b64url_decode
@@ -29,6 +28,8 @@ from app.services import audit
 from app.services.audit import Action, Actor, Outcome, PendingEvent
 from app.services.dbutil import insert_ignore
 from app.services.server_keys import ServerKeys
+from app.tokens import decode_jws, issue_access_token, okp_public
+from app.vocab import AgencyStatus, ClientStatus
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -134,7 +135,11 @@ async def issue_token(
         ) from None
     jti, exp = _check_claims(claims, audience=audience, settings=settings, client=client)
     agency = await db.get(Agency, client.agency_id)
-    if client.status != "active" or agency is None or agency.status != "active":
+    if (
+        client.status != ClientStatus.ACTIVE
+        or agency is None
+        or agency.status != AgencyStatus.ACTIVE
+    ):
         raise _refuse("inactive", "the client or its agency is not active", client)
     fresh = await insert_ignore(
         db,

@@ -47,13 +47,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from app import authz, errors, vocab
-from app.auth import Principal
 from app.authz import Access, Relation, relation
 from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto.canonical import canonical_json
 from app.crypto.encoding import EncodingError, b64url_decode
 from app.crypto.wire import Amendment, EnvelopeIn, GrantValue, Manifest, RequestValue, StatusIn
+from app.identity import Principal
 from app.models.schemas import Limits, ReferralSummary, StatusOut, rfc3339
 from app.models.tables import (
     Agency,
@@ -70,13 +70,7 @@ from app.models.webhook_schemas import EventType
 from app.services import audit, webhooks
 from app.services.audit import Action
 
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "requested": frozenset({"received", "accepted", "rejected"}),
-    "received": frozenset({"accepted", "rejected"}),
-    "accepted": frozenset({"in-progress", "completed", "failed"}),
-    "in-progress": frozenset({"on-hold", "completed", "failed"}),
-    "on-hold": frozenset({"in-progress", "completed", "failed"}),
-}
+TRANSITIONS = vocab.TRANSITIONS
 MAX_NOTE_BYTES = 8192
 
 
@@ -184,7 +178,7 @@ def _check_recipients(recipients: Iterable[str], directory: Mapping[str, _Member
                 f"recipient {r} is not a member of the task force",
                 slug="envelope/unknown-recipient",
             )
-        if member.status != "active":
+        if member.status != vocab.AgencyStatus.ACTIVE:
             raise errors.Unprocessable(
                 f"recipient {r} is not active ({member.status})",
                 slug="envelope/inactive-recipient",
@@ -265,7 +259,7 @@ def _recipient_row(referral_id: str, d: env.Disclosed, now: datetime) -> dict[st
         "request": d.disclosure,
         "request_json": canonical_json(r.model_dump()).decode("utf-8"),
         "urgency": r.urgency,
-        "status": "requested",
+        "status": vocab.TaskStatus.REQUESTED,
         "reason": None,
         "note": None,
         "signed_at": None,
@@ -544,7 +538,7 @@ async def create(
         sender_agency=who.agency_id,
         created_at=manifest.created_at,
         version=1,
-        statuses=[StatusOut(recipient=rid, status="requested", updated_at=now)
+        statuses=[StatusOut(recipient=rid, status=vocab.TaskStatus.REQUESTED, updated_at=now)
                   for rid in recipients],
     ).model_dump(mode="json")
     if idempotency_key is not None:
@@ -712,7 +706,7 @@ async def list_page(
         values["status_filter"] = status
     stmt = _page_query(
         box,
-        who.agency_kind == authz.LAW_ENFORCEMENT,
+        who.agency_kind == vocab.AgencyKind.LAW_ENFORCEMENT,
         bool(urgency),
         bool(since),
         bool(status),
@@ -1037,8 +1031,8 @@ async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[S
         await db.execute(
             update(ReferralRecipient)
             .where(ReferralRecipient.referral_id == referral_id)
-            .values(status="cancelled", reason=None, note=None, signed_at=None, signature=None,
-                    updated_at=now)
+            .values(status=vocab.TaskStatus.CANCELLED, reason=None, note=None, signed_at=None,
+                    signature=None, updated_at=now)
         )
         result = await db.execute(
             delete(WrappedKey).where(

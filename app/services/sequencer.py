@@ -57,6 +57,7 @@ from sqlalchemy.types import BigInteger, Integer
 from app.config import Settings
 from app.crypto import checkpoint, keydir, merkle
 from app.crypto.canonical import canonical_json
+from app.dialect import is_postgres
 from app.models.tables import (
     AuditCheckpoint,
     AuditEvent,
@@ -117,18 +118,13 @@ _DIRECTORY_AT = text(
 _KEY_EVENT_MARKS = tuple(f'"action":"{a}"' for a in sorted(keydir.KEY_ACTIONS))
 
 
-def _is_postgres(session: AsyncSession) -> bool:
-    bind = session.bind
-    return bind is not None and bind.dialect.name == "postgresql"
-
-
 async def load_nodes(
     session: AsyncSession, coords: Sequence[tuple[int, int]]
 ) -> dict[tuple[int, int], bytes]:
     """Fetch perfect-subtree hashes in one statement."""
     if not coords:
         return {}
-    if _is_postgres(session):
+    if is_postgres(session):
         rows = await session.execute(
             _PG_NODES,
             {"levels": [lv for lv, _ in coords], "idxs": [ix for _, ix in coords]},
@@ -241,7 +237,7 @@ async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool
         )
     ).scalar_one()
     size = int(locked)
-    postgres = _is_postgres(session)
+    postgres = is_postgres(session)
     if sweep:
         await requeue_lost(session)
     pending: Sequence[Any]

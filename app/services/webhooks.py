@@ -62,10 +62,11 @@ from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, tup
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import __version__, errors
-from app.auth import Principal
-from app.authz import LAW_ENFORCEMENT, active_grant
+from app.authz import active_grant
 from app.config import Settings, WebhookSettings
 from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
+from app.dialect import is_postgres
+from app.identity import Principal
 from app.models.schemas import rfc3339
 from app.models.tables import Agency, ReferralGrant
 from app.models.types import UTCDateTime, utcnow
@@ -82,6 +83,7 @@ from app.services import audit, retention
 from app.services.audit import Action
 from app.services.leader import LeaderRunner
 from app.services.server_keys import webhook_secret_key
+from app.vocab import AgencyKind, AgencyStatus, DeliveryStatus
 
 log = logging.getLogger("refgate.webhooks")
 ADVISORY_LOCK_KEY = 0x7265_6667_7768_6B  # "refgwhk", distinct from the sequencer's
@@ -252,13 +254,13 @@ _SUBSCRIBED = (
     .join(Agency, Agency.id == Webhook.agency_id)
     .where(
         Webhook.agency_id.in_(bindparam("targets", expanding=True)),
-        Agency.status == "active",
+        Agency.status == AgencyStatus.ACTIVE,
     )
 )
 # ... of agencies that may see the referral: law enforcement only with an active grant
 _SUBSCRIBED_VISIBLE = _SUBSCRIBED.where(
     or_(
-        Agency.kind != LAW_ENFORCEMENT,
+        Agency.kind != AgencyKind.LAW_ENFORCEMENT,
         exists().where(
             ReferralGrant.referral_id == bindparam("referral_id"),
             active_grant(Webhook.agency_id, bindparam("now", type_=UTCDateTime())),
@@ -301,7 +303,7 @@ async def enqueue(
                 "webhook_id": hook_id,
                 "event_type": str(event),
                 "payload": _payload(event, ts, {**targets[agency_id], "referral_id": referral_id}),
-                "status": "pending",
+                "status": DeliveryStatus.PENDING,
                 "attempts": 0,
                 "next_attempt_at": now,
                 "created_at": now,
@@ -317,7 +319,7 @@ async def enqueue(
 _SUBSCRIBED_ANYWHERE = (
     select(Webhook.id, Webhook.agency_id, Webhook.event_types)
     .join(Agency, Agency.id == Webhook.agency_id)
-    .where(Agency.status == "active", Webhook.event_types.like(bindparam("pattern")))
+    .where(Agency.status == AgencyStatus.ACTIVE, Webhook.event_types.like(bindparam("pattern")))
 )
 
 
@@ -339,7 +341,7 @@ async def broadcast(db: AsyncSession, event: EventType, data: Mapping[str, Any])
                 "webhook_id": hook_id,
                 "event_type": str(event),
                 "payload": payload,
-                "status": "pending",
+                "status": DeliveryStatus.PENDING,
                 "attempts": 0,
                 "next_attempt_at": now,
                 "created_at": now,
@@ -482,7 +484,7 @@ def _delivery_out(d: WebhookDelivery) -> DeliveryOut:
         attempts=d.attempts,
         payload=json.loads(d.payload),
         created_at=d.created_at,
-        next_attempt_at=d.next_attempt_at if d.status == "pending" else None,
+        next_attempt_at=d.next_attempt_at if d.status == DeliveryStatus.PENDING else None,
         last_attempt_at=d.last_attempt_at,
         delivered_at=d.delivered_at,
         last_status_code=d.last_status_code,
@@ -544,12 +546,12 @@ async def replay(
     row = await db.get(WebhookDelivery, delivery_id, with_for_update=True)
     if row is None or row.webhook_id != hook.id:
         raise _not_found(who, Action.WEBHOOK_REPLAY, webhook_id, "delivery")
-    if row.status != "dead":
+    if row.status != DeliveryStatus.DEAD:
         raise errors.Conflict(
             f"only a dead-lettered delivery can be replayed; this one is {row.status}",
             slug="webhook/not-dead",
         )
-    row.status = "pending"
+    row.status = DeliveryStatus.PENDING
     row.attempts = 0
     row.next_attempt_at = utcnow()
     await db.flush()
@@ -616,11 +618,14 @@ async def _claim(
     async with maker() as db, db.begin():
         due = (
             select(WebhookDelivery.id)
-            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+                WebhookDelivery.next_attempt_at <= now,
+            )
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(settings.batch_size)
         )
-        if (await db.connection()).dialect.name == "postgresql":
+        if is_postgres(db):
             due = due.with_for_update(skip_locked=True)
         ids = (
             (
@@ -628,7 +633,7 @@ async def _claim(
                     update(WebhookDelivery)
                     .where(
                         WebhookDelivery.id.in_(due.scalar_subquery()),
-                        WebhookDelivery.status == "pending",
+                        WebhookDelivery.status == DeliveryStatus.PENDING,
                         WebhookDelivery.next_attempt_at <= now,
                     )
                     .values(
@@ -721,10 +726,10 @@ async def _record(
                 "last_error": r.error,
             }
             if r.ok:
-                values.update(status="delivered", delivered_at=now)
+                values.update(status=DeliveryStatus.DELIVERED, delivered_at=now)
                 report.delivered += 1
             elif r.claimed.attempts >= settings.max_attempts:
-                values.update(status="dead")
+                values.update(status=DeliveryStatus.DEAD)
                 report.dead += 1
             else:
                 values.update(
@@ -737,7 +742,7 @@ async def _record(
                 update(WebhookDelivery)
                 .where(
                     WebhookDelivery.id == r.claimed.id,
-                    WebhookDelivery.status == "pending",
+                    WebhookDelivery.status == DeliveryStatus.PENDING,
                     WebhookDelivery.attempts == r.claimed.attempts,
                 )
                 .values(**values)

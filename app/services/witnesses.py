@@ -37,10 +37,9 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import __version__, errors
+from app import __version__, dialect, errors
 from app.config import AuditSettings, Settings, WitnessEndpoint
 from app.crypto import merkle
 from app.crypto.cosignature import (
@@ -210,10 +209,9 @@ async def _state(
     async with maker() as db, db.begin():
         row = await db.get(WitnessState, endpoint.vkey)
         if row is None:  # two leaders overlapping for a moment may both get here
-            dialect = postgresql if db.bind.dialect.name == "postgresql" else sqlite
             now = utcnow()
             await db.execute(
-                dialect.insert(WitnessState.__table__)
+                dialect.insert(db, WitnessState.__table__)
                 .values(
                     witness_vkey=endpoint.vkey,
                     witness_name=parse_witness_vkey(endpoint.vkey).name,

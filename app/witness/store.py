@@ -42,11 +42,12 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app import dialect
 from app.crypto import merkle
+from app.dialect import is_postgres
 from app.models.types import UTCDateTime
 
 metadata = MetaData()
@@ -93,7 +94,7 @@ SCHEMA: tuple[Callable[[Connection], None], ...] = (_v1,)
 
 
 def _migrate(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":  # two witness processes starting together
+    if is_postgres(conn):  # two witness processes starting together
         conn.execute(text("SELECT pg_advisory_xact_lock(7265667731)"))
     schema_version.create(conn, checkfirst=True)
     current = conn.execute(select(schema_version.c.version)).scalar()
@@ -161,9 +162,8 @@ async def advance(
                 .values(size=size, root=root, checkpoint=checkpoint, cosigned_at=now)
             )
         else:
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             result = await conn.execute(
-                dialect.insert(log_state)
+                dialect.insert(conn, log_state)
                 .values(origin=origin, size=size, root=root, checkpoint=checkpoint, cosigned_at=now)
                 .on_conflict_do_nothing(index_elements=["origin"])
             )

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.auth import ROLE_SCOPES
+from app.identity import ROLE_SCOPES
 from app.client.cli import EXIT_NETWORK, main, parser
 from app.client.help_topics import ROLE_SCOPES as CLIENT_ROLE_SCOPES
 from app.client.keyfile import KeyFile

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.auth import Principal, Role
+from app.identity import Principal, Role
 from app.config import Settings
 from app.db import create_engine, sessionmaker
 from app.models.directory_schemas import CapacityIn, ServiceIn

@@ -45,7 +45,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.auth import ROLE_SCOPES, Role, Scope, issue_access_token
+from app.identity import ROLE_SCOPES, Role, Scope
+from app.tokens import issue_access_token
 from app.client.assertion import client_assertion, token_form
 from app.config import MetricsSettings, Settings
 from app.crypto import envelope as env

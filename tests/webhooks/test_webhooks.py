@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
-from app.auth import ROLE_SCOPES, Principal, Role
+from app.identity import ROLE_SCOPES, Principal, Role
 from app.client import webhook_listen
 from app.client.webhook_verify import WebhookVerificationError, verify_webhook
 from app.config import Settings, WebhookSettings

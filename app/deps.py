@@ -1,0 +1,35 @@
+"""Request dependencies of the HTTP layer: the request's transaction (``Db``).
+
+``transaction()`` opens the one transaction of a request (``app.db`` explains
+the rules: commit before the response, a refusal's audit event written after
+the rollback, GETs on PostgreSQL in autocommit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.services import audit
+
+
+async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
+    """Yield a session inside one transaction; commit before the response, roll back on error."""
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    reads: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
+    async with (reads if request.method == "GET" else maker)() as session:
+        try:
+            async with session.begin():
+                yield session
+        except Exception as exc:
+            pending = getattr(exc, "audit", None)
+            if pending is not None:
+                async with maker() as denial_session, denial_session.begin():
+                    await audit.record_pending(denial_session, pending)
+            raise
+
+
+Db = Annotated[AsyncSession, Depends(transaction, scope="function")]
