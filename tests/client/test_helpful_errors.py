@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.identity import ROLE_SCOPES
 from app.client.cli import EXIT_NETWORK, main, parser
 from app.client.help_topics import ROLE_SCOPES as CLIENT_ROLE_SCOPES
 from app.client.keyfile import KeyFile
 from app.client.sdk import RefgateClient, RefgateError, ServerUnreachable
+from app.identity import ROLE_SCOPES
 from tests.client.test_cli import free_port
 from tests.client.test_sdk import REQUEST, MakeSdk, key_file, sdk
 from tests.taskforce import TaskForce

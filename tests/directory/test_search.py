@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.identity import Principal, Role
 from app.config import Settings
 from app.db import create_engine, sessionmaker
+from app.identity import Principal, Role
 from app.models.directory_schemas import CapacityIn, ServiceIn
 from app.models.tables import Agency
 from app.services import directory

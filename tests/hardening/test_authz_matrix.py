@@ -45,18 +45,18 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.identity import ROLE_SCOPES, Role, Scope
-from app.tokens import issue_access_token
 from app.client.assertion import client_assertion, token_form
 from app.config import MetricsSettings, Settings
 from app.crypto import envelope as env
 from app.crypto import keys
 from app.crypto.encoding import b64url_encode
 from app.crypto.wire import FieldValue, GrantValue
+from app.identity import ROLE_SCOPES, Role, Scope
 from app.models.directory_schemas import ServiceIn
 from app.models.tables import ApiClient
 from app.models.webhook_tables import WebhookDelivery
 from app.services import agencies, directory
+from app.tokens import issue_access_token
 from tests.directory import service as service_body
 from tests.hardening import PROBLEM_JSON, quiet_settings
 from tests.taskforce import SYSTEM, TaskForce, rfc3339

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
-from app.identity import ROLE_SCOPES, Principal, Role
 from app.client import webhook_listen
 from app.client.webhook_verify import WebhookVerificationError, verify_webhook
 from app.config import Settings, WebhookSettings
 from app.crypto import envelope as env
+from app.identity import ROLE_SCOPES, Principal, Role
 from app.models.webhook_tables import WebhookDelivery
 from app.services import referrals, webhooks
 from tests.taskforce import TaskForce, rfc3339

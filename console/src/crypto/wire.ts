@@ -4,25 +4,15 @@
  * refused; vocabularies are app/vocab.py's.
  */
 
-export const SERVICES = [
-  "shelter", "housing", "legal", "immigration_legal", "medical", "mental_health",
-  "substance_use", "case_management", "interpretation", "employment", "education",
-  "financial", "safety_planning", "investigation", "victim_advocacy", "basic_needs",
-  "childcare", "transportation",
-] as const;
-export const POPULATIONS = ["adults", "minors", "women", "men", "lgbtq", "families", "foreign_nationals"] as const;
-export const ACCEPTING = ["yes", "waitlist", "no"] as const;
-export const URGENCIES = ["routine", "urgent", "emergency"] as const;
-export const PURPOSES = ["service_provision", "investigation", "prosecution", "safety_planning"] as const;
-export const SENDER_PURPOSE = "sender";
+import {
+  ACCEPTING, POPULATIONS, POSTABLE_STATUSES, PURPOSES, SENDER_PURPOSE, SERVICES, TASK_STATUSES, URGENCIES,
+} from "../vocab";
+
+export { ACCEPTING, POPULATIONS, POSTABLE_STATUSES, PURPOSES, SENDER_PURPOSE, SERVICES, TASK_STATUSES, URGENCIES };
 export const STANDARD_FIELDS = [
   "full_name", "date_of_birth", "contact", "language", "narrative", "immigration_status",
   "medical_needs", "safety_concerns",
 ] as const;
-export const POSTABLE_STATUSES = [
-  "received", "accepted", "rejected", "in-progress", "on-hold", "completed", "failed",
-] as const;
-export const TASK_STATUSES = ["requested", ...POSTABLE_STATUSES, "cancelled"] as const;
 
 export const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 export const RFC3339_RE =

@@ -15,9 +15,10 @@ import { kid } from "../crypto/keys";
 import { session } from "../session";
 import type { AgencyEntry } from "../trust";
 import { h, labelled, say, select, showError, words } from "../ui";
+import { AGENCY_KINDS, ROLES as ROLE_NAMES } from "../vocab";
 
-const KINDS = ["social_service", "shelter", "legal_aid", "medical", "law_enforcement", "ngo", "government"];
-const ROLES = ["caseworker", "liaison", "auditor", "admin"];
+const KINDS: readonly string[] = AGENCY_KINDS;
+const ROLES: readonly string[] = ROLE_NAMES;
 
 interface Client { client_id: string; agency_id: string; role: string; auth_kid: string; status: string }
 
