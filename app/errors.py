@@ -20,6 +20,7 @@ transaction rolls back (denials and refused logins must leave a trace).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -152,6 +153,30 @@ _TITLES = {
 
 def title_for(status: int) -> str:
     return _TITLES.get(status, "Error")
+
+
+def problem(
+    status: int, detail: str, type_: str, *, title: str | None = None, **members: Any
+) -> dict[str, Any]:
+    """The RFC 9457 problem document of an error answer: ``type``, ``title``,
+    ``status``, ``detail``, then ``members`` (``request_id``, ``instance``, ``errors``,
+    the OAuth members) in that order. Every error answer is rendered from here:
+    the app's exception handlers, the pure ASGI middleware, the rate limiter and
+    the witness."""
+    return {
+        "type": type_,
+        "title": title or title_for(status),
+        "status": status,
+        "detail": detail,
+        **members,
+    }
+
+
+def problem_bytes(
+    status: int, detail: str, type_: str, *, title: str | None = None, **members: Any
+) -> bytes:
+    """``problem()`` as the JSON bytes of a response body."""
+    return json.dumps(problem(status, detail, type_, title=title, **members)).encode()
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -50,16 +50,11 @@ def _problem(
     request: Request | None = None,
 ) -> JSONResponse:
     problem_var.set(type_.rsplit("/", 1)[-1])
-    body: dict[str, Any] = {
-        "type": type_,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "request_id": request_id_var.get(),
-    }
+    members: dict[str, Any] = {"request_id": request_id_var.get()}
     if request is not None:
-        body["instance"] = request.url.path
-    body.update(extra or {})
+        members["instance"] = request.url.path
+    members.update(extra or {})
+    body = errors.problem(status, detail, type_, title=title, **members)
     return JSONResponse(body, status_code=status, headers=headers, media_type=errors.PROBLEM_JSON)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -21,7 +20,7 @@ from app.context import (
     problem_var,
     request_id_var,
 )
-from app.errors import PROBLEM_BASE, PROBLEM_JSON
+from app.errors import PROBLEM_BASE, PROBLEM_JSON, problem_bytes
 
 log = logging.getLogger("refgate.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -36,16 +35,24 @@ SECURITY_HEADERS = [
 ]
 
 
-def problem_body(status: int, title: str, detail: str, slug: str, request_id: str | None) -> bytes:
-    return json.dumps(
-        {
-            "type": PROBLEM_BASE + slug,
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "request_id": request_id,
-        }
-    ).encode()
+async def send_problem(
+    send: Send,
+    status: int,
+    body: bytes,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    close: bool = False,
+) -> None:
+    """Answer with a problem+json ``body`` (``app.errors.problem_bytes``) from ASGI code."""
+    sent: list[Any] = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    if close:
+        sent.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": sent})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(Exception):
@@ -210,12 +217,7 @@ class RequestContextMiddleware:
         close: bool = False,
     ) -> None:
         problem_var.set(slug)
-        body = problem_body(status, title, detail, slug, request_id)
-        headers: list[Any] = [
-            (b"content-type", PROBLEM_JSON.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if close:
-            headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        body = problem_bytes(
+            status, detail, PROBLEM_BASE + slug, title=title, request_id=request_id
+        )
+        await send_problem(send, status, body, close=close)

@@ -91,7 +91,7 @@ from app.config import RateLimitSettings, Settings
 from app.context import request_id_var
 from app.dialect import url_is_postgres
 from app.identity import Actor
-from app.middleware import problem_body
+from app.middleware import send_problem
 from app.services.audit import Action, Outcome, PendingEvent
 from app.tokens import bearer_token, verified_tokens
 
@@ -334,30 +334,16 @@ def _subject(token: str, state: Any) -> str | None:
 
 
 async def send_too_many(send: Send, path: str, exceeded: Exceeded) -> None:
-    body = json.loads(
-        problem_body(
-            429,
-            "Too Many Requests",
-            f"rate limit {exceeded.limit.name} ({exceeded.limit.limit} per "
-            f"{exceeded.limit.window} s) exceeded; retry after {exceeded.retry_after} s",
-            "rate-limited",
-            request_id_var.get(),
-        )
+    body = errors.problem_bytes(
+        429,
+        f"rate limit {exceeded.limit.name} ({exceeded.limit.limit} per "
+        f"{exceeded.limit.window} s) exceeded; retry after {exceeded.retry_after} s",
+        errors.PROBLEM_BASE + "rate-limited",
+        request_id=request_id_var.get(),
+        instance=path,
     )
-    body["instance"] = path
-    raw = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", errors.PROBLEM_JSON.encode()),
-                (b"content-length", str(len(raw)).encode()),
-                (b"retry-after", str(exceeded.retry_after).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": raw})
+    retry = [(b"retry-after", str(exceeded.retry_after).encode())]
+    await send_problem(send, 429, body, headers=retry)
 
 
 class RateLimitMiddleware:

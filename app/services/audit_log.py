@@ -12,7 +12,6 @@ response as the item's ``event`` without being parsed and re-serialized.
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -30,7 +29,8 @@ from sqlalchemy.sql import Select
 from app import errors
 from app.config import Settings
 from app.crypto import merkle
-from app.crypto.encoding import EncodingError, b64_encode, b64url_decode
+from app.crypto.encoding import b64_encode
+from app.cursor import decode_int, encode
 from app.dialect import is_postgres
 from app.identity import Principal, Scope
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
@@ -128,20 +128,6 @@ def _item(canonical: str, seq: int | None, leaf: bytes | None) -> dict[str, Any]
         "event": json.loads(canonical),
         "leaf_hash": b64_encode(leaf) if leaf is not None else None,
     }
-
-
-def _cursor(value: int) -> str:
-    return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
-
-
-def _uncursor(cursor: str) -> int:
-    try:
-        value = int(b64url_decode(cursor).decode())
-    except (EncodingError, ValueError, UnicodeDecodeError):
-        value = -1
-    if not 0 <= value < 2**63:
-        raise errors.BadRequest("cursor is not valid", slug="invalid-cursor")
-    return value
 
 
 _FILTER_COLUMNS: tuple[tuple[str, Any, Callable[[Any, Any], Any]], ...] = (
@@ -250,7 +236,7 @@ async def query_json(
 ) -> bytes:
     """Events newest first, keyset-paginated on the event id, as the JSON of an
     ``AuditList`` (``{"items": [{"seq", "event", "leaf_hash"}], "next_cursor"}``)."""
-    before = _uncursor(cursor) if cursor else None
+    before = decode_int(cursor) if cursor else None
     stmt, values = _page(who, f, before, limit + 1)
     rows = (await db.execute(stmt, values)).all()
     more = len(rows) > limit
@@ -263,7 +249,7 @@ async def query_json(
         None,
         detail={"filter": f.as_detail(), "count": len(rows)},
     )
-    next_cursor = _cursor(rows[-1][0]) if more and rows else None
+    next_cursor = encode(rows[-1][0]) if more and rows else None
     items = ",".join(_item_json(c, s, h) for _, c, s, h in rows)
     body = '{"items":[' + items + '],"next_cursor":' + json.dumps(next_cursor) + "}"
     return body.encode("utf-8")

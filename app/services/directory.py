@@ -24,7 +24,6 @@ and description of the rows the other filters leave.
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Sequence
@@ -37,7 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from app import authz, errors, langtags
-from app.crypto.encoding import EncodingError, b64url_decode
+from app.cursor import decode_rank_time_id, invalid_cursor
+from app.cursor import encode as encode_cursor
 from app.identity import Principal
 from app.models.directory_schemas import CapacityPatch, ServiceIn, ServiceOut
 from app.models.directory_tables import DirectoryService, DirectoryTerm
@@ -331,23 +331,11 @@ async def _announce(db: AsyncSession, item: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- search
 
 
-def _encode_cursor(rank: int, ts: datetime, service_id: str) -> str:
-    raw = f"{rank}|{rfc3339(ts)}|{service_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[int, datetime, str]:
-    try:
-        rank, ts, service_id = b64url_decode(cursor).decode().split("|", 2)
-        moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-        if moment.tzinfo is None or rank not in ("0", "1", "2"):
-            raise ValueError("not a cursor of this list")
-        return int(rank), moment, service_id
-    except (EncodingError, ValueError, UnicodeDecodeError, OverflowError):
-        raise errors.BadRequest(
-            "cursor is not valid: pass the next_cursor of the previous page unchanged",
-            slug="invalid-cursor",
-        ) from None
+def _decode_cursor(value: str) -> tuple[int, datetime, str]:
+    rank, ts, service_id = decode_rank_time_id(value)
+    if rank not in (0, 1, 2):  # the accepting ranks
+        raise invalid_cursor()
+    return rank, ts, service_id
 
 
 def _has(kind: str) -> Any:
@@ -457,7 +445,7 @@ async def search(
     )
     last = rows[-1] if more else None
     next_cursor = (
-        _encode_cursor(last.accepting_rank, last.capacity_updated_at, last.id) if last else None
+        encode_cursor(last.accepting_rank, last.capacity_updated_at, last.id) if last else None
     )
     return json.dumps({"items": items, "next_cursor": next_cursor}, ensure_ascii=False,
                       separators=(",", ":"))

@@ -19,7 +19,6 @@ change reads the poster's key, locks and reads in one, and writes in one.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +52,8 @@ from app.crypto import envelope as env
 from app.crypto.canonical import canonical_json
 from app.crypto.encoding import EncodingError, b64url_decode
 from app.crypto.wire import Amendment, EnvelopeIn, GrantValue, Manifest, RequestValue, StatusIn
+from app.cursor import decode_time_id as _decode_cursor
+from app.cursor import encode_time_id as _encode_cursor
 from app.identity import Principal
 from app.models.schemas import Limits, ReferralSummary, StatusOut, rfc3339
 from app.models.tables import (
@@ -564,23 +565,6 @@ def _grant_detail(grants: Iterable[GrantValue]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- list
-
-
-def _encode_cursor(ts: datetime, referral_id: str) -> str:
-    raw = f"{rfc3339(ts)}|{referral_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = b64url_decode(cursor).decode()
-        ts, referral_id = raw.split("|", 1)
-        moment = parse_time(ts)
-        if moment.tzinfo is None:
-            raise ValueError("no time zone")
-        return moment, referral_id
-    except (EncodingError, ValueError, UnicodeDecodeError, OverflowError):
-        raise errors.BadRequest("cursor is not valid", slug="invalid-cursor") from None
 
 
 _STATUS_COLUMNS = (

@@ -65,6 +65,7 @@ from app import __version__, errors
 from app.authz import active_grant
 from app.config import Settings, WebhookSettings
 from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
+from app.cursor import decode_time_id, encode_time_id
 from app.dialect import is_postgres
 from app.identity import Principal
 from app.models.schemas import rfc3339
@@ -492,18 +493,6 @@ def _delivery_out(d: WebhookDelivery) -> DeliveryOut:
     )
 
 
-def _encode_cursor(ts: datetime, delivery_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{rfc3339(ts)}|{delivery_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        ts, delivery_id = b64url_decode(cursor).decode().split("|", 1)
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")), delivery_id
-    except (EncodingError, ValueError, UnicodeDecodeError):
-        raise errors.BadRequest("cursor is not valid", slug="invalid-cursor") from None
-
-
 async def deliveries(
     db: AsyncSession,
     who: Principal,
@@ -519,7 +508,7 @@ async def deliveries(
     if status:
         stmt = stmt.where(WebhookDelivery.status == status)
     if cursor:
-        ts, last_id = _decode_cursor(cursor)
+        ts, last_id = decode_time_id(cursor)
         stmt = stmt.where(
             tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < tuple_(ts, last_id)
         )
@@ -534,7 +523,7 @@ async def deliveries(
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    next_cursor = encode_time_id(rows[-1].created_at, rows[-1].id) if more else None
     return [_delivery_out(d) for d in rows], next_cursor
 
 

@@ -81,8 +81,7 @@ def trusted_logs(vkeys: Sequence[str]) -> dict[str, list[VerifierKey]]:
 
 def _problem(status: int, slug: str, detail: str) -> JSONResponse:
     return JSONResponse(
-        {"type": PROBLEM + slug, "title": errors.title_for(status), "status": status,
-         "detail": detail},
+        errors.problem(status, detail, PROBLEM + slug),
         status_code=status,
         media_type=errors.PROBLEM_JSON,
     )
