@@ -14,8 +14,7 @@ from app.models.schemas import (
     KeyProof,
     KeyRotation,
 )
-from app.services import agencies, audit, key_directory
-from app.services.audit import Action
+from app.services import agencies, key_directory
 from app.vocab import AgencyStatus
 
 router = APIRouter(prefix="/v1/agencies", tags=["agencies"])
@@ -35,11 +34,7 @@ async def list_agencies(
     limit: int = Query(100, ge=1, le=500),
     cursor: str | None = Query(None, max_length=64),
 ) -> AgencyList:
-    items, next_cursor = await agencies.list_page(db, limit=limit, cursor=cursor)
-    await audit.record(
-        db, who.actor, Action.AGENCY_LIST, "agency", None, detail={"count": len(items)}
-    )
-    return AgencyList(items=items, next_cursor=next_cursor)
+    return await agencies.list_page(db, who.actor, limit=limit, cursor=cursor)
 
 
 @router.get(
@@ -49,13 +44,7 @@ async def list_agencies(
     responses=errors.responses(*AUTH_ERRORS),
 )
 async def get_agency(agency_id: str, who: DirectoryReader, db: Db) -> AgencyOut:
-    found = await agencies.get(db, agency_id)
-    if found is None:
-        raise errors.NotFound(agencies.no_such_agency(agency_id))
-    await audit.record(
-        db, who.actor, Action.AGENCY_READ, "agency", agency_id, subject_agency=agency_id
-    )
-    return found
+    return await agencies.read(db, who.actor, agency_id)
 
 
 @router.post(

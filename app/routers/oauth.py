@@ -4,8 +4,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app import errors, ratelimit
-from app.crypto.encoding import b64url_encode
-from app.crypto.keys import kid
 from app.deps import Db
 from app.models.schemas import Jwks, TokenResponse
 from app.services import oauth
@@ -76,19 +74,4 @@ async def token(request: Request, db: Db) -> JSONResponse:
     response_model=Jwks,
 )
 async def jwks(request: Request) -> Jwks:
-    keys = request.app.state.server_keys
-    return Jwks.model_validate(
-        {
-            "keys": [
-                {
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "x": b64url_encode(public),
-                    "kid": kid(public),
-                    "use": "sig",
-                    "alg": "EdDSA",
-                }
-                for public in keys.token_verify_keys
-            ]
-        }
-    )
+    return oauth.jwks(request.app.state.server_keys)

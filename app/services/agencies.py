@@ -18,7 +18,7 @@ from app import errors
 from app.crypto import keys
 from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
 from app.identity import Actor
-from app.models.schemas import AgencyOut, ClientOut, KeyOut
+from app.models.schemas import AgencyList, AgencyOut, ClientOut, KeyOut
 from app.models.tables import Agency, AgencyKey, ApiClient
 from app.models.types import utcnow
 from app.services import audit
@@ -87,9 +87,22 @@ async def get(db: AsyncSession, agency_id: str) -> AgencyOut | None:
     return to_out(agency, (await _keys_of(db, [agency_id]))[agency_id])
 
 
+async def read(db: AsyncSession, actor: Actor, agency_id: str) -> AgencyOut:
+    """One directory entry (404 for an unknown id), audited as ``agency:read``."""
+    found = await get(db, agency_id)
+    if found is None:
+        raise errors.NotFound(no_such_agency(agency_id))
+    await audit.record(
+        db, actor, Action.AGENCY_READ, "agency", agency_id, subject_agency=agency_id
+    )
+    return found
+
+
 async def list_page(
-    db: AsyncSession, *, limit: int, cursor: str | None
-) -> tuple[list[AgencyOut], str | None]:
+    db: AsyncSession, actor: Actor, *, limit: int, cursor: str | None
+) -> AgencyList:
+    """A page of the directory in id order (the cursor is the last id), audited as
+    ``agency:list``."""
     stmt = select(Agency).order_by(Agency.id).limit(limit + 1)
     if cursor:
         stmt = stmt.where(Agency.id > cursor)
@@ -97,7 +110,11 @@ async def list_page(
     more = len(rows) > limit
     rows = rows[:limit]
     by_agency = await _keys_of(db, [a.id for a in rows])
-    return [to_out(a, by_agency[a.id]) for a in rows], (rows[-1].id if more else None)
+    items = [to_out(a, by_agency[a.id]) for a in rows]
+    await audit.record(
+        db, actor, Action.AGENCY_LIST, "agency", None, detail={"count": len(items)}
+    )
+    return AgencyList(items=items, next_cursor=rows[-1].id if more else None)
 
 
 async def _register_key(

@@ -27,12 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 
 from app import errors
+from app.authz import audit as audit_policy
 from app.config import Settings
 from app.crypto import merkle
 from app.crypto.encoding import b64_encode
 from app.cursor import decode_int, encode
 from app.dialect import is_postgres
-from app.identity import Principal, Scope
+from app.identity import Principal
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
 from app.services import audit, witnesses
 from app.services.audit import Action
@@ -79,22 +80,13 @@ class EventFilter:
 
 
 def _scoped(stmt: Select[Any], who: Principal, f: EventFilter) -> Select[Any]:
-    if Scope.AUDIT_READ not in who.scopes:
-        stmt = stmt.where(
-            or_(
-                AuditEvent.actor_agency == who.agency_id,
-                AuditEvent.subject_agency == who.agency_id,
-            )
-        )
+    visible = audit_policy.visible_to(who)
+    if visible is not None:
+        stmt = stmt.where(visible)
     if f.actor:
         stmt = stmt.where(AuditEvent.actor == f.actor)
     if f.agency:
-        stmt = stmt.where(
-            or_(
-                AuditEvent.actor_agency == f.agency,
-                AuditEvent.subject_agency == f.agency,
-            )
-        )
+        stmt = stmt.where(audit_policy.concerns(f.agency))
     if f.resource_id:
         stmt = stmt.where(AuditEvent.resource_id == f.resource_id)
     if f.action:
@@ -154,12 +146,13 @@ def _page(who: Principal, f: EventFilter, before: int | None, n: int) -> tuple[A
         values["before"] = before
     agency = f.agency
     own_too = False
-    if Scope.AUDIT_READ not in who.scopes:
-        if agency is None or agency == who.agency_id:
-            agency = who.agency_id
+    own = audit_policy.own_agency(who)
+    if own is not None:
+        if agency is None or agency == own:
+            agency = own
         else:  # two agency conditions: the caller's own stays a plain filter
             own_too = True
-            values["me"] = who.agency_id
+            values["me"] = own
     if agency is not None:
         values["agency"] = agency
     shape = (tuple(present), before is not None, agency is not None, own_too)
@@ -186,7 +179,7 @@ def _page_query(
         common.append(AuditEvent.id < bindparam("before", type_=AuditEvent.id.type))
     if own_too:
         me = bindparam("me", type_=AuditEvent.actor_agency.type)
-        common.append(or_(AuditEvent.actor_agency == me, AuditEvent.subject_agency == me))
+        common.append(audit_policy.concerns(me))
     lim = bindparam("lim", type_=Integer())
     if not by_agency:
         return _base().where(*common).order_by(AuditEvent.id.desc()).limit(lim)
@@ -253,6 +246,22 @@ async def query_json(
     items = ",".join(_item_json(c, s, h) for _, c, s, h in rows)
     body = '{"items":[' + items + '],"next_cursor":' + json.dumps(next_cursor) + "}"
     return body.encode("utf-8")
+
+
+async def start_export(
+    db: AsyncSession,
+    maker: async_sessionmaker[AsyncSession],
+    who: Principal,
+    f: EventFilter,
+    fmt: str,
+) -> AsyncIterator[bytes]:
+    """Record the ``audit:export`` event (in the request's transaction) and give the
+    stream of ``export``, which runs after that transaction committed."""
+    await audit.record(
+        db, who.actor, Action.AUDIT_EXPORT, "audit_log", None,
+        detail={"filter": f.as_detail(), "format": fmt},
+    )
+    return export(maker, who, f, fmt)
 
 
 async def export(

@@ -22,14 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import errors
 from app.config import Settings
 from app.context import agency_var, client_var
-from app.crypto.encoding import EncodingError, b64url_decode
+from app.crypto import keys
+from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
+from app.models.schemas import Jwk, Jwks
 from app.models.tables import Agency, ApiClient, UsedAssertion
 from app.services import audit
 from app.services.audit import Action, Actor, Outcome, PendingEvent
 from app.services.dbutil import insert_ignore
 from app.services.server_keys import ServerKeys
 from app.tokens import decode_jws, issue_access_token, okp_public
-from app.vocab import AgencyStatus, ClientStatus
+from app.vocab import AgencyStatus, ClientStatus, KeyUse
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -164,3 +166,21 @@ async def issue_token(
         "expires_in": ttl,
         "scope": " ".join(scopes),
     }
+
+
+def jwks(server_keys: ServerKeys) -> Jwks:
+    """The JWK set access tokens verify against: the current token key and, during
+    a rotation, the previous one (``/.well-known/jwks.json``)."""
+    return Jwks(
+        keys=[
+            Jwk(
+                kty="OKP",
+                crv="Ed25519",
+                x=b64url_encode(public),
+                kid=keys.kid(public),
+                use=KeyUse.SIG,
+                alg="EdDSA",
+            )
+            for public in server_keys.token_verify_keys
+        ]
+    )

@@ -1,4 +1,4 @@
-"""Who may see what: the one policy module (referrals; who writes the service directory).
+"""Who may see which referral, and which of its fields (``app.authz.referrals``).
 
 Rules (DESIGN.md, "Identity and authorization"):
 - a referral is visible to its sending agency and to its recipient agencies,
@@ -296,17 +296,3 @@ _ACTIVE_GRANTS = (
     .where(ReferralGrant.referral_id == REFERRAL_ID, active_grant(ME, NOW))
     .order_by(ReferralGrant.fid)
 )
-
-
-# ---------------------------------------------------------------- directory
-
-
-def manages_services_of(who: Principal, agency_id: str) -> bool:
-    """Whether ``who`` may publish ``agency_id``'s services and capacity.
-
-    The directory is read by every task-force member; an agency's entries are
-    written by its own caseworkers and admins only (the routes require the
-    ``services:write`` scope), never by another agency's, task-force admins
-    included: a service's capacity is that agency's word.
-    """
-    return who.agency_id == agency_id
