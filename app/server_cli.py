@@ -24,7 +24,7 @@ from app.witness import cli as witness_cli
 from app.witness import demo as local_witness
 
 T = TypeVar("T")
-ADMIN_CLI = Actor(client_id="refgate-server", agency_id=None, role="admin")
+ADMIN_CLI = Actor(client_id="refgate-server", agency_id=None, role=Role.ADMIN.value)
 
 
 def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -31,7 +31,7 @@ from typing import Any
 
 from app.crypto import merkle
 from app.crypto.canonical import canonical_json
-from app.vocab import AgencyStatus, AuditAction, AuditOutcome
+from app.vocab import AgencyStatus, AuditAction, AuditOutcome, KeyUse
 
 __all__ = [
     "KEY_ACTIONS",
@@ -90,10 +90,10 @@ def apply_event(state: dict[str, dict[str, Any]], seq: int, event: Mapping[str, 
         return None
     leaf = dict(
         state.get(agency)
-        or {"agency": agency, "status": "active", "enc_kid": None, "sig_kid": None}
+        or {"agency": agency, "status": AgencyStatus.ACTIVE.value, "enc_kid": None, "sig_kid": None}
     )
     if action == "agency:create":
-        leaf.update(status="active", enc_kid=None, sig_kid=None)
+        leaf.update(status=AgencyStatus.ACTIVE.value, enc_kid=None, sig_kid=None)
     elif action == "agency:suspend":
         to = detail.get("to")
         if to not in STATUSES:
@@ -101,7 +101,7 @@ def apply_event(state: dict[str, dict[str, Any]], seq: int, event: Mapping[str, 
         leaf["status"] = to
     else:
         use, kid = detail.get("use"), detail.get("kid")
-        if use not in ("enc", "sig") or not isinstance(kid, str):
+        if use not in set(KeyUse) or not isinstance(kid, str):
             return None
         leaf[f"{use}_kid"] = kid
     leaf["event"] = seq

@@ -28,18 +28,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import keys
 from app.crypto.encoding import b64url_encode
+from app.identity import Actor
 from app.models.directory_schemas import ServiceIn
 from app.models.tables import Agency
 from app.services import agencies, directory
-from app.services.audit import Actor
+from app.vocab import AgencyKind, Role
 
 MEMBERS = (
     # file name, agency name, kind, role
-    ("shelter", "Harbor House Shelter", "shelter", "caseworker"),
-    ("legal-aid", "Eastside Legal Aid Clinic", "legal_aid", "caseworker"),
-    ("police", "County Human Trafficking Unit", "law_enforcement", "liaison"),
-    ("clinic", "St. Brigid Community Clinic", "medical", "caseworker"),
-    ("auditor", "Task Force Oversight Office", "government", "auditor"),
+    ("shelter", "Harbor House Shelter", AgencyKind.SHELTER, Role.CASEWORKER),
+    ("legal-aid", "Eastside Legal Aid Clinic", AgencyKind.LEGAL_AID, Role.CASEWORKER),
+    ("police", "County Human Trafficking Unit", AgencyKind.LAW_ENFORCEMENT, Role.LIAISON),
+    ("clinic", "St. Brigid Community Clinic", AgencyKind.MEDICAL, Role.CASEWORKER),
+    ("auditor", "Task Force Oversight Office", AgencyKind.GOVERNMENT, Role.AUDITOR),
 )
 INTAKE = "Call the task-force intake line; staff meet her at a safe public place"
 SERVICES: dict[str, list[dict[str, Any]]] = {
@@ -172,7 +173,7 @@ async def seed(
     members: list[dict[str, Any]] = []
     async with maker() as db, db.begin():
         for file_name, name, kind, role in MEMBERS:
-            roles = [role, "admin"] if file_name == "auditor" else [role]
+            roles: list[str] = [role, Role.ADMIN] if file_name == "auditor" else [role]
             onboarded = await unsafe_onboard_generated(
                 db, system, name=name, kind=kind, roles=roles
             )
@@ -181,7 +182,7 @@ async def seed(
                 path = (
                     data_dir
                     / "demo"
-                    / (f"{file_name}.key.json" if client_role != "admin" else "admin.key.json")
+                    / (f"{file_name}.key.json" if client_role != Role.ADMIN else "admin.key.json")
                 )
                 _write_private(
                     path,

@@ -147,7 +147,10 @@ class _Member:
 
 _DIRECTORY = (
     select(Agency.id, Agency.status, AgencyKey.use, AgencyKey.kid, AgencyKey.public_key)
-    .outerjoin(AgencyKey, and_(AgencyKey.agency_id == Agency.id, AgencyKey.status == "current"))
+    .outerjoin(
+        AgencyKey,
+        and_(AgencyKey.agency_id == Agency.id, AgencyKey.status == vocab.KeyStatus.CURRENT),
+    )
     .where(Agency.id.in_(bindparam("agency_ids", expanding=True)))
 )
 
@@ -165,7 +168,7 @@ async def _directory(db: AsyncSession, agency_ids: Iterable[str]) -> dict[str, _
 
 def _sig_key(directory: Mapping[str, _Member], agency_id: str) -> bytes:
     member = directory.get(agency_id)
-    key = member.current.get("sig") if member is not None else None
+    key = member.current.get(vocab.KeyUse.SIG) if member is not None else None
     if key is None:
         raise errors.Unprocessable("the agency has no current signing key", slug="envelope/no-key")
     return b64url_decode(key[1], length=32)
@@ -189,7 +192,7 @@ def _check_recipients(recipients: Iterable[str], directory: Mapping[str, _Member
 def _check_kids(grants: Iterable[GrantValue], directory: Mapping[str, _Member]) -> None:
     for g in grants:
         member = directory.get(g.recipient)
-        key = member.current.get("enc") if member is not None else None
+        key = member.current.get(vocab.KeyUse.ENC) if member is not None else None
         if key is None or key[0] != g.kid:
             raise errors.Unprocessable(
                 f"the grant of field {g.fid} to {g.recipient} names kid {g.kid}, which is not "
