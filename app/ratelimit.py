@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 import time
@@ -77,7 +76,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from joserfc import jws
 from joserfc.errors import JoseError
 from sqlalchemy import BigInteger, Column, Integer, String, Table, delete
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -380,16 +378,7 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send)
 
 
-def _unverified_claims(token: str) -> dict[str, Any]:
-    """Claims of an access token this server has just signed (never of a caller's token)."""
-    try:
-        payload = json.loads(jws.extract_compact(token.encode("ascii")).payload)
-    except (JoseError, ValueError, UnicodeError):
-        return {}
-    return payload if isinstance(payload, dict) else {}
-
-
-async def limit_token_issue(request: Request, db: AsyncSession, access_token: str) -> None:
+async def limit_token_issue(request: Request, db: AsyncSession, issued_to: Actor) -> None:
     """Count a token about to be issued against its client's limit; 429 if over.
 
     Runs in the token request's transaction: a refusal rolls the issue back (the
@@ -398,8 +387,7 @@ async def limit_token_issue(request: Request, db: AsyncSession, access_token: st
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is None or not limiter.enabled:
         return
-    claims = _unverified_claims(access_token)
-    client_id = str(claims.get("sub", ""))
+    client_id = issued_to.client_id or ""
     exceeded = await limiter.hit([(limiter.token_client, client_id)], session=db)
     if exceeded is None:
         return
@@ -408,11 +396,7 @@ async def limit_token_issue(request: Request, db: AsyncSession, access_token: st
         f"until it expires; retry after {exceeded.retry_after} s",
         headers={"Retry-After": str(exceeded.retry_after)},
         audit=PendingEvent(
-            actor=Actor(
-                client_id=client_id,
-                agency_id=str(claims.get("agency")) if claims.get("agency") else None,
-                role=str(claims.get("role")) if claims.get("role") else None,
-            ),
+            actor=issued_to,
             action=Action.TOKEN_ISSUE,
             resource_type="client",
             resource_id=client_id,

@@ -56,7 +56,7 @@ async def token(request: Request, db: Db) -> JSONResponse:
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if any("\x00" in v for v in fields.values()):
         raise errors.OAuthError("invalid_request", "NUL characters are not allowed", status=400)
-    body = await oauth.issue_token(
+    body, issued_to = await oauth.issue_token(
         db,
         fields,
         audience=token_endpoint_url(request),
@@ -64,7 +64,7 @@ async def token(request: Request, db: Db) -> JSONResponse:
         settings=request.app.state.settings,
         server_keys=request.app.state.server_keys,
     )
-    await ratelimit.limit_token_issue(request, db, body["access_token"])
+    await ratelimit.limit_token_issue(request, db, issued_to)
     return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 

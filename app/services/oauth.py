@@ -106,7 +106,8 @@ async def issue_token(
     issuer: str,
     settings: Settings,
     server_keys: ServerKeys,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Actor]:
+    """The token response body, and who it was issued to (for the per-client limit)."""
     if form.get("grant_type") != "client_credentials":
         raise errors.OAuthError(
             "unsupported_grant_type", "only client_credentials is supported", status=400
@@ -152,20 +153,22 @@ async def issue_token(
         raise _refuse("replay", "this assertion was already used", client)
     ttl = settings.auth.access_token_ttl
     token, scopes = issue_access_token(server_keys, issuer=issuer, client=client, ttl=ttl)
+    issued_to = Actor(client_id=client.client_id, agency_id=client.agency_id, role=client.role)
     await audit.record(
         db,
-        Actor(client_id=client.client_id, agency_id=client.agency_id, role=client.role),
+        issued_to,
         Action.TOKEN_ISSUE,
         "client",
         client.client_id,
         detail={"scope": " ".join(scopes), "expires_in": ttl},
     )
-    return {
+    body = {
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": ttl,
         "scope": " ".join(scopes),
     }
+    return body, issued_to
 
 
 def jwks(server_keys: ServerKeys) -> Jwks:
