@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from app.models.schemas import Model, Out, Timestamp
+from app.models.schemas import Model, Timestamp
 
 
 class EventType(StrEnum):
@@ -39,7 +39,7 @@ class WebhookCreate(Model):
         return value
 
 
-class WebhookOut(Out):
+class WebhookOut(BaseModel):
     id: str
     url: str
     event_types: list[EventType]
@@ -53,12 +53,12 @@ class WebhookCreated(WebhookOut):
     )
 
 
-class WebhookList(Out):
+class WebhookList(BaseModel):
     items: list[WebhookOut]
     next_cursor: str | None = None
 
 
-class WebhookSecret(Out):
+class WebhookSecret(BaseModel):
     id: str
     secret: str = Field(description="the new signing secret; shown only once")
     previous_secret_expires_at: Timestamp | None = Field(
@@ -66,7 +66,7 @@ class WebhookSecret(Out):
     )
 
 
-class DeliveryOut(Out):
+class DeliveryOut(BaseModel):
     id: str = Field(description="the webhook-id header: the same on every attempt")
     webhook_id: str
     event_type: EventType
@@ -81,6 +81,6 @@ class DeliveryOut(Out):
     last_error: str | None = None
 
 
-class DeliveryList(Out):
+class DeliveryList(BaseModel):
     items: list[DeliveryOut]
     next_cursor: str | None = None

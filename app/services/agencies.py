@@ -266,14 +266,3 @@ async def revoke_client(
         detail={"from": previous, "to": "revoked"},
     )
     return ClientOut.model_validate(client, from_attributes=True)
-
-
-async def current_keys(db: AsyncSession, agency_ids: Sequence[str]) -> dict[tuple[str, str], str]:
-    """{(agency_id, use): current kid} for the given agencies."""
-    rows = await db.execute(
-        select(AgencyKey.agency_id, AgencyKey.use, AgencyKey.kid).where(
-            AgencyKey.agency_id.in_(agency_ids),
-            AgencyKey.status == "current",
-        )
-    )
-    return {(a, u): k for a, u, k in rows}
