@@ -28,7 +28,7 @@ import base64
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -342,7 +342,7 @@ def _decode_cursor(cursor: str) -> tuple[int, datetime, str]:
         moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
         if moment.tzinfo is None or rank not in ("0", "1", "2"):
             raise ValueError("not a cursor of this list")
-        return int(rank), moment, service_id
+        return int(rank), moment.astimezone(UTC), service_id  # OverflowError here, not in SQL
     except (EncodingError, ValueError, UnicodeDecodeError, OverflowError):
         raise errors.BadRequest(
             "cursor is not valid: pass the next_cursor of the previous page unchanged",

@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -584,7 +584,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = parse_time(ts)
         if moment.tzinfo is None:
             raise ValueError("no time zone")
-        return moment, referral_id
+        return moment.astimezone(UTC), referral_id  # OverflowError here, not at bind time
     except (EncodingError, ValueError, UnicodeDecodeError, OverflowError):
         raise errors.BadRequest("cursor is not valid", slug="invalid-cursor") from None
 

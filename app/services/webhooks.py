@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -477,8 +477,11 @@ def _encode_cursor(ts: datetime, delivery_id: str) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         ts, delivery_id = b64url_decode(cursor).decode().split("|", 1)
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")), delivery_id
-    except (EncodingError, ValueError, UnicodeDecodeError):
+        moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            raise ValueError("no time zone")
+        return moment.astimezone(UTC), delivery_id  # OverflowError here, not at bind time
+    except (EncodingError, ValueError, UnicodeDecodeError, OverflowError):
         raise errors.BadRequest("cursor is not valid", slug="invalid-cursor") from None
 
 
