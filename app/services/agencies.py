@@ -161,11 +161,16 @@ async def rotate_keys(
     agency = await _require(db, agency_id)
     if not enc_key and not sign_key:
         raise errors.Unprocessable("give enc_key, sign_key or both", slug="invalid-key")
+    raws = {
+        use: _public_key(value, f"{use} key")
+        for use, value in (("enc", enc_key), ("sig", sign_key))
+        if value
+    }
+    if raws.get("enc") is not None and raws.get("enc") == raws.get("sig"):
+        # one key for both uses: the same kid twice, refused like onboarding refuses it
+        raise errors.Unprocessable("enc_key and sign_key must differ", slug="invalid-key")
     now = utcnow()
-    for use, value in (("enc", enc_key), ("sig", sign_key)):
-        if not value:
-            continue
-        raw = _public_key(value, f"{use} key")
+    for use, raw in raws.items():
         await db.execute(
             update(AgencyKey)
             .where(

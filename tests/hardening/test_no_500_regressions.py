@@ -238,3 +238,21 @@ async def test_options_names_every_method_of_the_path(
     r = await client.request("OPTIONS", path, headers=await tf.headers("shelter"))
     assert_problem(r, 405)
     assert {m.strip() for m in r.headers["allow"].split(",")} >= methods
+
+
+async def test_a_key_rotation_giving_one_key_for_both_uses_is_refused(
+    client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """Found by the fuzzer's coverage phase: the same key as enc_key and sign_key was
+    registered twice under one kid (an IntegrityError, a 500)."""
+    from app.crypto import keys
+    from app.crypto.encoding import b64url_encode
+
+    admin = await tf.headers("office", "admin")
+    legal = tf["legal"].agency_id
+    before = (await client.get(f"/v1/agencies/{legal}", headers=admin)).json()["keys"]
+    same = b64url_encode(keys.generate_agency_keys().enc_public)
+    r = await client.post(f"/v1/agencies/{legal}/keys",
+                          json={"enc_key": same, "sign_key": same}, headers=admin)
+    assert_problem(r, 422)
+    assert (await client.get(f"/v1/agencies/{legal}", headers=admin)).json()["keys"] == before
