@@ -2,9 +2,8 @@
 
     AppError (status, title, type)
     ├── BadRequest 400
-    │   └── InvalidEnvelope 422 (envelope checks, with a precise ``type``)
     ├── Unauthorized 401 (adds WWW-Authenticate)
-    │   └── OAuthError (keeps the RFC 6749 body: error, error_description)
+    ├── OAuthError 401 (keeps the RFC 6749 body: error, error_description)
     ├── Forbidden 403
     ├── NotFound 404 (also what a caller gets for a resource it may not see)
     ├── Conflict 409

@@ -222,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(referrals.limits_router)
     app.include_router(metrics_route.router)
     app.include_router(console_route.router)
-    registry = Metrics(settings.data_dir)
+    registry = Metrics()
     limiter = RateLimiter(settings, on_refused=registry.rate_limited)
     app.state.metrics = registry
     app.state.rate_limiter = limiter

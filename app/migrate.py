@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -26,6 +25,3 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     """Apply migrations; callable from sync code only (Alembic runs its own loop)."""
     command.upgrade(alembic_config(settings), revision)
 
-
-async def upgrade_async(settings: Settings, revision: str = "head") -> None:
-    await asyncio.to_thread(upgrade, settings, revision)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -172,11 +174,32 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                   f"cosignature\n  verify with:  refgate --key-file {auditor} audit verify "
                   "--full", flush=True)
         print(f"refgate listening on http://{args.host}:{args.port}", flush=True)
+        _multiprocess_metrics(settings, args.workers)
         _run_uvicorn(args)
     finally:
         if witness is not None:
             witness.stop()
     return 0
+
+
+def _multiprocess_metrics(settings: Settings, workers: int) -> None:
+    """Several workers: ``prometheus_client``'s multiprocess mode (``app.metrics``).
+
+    ``PROMETHEUS_MULTIPROC_DIR`` (``<data_dir>/prometheus`` unless already set) is emptied
+    of the last run's files and exported before uvicorn starts the workers, which read
+    it when they first import ``prometheus_client``. One worker keeps its metrics in
+    memory (no variable, no files) unless the variable is set.
+    """
+    from app.metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if workers <= 1 and not given:
+        return
+    directory = Path(given) if given else settings.data_dir / "prometheus"
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
 
 
 def _run_uvicorn(args: argparse.Namespace) -> None:

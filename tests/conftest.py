@@ -7,6 +7,12 @@ template file; PostgreSQL clones a migrated template database
 PostgreSQL comes from ``REFGATE_TEST_POSTGRES_URL`` (an admin URL; default
 ``postgresql://postgres@127.0.0.1:5432/postgres``). Where none is reachable its
 tests skip, unless ``REFGATE_REQUIRE_POSTGRES=1`` (CI), where they fail.
+
+``REFGATE_TEST_BACKENDS=sqlite|postgres|both`` (default ``both``; CI runs both)
+picks the backends: a test parametrized with a backend that is not picked is
+deselected, whether the ``backend`` comes from the fixture below or from the
+test's own ``parametrize``. Long tests carry ``@pytest.mark.slow``;
+``-m "not slow"`` leaves them out of a quick local run.
 """
 
 from __future__ import annotations
@@ -31,7 +37,37 @@ PG_ADMIN_URL = os.environ.get(
     "REFGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_PG = os.environ.get("REFGATE_REQUIRE_POSTGRES") == "1"
-BACKENDS = ["sqlite", "postgresql"]
+_BACKEND_CHOICES = {
+    "both": ["sqlite", "postgresql"],
+    "sqlite": ["sqlite"],
+    "postgres": ["postgresql"],
+    "postgresql": ["postgresql"],
+}
+
+
+def _selected_backends() -> list[str]:
+    choice = os.environ.get("REFGATE_TEST_BACKENDS", "both").strip().lower() or "both"
+    if choice not in _BACKEND_CHOICES:
+        raise pytest.UsageError(
+            f"REFGATE_TEST_BACKENDS={choice!r}: use sqlite, postgres or both"
+        )
+    return _BACKEND_CHOICES[choice]
+
+
+BACKENDS = _selected_backends()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests parametrized with a backend ``REFGATE_TEST_BACKENDS`` leaves out."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        (dropped if backend is not None and backend not in BACKENDS else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def _plain(url: str) -> str:

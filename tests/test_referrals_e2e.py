@@ -268,12 +268,10 @@ async def test_an_amendment_adds_consent_and_a_stale_one_is_a_409(
     assert r.status_code == 404
 
 
-@pytest.mark.postgres_only
+@pytest.mark.parametrize("backend", ["postgresql"])  # row locks race only on PostgreSQL
 async def test_two_concurrent_amendments_one_wins_and_nothing_is_lost(
-    client: httpx.AsyncClient, tf: TaskForce, backend: str
+    client: httpx.AsyncClient, tf: TaskForce
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("row locks race only on PostgreSQL")
     rid = await _send(client, tf, tf.seal("shelter", MARIA, CONSENT, requests=REQUESTS))
     shelter = await tf.headers("shelter")
     doc = (await client.get(f"/v1/referrals/{rid}", headers=shelter)).json()

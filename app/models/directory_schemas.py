@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
     Field,
     StrictInt,
     StrictStr,
@@ -15,7 +16,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app import langtags
-from app.models.schemas import Model, Out, Timestamp
+from app.models.schemas import Model, Timestamp
 from app.vocab import Accepting, CapacityUnit, Population, Service
 
 ADDRESS_REFUSED = (
@@ -108,7 +109,7 @@ class CapacityPatch(_NoAddress):
         return self
 
 
-class CapacityOut(Out):
+class CapacityOut(BaseModel):
     available: int | None
     unit: CapacityUnit
     updated_at: Timestamp
@@ -117,7 +118,7 @@ class CapacityOut(Out):
     )
 
 
-class ServiceOut(Out):
+class ServiceOut(BaseModel):
     id: str
     agency: str
     agency_name: str
@@ -134,12 +135,12 @@ class ServiceOut(Out):
     capacity: CapacityOut
 
 
-class ServiceList(Out):
+class ServiceList(BaseModel):
     items: list[ServiceOut]
     next_cursor: str | None = None
 
 
-class HsdsExport(Out):
+class HsdsExport(BaseModel):
     """The directory as Open Referral HSDS 3 objects (``organizations`` with their
     ``services``), for 211 and resource-directory systems."""
 

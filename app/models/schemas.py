@@ -68,10 +68,6 @@ Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str, when_u
 """A datetime that goes on the wire as RFC 3339 UTC with a ``Z``."""
 
 
-class Out(BaseModel):
-    """Response base (times are ``Timestamp``)."""
-
-
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 
@@ -106,7 +102,7 @@ class Jwks(BaseModel):
     keys: list[Jwk]
 
 
-class KeyOut(Out):
+class KeyOut(BaseModel):
     kid: str
     use: KeyUseName
     public_key: str
@@ -114,7 +110,7 @@ class KeyOut(Out):
     created_at: Timestamp
 
 
-class AgencyOut(Out):
+class AgencyOut(BaseModel):
     id: str
     name: str
     kind: AgencyKind
@@ -144,7 +140,7 @@ class ClientCreate(Model):
     auth_key: str = B64Key
 
 
-class ClientOut(Out):
+class ClientOut(BaseModel):
     client_id: str
     agency_id: str
     role: RoleName
@@ -161,7 +157,7 @@ class Health(BaseModel):
 # app.crypto.envelope's; these are the responses) ---
 
 
-class StatusOut(Out):
+class StatusOut(BaseModel):
     """A recipient's status; ``signature`` by the recipient (null for server-set statuses)."""
 
     recipient: str
@@ -191,7 +187,7 @@ class EnvelopeOut(BaseModel):
     statuses: list[StatusOut]
 
 
-class ReferralSummary(Out):
+class ReferralSummary(BaseModel):
     """A list item; ``request`` is the caller's own request (recipients only)."""
 
     referral_id: str
@@ -215,7 +211,7 @@ class AmendmentDone(BaseModel):
     new_recipients: list[str]
 
 
-class RevocationsDone(Out):
+class RevocationsDone(BaseModel):
     referral_id: str
     revoked: list[Revocation]
     revoked_at: Timestamp

@@ -5,11 +5,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from app import vocab
 from app.crypto.wire import MemberOf
-from app.models.schemas import Model, Out, Timestamp
+from app.models.schemas import Model, Timestamp
 
 
 class EventType(StrEnum):
@@ -42,7 +42,7 @@ class WebhookCreate(Model):
         return value
 
 
-class WebhookOut(Out):
+class WebhookOut(BaseModel):
     id: str
     url: str
     event_types: list[EventType]
@@ -56,12 +56,12 @@ class WebhookCreated(WebhookOut):
     )
 
 
-class WebhookList(Out):
+class WebhookList(BaseModel):
     items: list[WebhookOut]
     next_cursor: str | None = None
 
 
-class WebhookSecret(Out):
+class WebhookSecret(BaseModel):
     id: str
     secret: str = Field(description="the new signing secret; shown only once")
     previous_secret_expires_at: Timestamp | None = Field(
@@ -69,7 +69,7 @@ class WebhookSecret(Out):
     )
 
 
-class DeliveryOut(Out):
+class DeliveryOut(BaseModel):
     id: str = Field(description="the webhook-id header: the same on every attempt")
     webhook_id: str
     event_type: EventType
@@ -84,6 +84,6 @@ class DeliveryOut(Out):
     last_error: str | None = None
 
 
-class DeliveryList(Out):
+class DeliveryList(BaseModel):
     items: list[DeliveryOut]
     next_cursor: str | None = None

@@ -189,11 +189,16 @@ async def rotate_keys(
     agency = await _require(db, agency_id)
     if not enc_key and not sign_key:
         raise errors.Unprocessable("give enc_key, sign_key or both", slug="invalid-key")
+    raws = {
+        use: _public_key(value, f"{use} key")
+        for use, value in ((KeyUse.ENC, enc_key), (KeyUse.SIG, sign_key))
+        if value
+    }
+    if raws.get("enc") is not None and raws.get("enc") == raws.get("sig"):
+        # one key for both uses: the same kid twice, refused like onboarding refuses it
+        raise errors.Unprocessable("enc_key and sign_key must differ", slug="invalid-key")
     now = utcnow()
-    for use, value in ((KeyUse.ENC, enc_key), (KeyUse.SIG, sign_key)):
-        if not value:
-            continue
-        raw = _public_key(value, f"{use} key")
+    for use, raw in raws.items():
         await db.execute(
             update(AgencyKey)
             .where(
@@ -294,14 +299,3 @@ async def revoke_client(
         detail={"from": previous, "to": ClientStatus.REVOKED.value},
     )
     return ClientOut.model_validate(client, from_attributes=True)
-
-
-async def current_keys(db: AsyncSession, agency_ids: Sequence[str]) -> dict[tuple[str, str], str]:
-    """{(agency_id, use): current kid} for the given agencies."""
-    rows = await db.execute(
-        select(AgencyKey.agency_id, AgencyKey.use, AgencyKey.kid).where(
-            AgencyKey.agency_id.in_(agency_ids),
-            AgencyKey.status == KeyStatus.CURRENT,
-        )
-    )
-    return {(a, u): k for a, u, k in rows}

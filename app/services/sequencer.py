@@ -346,7 +346,6 @@ class SequencerRunner(LeaderRunner):
         self.server_keys = server_keys
         self.last_checkpoint_at = 0.0
         self.last_sweep_at = 0.0
-        self.sequenced_total = 0
 
     def idle_seconds(self) -> float:
         return self.settings.audit.poll_interval
@@ -358,7 +357,6 @@ class SequencerRunner(LeaderRunner):
             n = await integrate_batch(session, audit.batch_size, sweep=sweep)
         if sweep:
             self.last_sweep_at = time.monotonic()
-        self.sequenced_total += n
         now = time.monotonic()
         if now - self.last_checkpoint_at >= audit.checkpoint_interval:
             async with self.maker() as session, session.begin():

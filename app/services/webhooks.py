@@ -38,15 +38,11 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
 import math
 import random
-import secrets
 import socket
 import time
 import uuid
@@ -65,6 +61,7 @@ from app import __version__, errors
 from app.authz import active_grant
 from app.config import Settings, WebhookSettings
 from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
+from app.crypto.webhook_signature import new_secret, sign
 from app.cursor import decode_time_id, encode_time_id
 from app.dialect import is_postgres
 from app.identity import Principal
@@ -88,8 +85,6 @@ from app.vocab import AgencyKind, AgencyStatus, DeliveryStatus
 
 log = logging.getLogger("refgate.webhooks")
 ADVISORY_LOCK_KEY = 0x7265_6667_7768_6B  # "refgwhk", distinct from the sequencer's
-SECRET_PREFIX = "whsec_"  # noqa: S105 (the Standard Webhooks prefix, not a secret)
-SECRET_BYTES = 32
 USER_AGENT = f"refgate-webhooks/{__version__}"
 _rng = random.SystemRandom()
 
@@ -97,12 +92,7 @@ _rng = random.SystemRandom()
 # ---------------------------------------------------------------- signing
 
 
-def new_secret() -> str:
-    """A fresh Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
-
-
-SEALED_PREFIX = "v1."  # a secret sealed at rest; a bare "whsec_" one predates sealing
+SEALED_PREFIX = "v1."  # the form every stored secret has (sealed at rest)
 
 
 def seal_secret(settings: Settings, webhook_id: str, secret: str) -> str:
@@ -114,23 +104,12 @@ def seal_secret(settings: Settings, webhook_id: str, secret: str) -> str:
 
 
 def open_secret(settings: Settings, webhook_id: str, stored: str) -> str:
-    """The signing secret of a stored value (sealed, or in clear from before sealing)."""
+    """The signing secret of a stored (sealed) value."""
     if not stored.startswith(SEALED_PREFIX):
-        return stored
+        raise nacl.exceptions.CryptoError("the stored webhook secret is not sealed")
     box = nacl.secret.Aead(webhook_secret_key(settings))
     sealed = b64url_decode(stored.removeprefix(SEALED_PREFIX))
     return box.decrypt(sealed, webhook_id.encode()).decode()
-
-
-def _secret_key(secret: str) -> bytes:
-    raw = secret.removeprefix(SECRET_PREFIX)
-    return base64.b64decode(raw + "=" * (-len(raw) % 4))
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """One Standard Webhooks ``v1`` signature."""
-    mac = hmac.new(_secret_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
-    return "v1," + base64.b64encode(mac.digest()).decode()
 
 
 def signature_header(

@@ -20,7 +20,14 @@ from app.config import AuditSettings, Settings
 from app.crypto import envelope as env
 from app.main import create_app
 from app.migrate import upgrade
-from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, _pg_admin, _pg_reachable, _plain
+from tests.conftest import (
+    BACKENDS,
+    PG_ADMIN_URL,
+    REQUIRE_PG,
+    _pg_admin,
+    _pg_reachable,
+    _plain,
+)
 from tests.taskforce import TaskForce, rfc3339
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +46,8 @@ def _psql(url: str, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def role_db() -> Iterator[str]:
+    if "postgresql" not in BACKENDS:
+        pytest.skip("REFGATE_TEST_BACKENDS leaves PostgreSQL out")
     if shutil.which("psql") is None or not _pg_reachable():
         if REQUIRE_PG:
             pytest.fail("PostgreSQL and psql are required for the role test")

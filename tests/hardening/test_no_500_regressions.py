@@ -9,7 +9,8 @@ host is an invalid IDNA label; an ``OPTIONS`` that named one route's methods.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +18,9 @@ import pytest
 from sqlalchemy import text
 
 from app.crypto import envelope as env
+from app.main import create_app
 from app.services.audit import REDACTED, scrub_detail
-from tests.hardening import assert_problem
+from tests.hardening import assert_problem, quiet_settings
 from tests.taskforce import TaskForce, rfc3339
 
 
@@ -120,3 +122,137 @@ async def test_a_wrong_method_names_every_method_the_path_serves(
     r = await client.request("OPTIONS", "/v1/webhooks", headers=await tf.headers("shelter"))
     assert_problem(r, 405)
     assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "POST"}
+
+
+async def test_a_long_custom_field_name_is_sealed_read_and_audited(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    name = "household_members_and_dates_of_birth_for_the_intake"  # 51 characters, valid
+    assert len(name) > 43
+    body = tf.seal("shelter", {"full_name": "M", name: "v"},
+                   {"full_name": {"legal": "service_provision"},
+                    name: {"legal": "service_provision"}})
+    r = await client.post("/v1/referrals", json=body, headers=await tf.headers("shelter"))
+    assert r.status_code == 201, r.text
+    rid = body["manifest"]["referral_id"]
+    r = await client.get(f"/v1/referrals/{rid}", headers=await tf.headers("legal"))
+    assert r.status_code == 200, r.text
+    assert await _events(app, "referral:create")
+
+
+async def test_a_long_resource_id_filter_is_answered(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    resource = "ZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210ZyXwVuTsRqPoNm"  # 50, looks like a key
+    r = await client.get("/v1/audit/events", params={"resource_id": resource},
+                         headers=await tf.headers("office", "auditor"))
+    assert r.status_code == 200, r.text
+    assert resource not in json.dumps((await _events(app, "audit:query"))[-1])
+
+
+def _cursor(*parts: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode().rstrip("=")
+
+
+BAD_CURSOR_TIMES = [
+    "2026-01-01T00:00:00",  # no offset
+    "9999-12-31T23:59:59-23:59",  # beyond the last date once made UTC
+    "0001-01-01T00:00:00+01:00",  # before the first
+    "2.85e-100",  # a number is not a date
+]
+
+
+@pytest.mark.parametrize("moment", BAD_CURSOR_TIMES)
+async def test_a_cursor_with_a_bad_time_is_a_400_on_every_list(
+    database_url: str, tmp_path: Path, moment: str
+) -> None:
+    # webhook targets are not resolved in these settings: the test subscribes offline
+    app = create_app(quiet_settings(database_url, tmp_path))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            tf = await TaskForce.create(app, client)
+            shelter = await tf.headers("shelter")
+            r = await client.get(
+                "/v1/referrals",
+                params={"cursor": _cursor(moment, "00000000-0000-4000-8000-000000000000")},
+                headers=shelter,
+            )
+            assert_problem(r, 400)
+            hook = await client.post(
+                "/v1/webhooks",
+                json={"url": "https://hooks.example.org/c", "event_types": ["grant.added"]},
+                headers=shelter,
+            )
+            assert hook.status_code == 201, hook.text
+            r = await client.get(f"/v1/webhooks/{hook.json()['id']}/deliveries",
+                                 params={"cursor": _cursor(moment, "msg_x")}, headers=shelter)
+            assert_problem(r, 400)
+            r = await client.get("/v1/directory/services",
+                                 params={"cursor": _cursor("1", moment, "svc")}, headers=shelter)
+            assert_problem(r, 400)
+
+
+@pytest.mark.parametrize("recipients", [4000, 40_000])
+async def test_a_grant_update_naming_thousands_of_recipients_is_refused(
+    client: httpx.AsyncClient, tf: TaskForce, recipients: int
+) -> None:
+    """40,000 recipients once reached PostgreSQL's bind-parameter limit (a 500): now the
+    body limit answers 413 (9.5 MB), and 4,000 unsigned wrapped keys (0.96 MB) are a 422
+    consent mismatch before any query; the referral stays at version 1."""
+    body = tf.seal("shelter", {"full_name": "M"}, {"full_name": {"legal": "service_provision"}})
+    shelter = await tf.headers("shelter")
+    r = await client.post("/v1/referrals", json=body, headers=shelter)
+    assert r.status_code == 201, r.text
+    rid = body["manifest"]["referral_id"]
+    doc = (await client.get(f"/v1/referrals/{rid}", headers=shelter)).json()
+    amendment = env.amend(
+        doc, sender_agency=tf["shelter"].agency_id, sender_sig_seed=tf["shelter"].keys.sig_seed,
+        sender_enc_private=tf["shelter"].keys.enc_private,
+        grants=[env.Grant("full_name", tf["police"].agency_id, tf["police"].keys.enc_public,
+                          "service_provision", rfc3339(datetime.now(UTC) + timedelta(days=30)))],
+        requests=[env.Request(tf["police"].agency_id, ("case_management",), "routine")],
+    )
+    (template,) = amendment["wrapped_keys"]
+    amendment["wrapped_keys"] = [
+        {**template, "recipient": f"00000000-0000-4000-8000-{i:012d}"} for i in range(recipients)
+    ]
+    r = await client.post(f"/v1/referrals/{rid}/grants", json=amendment, headers=shelter)
+    assert_problem(r, 400, 404, 413, 422)
+    after = (await client.get(f"/v1/referrals/{rid}", headers=shelter)).json()
+    assert after["manifest"]["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/v1/webhooks", {"GET", "POST"}),
+        ("/v1/referrals", {"GET", "POST"}),
+    ],
+)
+async def test_options_names_every_method_of_the_path(
+    client: httpx.AsyncClient, tf: TaskForce, path: str, methods: set[str]
+) -> None:
+    r = await client.request("OPTIONS", path, headers=await tf.headers("shelter"))
+    assert_problem(r, 405)
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= methods
+
+
+async def test_a_key_rotation_giving_one_key_for_both_uses_is_refused(
+    client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """Found by the fuzzer's coverage phase: the same key as enc_key and sign_key was
+    registered twice under one kid (an IntegrityError, a 500)."""
+    from app.crypto import keys
+    from app.crypto.encoding import b64url_encode
+
+    admin = await tf.headers("office", "admin")
+    legal = tf["legal"].agency_id
+    before = (await client.get(f"/v1/agencies/{legal}", headers=admin)).json()["keys"]
+    same = b64url_encode(keys.generate_agency_keys().enc_public)
+    r = await client.post(f"/v1/agencies/{legal}/keys",
+                          json={"enc_key": same, "sign_key": same}, headers=admin)
+    assert_problem(r, 422)
+    assert (await client.get(f"/v1/agencies/{legal}", headers=admin)).json()["keys"] == before

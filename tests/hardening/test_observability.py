@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -129,6 +130,16 @@ _SAMPLE = re.compile(
 )
 
 
+def _le_last(key: str) -> str:
+    """Label order carries no meaning; the keys below name a bucket's ``le`` last."""
+    name, brace, rest = key.partition("{")
+    if not brace:
+        return key
+    labels = re.findall(r'[a-zA-Z_][a-zA-Z0-9_]*="(?:\\.|[^"\\])*"', rest[:-1])
+    labels.sort(key=lambda label: label.startswith("le="))
+    return name + "{" + ",".join(labels) + "}"
+
+
 def _parse(exposition: str) -> dict[str, float]:
     """Samples by their full ``name{labels}``; every line must be valid text format."""
     samples: dict[str, float] = {}
@@ -137,7 +148,7 @@ def _parse(exposition: str) -> dict[str, float]:
             continue
         assert _SAMPLE.match(line), f"not Prometheus text format: {line!r}"
         key, value = line.rsplit(" ", 1)
-        samples[key] = float(value)
+        samples[_le_last(key)] = float(value)
     return samples
 
 
@@ -234,24 +245,61 @@ async def test_metrics_count_requests_by_route_template_and_show_the_log_state(
     assert 0 <= m["refgate_audit_checkpoint_age_seconds"] < 60
 
 
+_WORKER = """
+import sys
+from app.metrics import Metrics
+m = Metrics()
+for _ in range(int(sys.argv[1])):
+    m.observe("GET", "/health/live", 200, 0.002)
+m.rate_limited("api-anonymous")
+"""
+
+
 async def test_metrics_add_up_across_workers(
-    settings: Settings, app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(metrics_module, "FLUSH_INTERVAL", 0.05)
-    other = create_app(settings)  # a second worker: same data directory, own process state
-    async with other.router.lifespan_context(other):
-        transport = httpx.ASGITransport(app=other)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as second:
-            for _ in range(3):
-                assert (await second.get("/health/live")).status_code == 200
-            assert (await client.get("/health/live")).status_code == 200
-            key = 'refgate_http_requests_total{method="GET",route="/health/live",status="200"}'
-            for _ in range(50):  # the second worker's snapshot timer fires within 0.1 s
-                await asyncio.sleep(0.05)
-                seen = (await _scrape(client)).get(key)
-                if seen == 4:
-                    break
-    assert seen == 4
+    """Several workers (prometheus_client's multiprocess mode): two worker processes
+    count requests into PROMETHEUS_MULTIPROC_DIR and exit; a scrape adds both up,
+    so a dead worker's counts are kept."""
+    import subprocess
+    import sys
+
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    env = {**os.environ, metrics_module.MULTIPROC_ENV: str(directory)}
+    for count in (3, 1):
+        await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", _WORKER, str(count)], env=env, check=True,
+            timeout=60,
+        )
+    assert len(list(directory.glob("*.db"))) >= 2, "each worker wrote its own file"
+    monkeypatch.setenv(metrics_module.MULTIPROC_ENV, str(directory))
+    m = await _scrape(client)
+    key = 'refgate_http_requests_total{method="GET",route="/health/live",status="200"}'
+    assert m[key] == 4
+    bucket = ('refgate_http_request_duration_seconds_bucket{method="GET",'
+              'route="/health/live",status="200",le="0.005"}')
+    assert m[bucket] == 4
+    assert m['refgate_rate_limited_total{limit="api-anonymous"}'] == 2
+    assert m["refgate_database_up"] == 1  # the database gauges are read as before
+
+
+def test_serve_uses_multiprocess_metrics_only_with_several_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.server_cli import _multiprocess_metrics
+
+    monkeypatch.setenv(metrics_module.MULTIPROC_ENV, "")  # restored (unset) afterwards
+    monkeypatch.delenv(metrics_module.MULTIPROC_ENV)
+    settings = Settings(env="test", data_dir=tmp_path / "data")
+    _multiprocess_metrics(settings, 1)
+    assert metrics_module.MULTIPROC_ENV not in os.environ
+    stale = settings.data_dir / "prometheus" / "counter_123.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"last run")
+    _multiprocess_metrics(settings, 2)
+    assert os.environ[metrics_module.MULTIPROC_ENV] == str(stale.parent)
+    assert not stale.exists(), "the last run's files are removed at start"
 
 
 async def test_rate_limited_requests_are_counted(database_url: str, tmp_path: Path) -> None:
