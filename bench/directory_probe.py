@@ -103,8 +103,9 @@ async def explain(settings: Settings) -> str:
     """The PostgreSQL plan of the combined query (what the index does)."""
     engine = create_engine(settings)
     try:
-        params = {"category": "shelter", "language": "es", "population": "women", "rank": 2}
-        stmt = directory._search_query(True, True, True, True, False, False).limit(51)
+        params = {"terms": ["category:shelter", "population:women", "language:es"],
+                  "rank": 2, "limit": 51}
+        stmt = directory._search_query(3, True, False, False, True)
         sql = stmt.params(**params).compile(
             engine.sync_engine, compile_kwargs={"literal_binds": True}
         )
