@@ -9,10 +9,11 @@ Invariants that live in the schema:
   lowercased (``es-MX`` gives ``language:es`` and ``language:es-mx``). On
   PostgreSQL it is a ``text[]`` with a GIN index, and a search with any
   number of filters is one containment test (``terms @> :terms``); on SQLite
-  it is one text, the terms separated and surrounded by spaces, and each
-  filter is ``instr(terms, ' <term> ')``. The values shown are kept as JSON
-  lists beside it for output; both are written together by
-  ``app.services.directory`` only.
+  it is one text, the terms separated and surrounded by spaces, each filter
+  is ``instr(terms, ' <term> ')``, and ``ix_directory_service_search`` (the
+  search order with the terms) lets a search check them without reading the
+  rows it skips. The values shown are kept as JSON lists beside it for
+  output; both are written together by ``app.services.directory`` only.
 - ``accepting_rank`` (yes 2, waitlist 1, no 0) orders a search together with
   ``capacity_updated_at`` and ``id`` (``ix_directory_service_order``):
   accepting first, then the freshest capacity.
@@ -80,6 +81,9 @@ class DirectoryService(SQLModel, table=True):
         Index("ix_directory_service_terms", "terms", postgresql_using="gin").ddl_if(
             dialect="postgresql"
         ),
+        Index(  # SQLite: the order index with the terms, so a filter reads no table row
+            "ix_directory_service_search", "accepting_rank", "capacity_updated_at", "id", "terms"
+        ).ddl_if(dialect="sqlite"),
     )
 
     id: str = Field(primary_key=True, max_length=36)

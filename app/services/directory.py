@@ -35,7 +35,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Text, bindparam, delete, func, insert, select, tuple_
+from sqlalchemy import Integer, Text, bindparam, delete, func, insert, select, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
@@ -396,7 +396,7 @@ def _search_query(
         )
     return stmt.order_by(
         s.accepting_rank.desc(), s.capacity_updated_at.desc(), s.id.desc()
-    ).limit(bindparam("limit"))
+    ).limit(bindparam("limit", type_=Integer))
 
 
 def _like(text: str) -> str:

@@ -5,9 +5,10 @@ A search with category, language and population filters was one semi-join on
 planning and executing. The filter values now live in the service row
 (``app.models.directory_tables``): a ``text[]`` with a GIN index on PostgreSQL,
 so that any number of filters is one containment test; on SQLite one text
-``" term term "`` matched with ``instr``. Existing rows are backfilled from
-their ``directory_term`` rows (which already hold every language range), then
-that table is dropped. The downgrade rebuilds it from ``terms``.
+``" term term "`` matched with ``instr``, kept beside the search order in
+``ix_directory_service_search`` so that a filter reads only the index.
+Existing rows are backfilled from their ``directory_term`` rows (which already
+hold every language range), then that table is dropped. The downgrade rebuilds it from ``terms``.
 
 Revision ID: 0008
 Revises: 0007
@@ -53,6 +54,8 @@ def upgrade() -> None:
             " group_concat(kind || ':' || value, ' ') FROM directory_term"
             " WHERE directory_term.service_id = directory_service.id), '') || ' '"
         )
+        op.create_index('ix_directory_service_search', 'directory_service',
+                        ['accepting_rank', 'capacity_updated_at', 'id', 'terms'])
     op.drop_table('directory_term')
 
 
@@ -63,6 +66,7 @@ def downgrade() -> None:
         op.drop_index('ix_directory_service_terms', table_name='directory_service')
         op.drop_column('directory_service', 'terms')
     else:
+        op.drop_index('ix_directory_service_search', table_name='directory_service')
         with op.batch_alter_table('directory_service') as batch:
             batch.drop_column('terms')
     op.create_table('directory_term',
