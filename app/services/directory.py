@@ -15,11 +15,14 @@ Rules (DESIGN.md, "Service directory and capacity"):
 A search lists services of active agencies only, those accepting first, then
 the freshest capacity, then by id (a total order, so that the cursor, which
 names the last row's place in it, pages without duplicates or gaps). It is one
-statement whatever the number of services: each multi-valued filter is an
-indexed equality on ``directory_term`` (a language filter matches by RFC 4647
-basic filtering: ``es`` finds ``es-MX``), ``accepting`` is the leading column
-of the ordering index, and the text filter ``q`` looks in the lowercased name
-and description of the rows the other filters leave.
+statement whatever the number of services, built once per filter shape with
+bind parameters: the category, language and population filters are terms held
+in the service row (a language filter matches by RFC 4647 basic filtering:
+``es`` finds ``es-MX``), one GIN-indexed containment test on PostgreSQL
+whatever their number; ``accepting`` is the leading column of the ordering
+index; and the text filter ``q`` looks in the lowercased name and description
+of the rows the other filters leave. The page's JSON is assembled from the
+stored JSON lists as they are, not parsed and re-encoded.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, tuple_
+from sqlalchemy import Integer, Text, bindparam, delete, func, insert, select, tuple_
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
@@ -40,7 +44,7 @@ from app.cursor import decode_rank_time_id, invalid_cursor
 from app.cursor import encode as encode_cursor
 from app.identity import Principal
 from app.models.directory_schemas import CapacityPatch, ServiceIn, ServiceOut
-from app.models.directory_tables import DirectoryService, DirectoryTerm
+from app.models.directory_tables import DirectoryService
 from app.models.schemas import rfc3339
 from app.models.tables import Agency
 from app.models.types import UTCDateTime, utcnow
@@ -79,18 +83,22 @@ def _row_values(body: ServiceIn) -> dict[str, Any]:
         "available": body.capacity.available,
         "unit": str(body.capacity.unit),
         "search_text": _search_text(body.name, body.description),
+        "terms": _terms(body),
     }
 
 
-def _term_rows(service_id: str, body: ServiceIn) -> list[dict[str, str]]:
+def _term(kind: str, value: str) -> str:
+    return f"{kind}:{value}"
+
+
+def _terms(body: ServiceIn) -> list[str]:
     """The filterable values: categories, populations, and every language range that
     matches one of the service's tags."""
     ranges = sorted({r for tag in body.languages for r in langtags.prefixes(tag)})
     return [
-        *({"kind": CATEGORY, "value": str(c), "service_id": service_id} for c in body.categories),
-        *({"kind": POPULATION, "value": str(p), "service_id": service_id}
-          for p in body.populations),
-        *({"kind": LANGUAGE, "value": r, "service_id": service_id} for r in ranges),
+        *(_term(CATEGORY, str(c)) for c in body.categories),
+        *(_term(POPULATION, str(p)) for p in body.populations),
+        *(_term(LANGUAGE, r) for r in ranges),
     ]
 
 
@@ -134,7 +142,7 @@ async def publish(
     *,
     now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Insert services of ``agency_id`` set-based (three statements, four on SQLite,
+    """Insert services of ``agency_id`` set-based (two statements, three on SQLite,
     whatever their number), each with its ``service:create`` event; the rows written.
     No authorization check: ``create`` makes it; the demo and the benchmark seed with
     it directly."""
@@ -155,9 +163,6 @@ async def publish(
     if not rows:
         return rows
     await db.execute(insert(DirectoryService), rows)
-    terms = [t for service_id, body in zip(ids, bodies, strict=True)
-             for t in _term_rows(service_id, body)]
-    await db.execute(insert(DirectoryTerm), terms)
     await audit.record_pending(
         db,
         *(
@@ -260,9 +265,7 @@ async def replace(
     row.capacity_updated_at = now
     row.capacity_updated_by = who.client_id
     row.updated_at = now
-    await db.execute(delete(DirectoryTerm).where(DirectoryTerm.service_id == service_id))
     await db.flush()
-    await db.execute(insert(DirectoryTerm), _term_rows(service_id, body))
     after = _capacity(row)
     await audit.record(
         db, who.actor, Action.SERVICE_REPLACE, "service", service_id, subject_agency=agency_id,
@@ -276,7 +279,6 @@ async def replace(
 
 async def remove(db: AsyncSession, who: Principal, agency_id: str, service_id: str) -> None:
     row = await _own_service(db, who, agency_id, service_id, Action.SERVICE_DELETE)
-    await db.execute(delete(DirectoryTerm).where(DirectoryTerm.service_id == service_id))
     await db.execute(delete(DirectoryService).where(DirectoryService.id == row.id))
     await audit.record(
         db, who.actor, Action.SERVICE_DELETE, "service", service_id, subject_agency=agency_id,
@@ -338,18 +340,7 @@ def _decode_cursor(value: str) -> tuple[int, datetime, str]:
     return rank, ts, service_id
 
 
-def _has(kind: str) -> Any:
-    """The service has term (kind, :kind): an uncorrelated IN, so that the database reads
-    the matching ids from the primary key of ``directory_term`` once (a range of it)
-    rather than probing the terms of every service row."""
-    return DirectoryService.id.in_(
-        select(DirectoryTerm.service_id).where(
-            DirectoryTerm.kind == kind, DirectoryTerm.value == bindparam(kind)
-        )
-    )
-
-
-_LISTED = (  # what a list item shows, and the row's place in the order (not search_text)
+_LISTED = (  # what a list item shows, and the row's place in the order (not the search columns)
     "id", "agency_id", "name", "description", "categories", "languages", "populations",
     "eligibility", "service_area", "hours", "intake", "accepting", "accepting_rank",
     "available", "unit", "capacity_updated_at", "capacity_updated_by",
@@ -362,19 +353,22 @@ _COLUMNS = (
 
 @cache
 def _search_query(
-    category: bool, language: bool, population: bool, accepting: bool, q: bool, cursor: bool
+    terms: int, accepting: bool, q: bool, cursor: bool, postgres: bool
 ) -> Select[Any]:
-    """The page statement for one combination of filters, built once (bind parameters
-    ``:category``, ``:language``, ``:population``, ``:rank``, ``:q`` and the cursor's)."""
+    """The page statement for one shape of search, built once: ``terms`` filter terms
+    (bind parameter ``:terms``, a list, on PostgreSQL; ``:term0``, ``:term1``… each
+    ``" term "`` elsewhere), and ``:rank``, ``:q``, the cursor's and ``:limit``."""
     s = DirectoryService
     stmt = (
         select(*_COLUMNS)
         .join(Agency, Agency.id == s.agency_id)
         .where(Agency.status == AgencyStatus.ACTIVE)
     )
-    for kind, present in ((CATEGORY, category), (LANGUAGE, language), (POPULATION, population)):
-        if present:
-            stmt = stmt.where(_has(kind))
+    if terms and postgres:  # GIN: ix_directory_service_terms
+        stmt = stmt.where(s.terms.op("@>")(bindparam("terms", type_=postgresql.ARRAY(Text))))
+    else:
+        for i in range(terms):
+            stmt = stmt.where(func.instr(s.terms, bindparam(f"term{i}", type_=Text)) > 0)
     if accepting:
         stmt = stmt.where(s.accepting_rank == bindparam("rank"))
     if q:
@@ -388,12 +382,39 @@ def _search_query(
                 bindparam("after_id"),
             )
         )
-    return stmt.order_by(s.accepting_rank.desc(), s.capacity_updated_at.desc(), s.id.desc())
+    return stmt.order_by(
+        s.accepting_rank.desc(), s.capacity_updated_at.desc(), s.id.desc()
+    ).limit(bindparam("limit", type_=Integer))
 
 
 def _like(text: str) -> str:
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+_str = json.encoder.encode_basestring  # a JSON string, as json.dumps(ensure_ascii=False)
+
+
+def _json_text(value: str | None) -> str:
+    return "null" if value is None else _str(value)
+
+
+def _item_json(row: Any) -> str:
+    """A list item as JSON text: ``_item``'s members in its order, the stored JSON lists
+    (categories, languages, populations, written by ``_row_values`` only) as they are."""
+    available = "null" if row.available is None else str(int(row.available))
+    return (
+        f'{{"id":{_str(row.id)},"agency":{_str(row.agency_id)},'
+        f'"agency_name":{_str(row.agency_name)},"name":{_str(row.name)},'
+        f'"description":{_str(row.description)},"categories":{row.categories},'
+        f'"languages":{row.languages},"populations":{row.populations},'
+        f'"eligibility":{_json_text(row.eligibility)},'
+        f'"service_area":{_json_text(row.service_area)},"hours":{_json_text(row.hours)},'
+        f'"intake":{_json_text(row.intake)},"accepting":{_str(row.accepting)},'
+        f'"capacity":{{"available":{available},"unit":{_str(row.unit)},'
+        f'"updated_at":{_str(rfc3339(row.capacity_updated_at))},'
+        f'"updated_by":{_json_text(row.capacity_updated_by)}}}}}'
+    )
 
 
 async def search(
@@ -409,46 +430,51 @@ async def search(
     cursor: str | None,
 ) -> str:
     """One page of the directory as ``ServiceList`` JSON text."""
-    values: dict[str, Any] = {}
+    terms: list[str] = []
     if category:
-        values[CATEGORY] = category
+        terms.append(_term(CATEGORY, category))
     if population:
-        values[POPULATION] = population
+        terms.append(_term(POPULATION, population))
+    normalized: str | None = None
     if language:
         try:
-            values[LANGUAGE] = langtags.normalize(language).lower()
+            normalized = langtags.normalize(language).lower()
         except langtags.LanguageTagError as exc:
             raise errors.Unprocessable(f"language: {exc}", slug="directory/language") from None
+        terms.append(_term(LANGUAGE, normalized))
+    postgres = db.get_bind().dialect.name == "postgresql"
+    values: dict[str, Any] = {"limit": limit + 1}
+    if postgres:
+        values["terms"] = terms
+    else:
+        values.update((f"term{i}", f" {term} ") for i, term in enumerate(terms))
     if accepting:
         values["rank"] = ACCEPTING_RANK[accepting]
     if q:
         values["q"] = _like(q)
     if cursor:
         values["after_rank"], values["after_ts"], values["after_id"] = _decode_cursor(cursor)
-    stmt = _search_query(
-        bool(category), bool(language), bool(population), bool(accepting), bool(q), bool(cursor)
-    )
-    rows = (await db.execute(stmt.limit(limit + 1), values)).all()
+    stmt = _search_query(len(terms), bool(accepting), bool(q), bool(cursor), postgres)
+    rows = (await (await db.connection()).execute(stmt, values)).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [_item(r, r.agency_name) for r in rows]
     await audit.record(
         db, who.actor, Action.DIRECTORY_SEARCH, "service", None,
         detail={
             "filters": {
-                "category": category, "language": values.get(LANGUAGE),
+                "category": category, "language": normalized,
                 "population": population, "accepting": str(accepting) if accepting else None,
                 "text": bool(q),
             },
-            "count": len(items),
+            "count": len(rows),
         },
     )
     last = rows[-1] if more else None
     next_cursor = (
-        encode_cursor(last.accepting_rank, last.capacity_updated_at, last.id) if last else None
+        _str(encode_cursor(last.accepting_rank, last.capacity_updated_at, last.id))
+        if last else "null"
     )
-    return json.dumps({"items": items, "next_cursor": next_cursor}, ensure_ascii=False,
-                      separators=(",", ":"))
+    return f'{{"items":[{",".join(_item_json(r) for r in rows)}],"next_cursor":{next_cursor}}}'
 
 
 # ---------------------------------------------------------------- HSDS export

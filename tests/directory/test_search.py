@@ -182,7 +182,6 @@ async def _page_through(
             if agency is None:
                 db.add(Agency(id="paging-agency", name="Paging", kind="ngo", status="active"))
                 await db.flush()
-            await db.execute(directory.DirectoryTerm.__table__.delete())
             await db.execute(directory.DirectoryService.__table__.delete())
             rows = []
             for state, category_of, minute in specs:

@@ -47,7 +47,6 @@ STORED = (
     "webhook",
     "webhook_delivery",
     "directory_service",
-    "directory_term",
 )
 
 
