@@ -281,7 +281,11 @@ class Driver:
             delay = intended - time.perf_counter()
             if delay > 0:
                 debt = 0.0
-                await asyncio.sleep(delay)
+                # uvloop's timers count whole milliseconds and may wake a little
+                # early: never send before the due time
+                while delay > 0:
+                    await asyncio.sleep(delay)
+                    delay = intended - time.perf_counter()
             reached = time.perf_counter()
             s.lag_ms.append(max(0.0, reached - intended - debt) * 1000)
             if self.idle:
