@@ -26,7 +26,7 @@ import string
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -558,12 +558,18 @@ async def _restore_event_indexes(conn: asyncpg.Connection, create: list[str]) ->
 
 
 async def load_audit_log(
-    pg_url: str, settings: Settings, pools: AuditPools, chunk: int = 50_000
+    pg_url: str,
+    settings: Settings,
+    pools: AuditPools,
+    chunk: int = 50_000,
+    progress: Callable[[str], None] | None = None,
 ) -> float:
     """Load ``pools.size`` sequenced events into a fresh log and sign a checkpoint.
 
     Must run on an empty log before anything else writes events (ids and
-    positions start at 1 and 0). Returns the seconds it took.
+    positions start at 1 and 0). Streams ``chunk`` events at a time (memory does
+    not grow with the log's size); ``progress`` gets a line every million events
+    and one per step after the COPY. Returns the seconds it took.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -587,7 +593,12 @@ async def load_audit_log(
                 await conn.copy_records_to_table("audit_event", records=rows, columns=EVENT_COLUMNS)
                 await sequencer.copy_tree_rows(conn, size, [r[0] for r in rows], leaves, nodes)
             size += n
+            if progress is not None and (size % 1_000_000 == 0 or size == pools.size):
+                secs = loop.time() - started
+                progress(f"{size:,} events copied in {secs:.0f} s ({size / secs:,.0f}/s)")
         await _restore_event_indexes(conn, deferred)
+        if progress is not None:
+            progress(f"audit_event indexes rebuilt at {loop.time() - started:.0f} s")
         await conn.execute(
             "UPDATE audit_tree_state SET size = $1, root = $2, updated_at = now() WHERE id = 1",
             size,
@@ -596,6 +607,8 @@ async def load_audit_log(
         await conn.execute("SELECT setval(pg_get_serial_sequence('audit_event', 'id'), $1)", size)
         for table in ("audit_event", "audit_leaf", "audit_node"):
             await conn.execute(f"VACUUM ANALYZE {table}")
+        if progress is not None:
+            progress(f"vacuumed and analyzed at {loop.time() - started:.0f} s")
     finally:
         await conn.close()
     engine = create_engine(settings)

@@ -1,10 +1,12 @@
-"""Load drivers: wrk with ``bench/lua/cycle.lua``, or an in-Python httpx driver.
+"""Load drivers: wrk with ``bench/lua/cycle.lua``, or an in-Python httpx driver
+(closed-loop, for the maximum rate), and ``bench.openloop`` (constant rate).
 
-Both take a request file (one ``METHOD\\tPATH\\tTOKEN\\tBODY`` per line, see
-``cycle.lua``) and return the same ``LoadResult``. wrk is the instrument for
-real numbers; the Python driver exists so the smoke mode runs anywhere (it is
-itself CPU-bound and competes with the server, so its numbers are only sanity
-checks).
+All take a request file (one ``METHOD\\tPATH\\tTOKEN\\tBODY`` per line, see
+``cycle.lua``) and return a ``LoadResult``. wrk is the instrument for the
+maximum rate; the Python closed-loop driver exists so the smoke mode runs
+anywhere (it is itself CPU-bound and competes with the server, so its numbers
+are only sanity checks). The constant-rate driver runs in its own process
+(``run_constant_rate``): wrk 4 has no fixed-rate mode.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -23,7 +26,10 @@ from typing import Any
 
 import httpx
 
-LUA = Path(__file__).resolve().parent / "lua" / "cycle.lua"
+from bench import openloop
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "bench" / "lua" / "cycle.lua"
 OK_STATUSES = frozenset({200, 201})
 
 
@@ -86,6 +92,76 @@ class LoadResult:
         return out
 
 
+@dataclass
+class ConstantRateResult(LoadResult):
+    """An open-loop run: ``latency_ms`` is measured from each request's intended send time."""
+
+    target_rate: float = 0.0
+    scheduled: int = 0
+    sent: int = 0
+    service_ms: dict[str, float] = field(default_factory=dict)
+    driver_lag_ms: dict[str, float] = field(default_factory=dict)
+    conn_waits: int = 0
+    max_in_flight: int = 0
+    driver_cpu_s: float = 0.0
+    schedule_kept: bool = False
+    schedule_note: str = ""
+    event_loop: str = ""
+
+
+def run_constant_rate(
+    base_url: str,
+    request_file: Path,
+    *,
+    rate: float,
+    duration: float,
+    connections: int,
+    once: bool = False,
+) -> ConstantRateResult:
+    """Drive ``rate`` requests/s for ``duration`` s with ``bench.openloop`` in its own process."""
+    cmd = [sys.executable, "-m", "bench.openloop", base_url, str(request_file)]
+    cmd += ["--rate", repr(rate), "--duration", repr(duration), "--connections", str(connections)]
+    if once:
+        cmd.append("--once")
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=duration + openloop.END_TIMEOUT_S + 60,
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(
+            f"bench.openloop failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
+        )
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    return ConstantRateResult(
+        driver="openloop",
+        connections=data["connections"],
+        duration_s=data["duration_s"],
+        requests=data["requests"],
+        rps=data["send_rate"],
+        latency_ms=data["latency_ms"],
+        statuses=data["statuses"],
+        socket_errors=data["socket_errors"],
+        exhausted=data["exhausted"],
+        raw=proc.stdout,
+        target_rate=data["target_rate"],
+        scheduled=data["scheduled"],
+        sent=data["sent"],
+        service_ms=data["service_ms"],
+        driver_lag_ms=data["driver_lag_ms"],
+        conn_waits=data["conn_waits"],
+        max_in_flight=data["max_in_flight"],
+        driver_cpu_s=data["driver_cpu_s"],
+        schedule_kept=data["schedule_kept"],
+        schedule_note=data["schedule_note"],
+        event_loop=data["event_loop"],
+    )
+
+
 def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
@@ -140,11 +216,7 @@ def run_wrk(
     )
 
 
-def _percentile(sorted_ms: Sequence[float], p: float) -> float:
-    if not sorted_ms:
-        return 0.0
-    k = max(0, min(len(sorted_ms) - 1, math.ceil(p / 100 * len(sorted_ms)) - 1))
-    return round(sorted_ms[k], 3)
+_percentile = openloop.percentile
 
 
 async def _drive_python(

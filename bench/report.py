@@ -1,4 +1,4 @@
-"""Targets (issue 5), pass/short verdicts and the Markdown table."""
+"""Targets (issues 5 and 20), pass/short verdicts and the Markdown table."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ TARGETS: dict[str, Target] = {
     "sequencer": Target(min_rate=20_000),
     "rss": Target(max_mb=250),
 }
+# Issue 20: each hot route driven at a fixed rate, a fraction (25%) of the
+# maximum just measured, latency from the intended send time (bench.openloop).
+CONSTANT_RATE_ROUTES = ("create", "inbox", "open", "status")
+for _route in CONSTANT_RATE_ROUTES:
+    TARGETS[f"{_route}_rate"] = Target(max_p99_ms=50)
 
 LABELS = {
     "baseline_insert": "baseline: insert one row",
@@ -53,12 +58,27 @@ LABELS = {
     "inbox": "list inbox",
     "open": "open referral (recipient, with grants)",
     "status": "status update",
-    "audit_query": "audit query, filters, 1M events",
-    "audit_query_probe": "audit query, filters, 1M events (probe)",
-    "inclusion_proof": "inclusion proof, 1M events",
-    "inclusion_proof_probe": "inclusion proof, 1M events (probe)",
+    "audit_query": "audit query, filters, {events} events",
+    "audit_query_probe": "audit query, filters, {events} events (probe)",
+    "inclusion_proof": "inclusion proof, {events} events",
+    "inclusion_proof_probe": "inclusion proof, {events} events (probe)",
     "sequencer": "sequencer on a backlog",
 }
+
+
+def count_text(n: int) -> str:
+    """1,000,000 -> "1M", 2,500,000 -> "2.5M", 2,000 -> "2,000"."""
+    if n >= 1_000_000 and n % 100_000 == 0:
+        return f"{n / 1_000_000:g}M"
+    return f"{n:,}"
+
+
+def label(key: str, *, events: int, rate_fraction: float = 0.25) -> str:
+    """The table label of a scenario key (``create_rate``: the constant-rate run of create)."""
+    if key.endswith("_rate") and key.removesuffix("_rate") in CONSTANT_RATE_ROUTES:
+        route = LABELS[key.removesuffix("_rate")]
+        return f"{route} at {rate_fraction:.0%} of max, constant rate"
+    return LABELS.get(key, key).format(events=count_text(events))
 
 
 def evaluate(
@@ -83,6 +103,10 @@ def evaluate(
     if result.get("requests", 1) == 0:
         checks.append(False)
     verdict = "info" if not checks else ("pass" if all(checks) else "short")
+    if result.get("schedule_kept") is False:
+        # The open-loop driver could not keep its schedule: the latency it measured
+        # is partly its own. Neither pass nor short: rerun on a quieter machine.
+        verdict = "invalid"
     return ratio, target.describe(), verdict
 
 
@@ -115,6 +139,8 @@ def markdown(results: dict[str, Any]) -> str:
         if row.get("unit") and rate is not None:
             rate_text += f" {row['unit']}"
         note = " (bodies ran out)" if row.get("exhausted") else ""
+        if row.get("target_rate"):
+            note += f" ({row['target_rate']:,.1f} req/s scheduled)"
         if row.get("round"):
             note += f" (round {row['round']})"
         lines.append(
@@ -127,7 +153,31 @@ def markdown(results: dict[str, Any]) -> str:
     for pid, rss in results.get("rss", {}).get("workers", {}).items():
         verdict = results["rss"]["verdicts"][pid]
         lines.append(
-            f"| peak RSS, refgate worker {pid} | - | {rss['vm_hwm_mb']:.0f} MB | - | - | - | - "
+            f"| peak RSS, refgate worker {pid}"
+            + (" (exited during the run: replaced)" if rss.get("exited") else "")
+            + f" | - | {rss['vm_hwm_mb']:.0f} MB | - | - | - | - "
             f"| {TARGETS['rss'].describe()} | {verdict} | - | - | - |"
         )
+    rate_rows = [r for r in results["rows"] if r.get("driver") == "openloop"]
+    if rate_rows:
+        lines += [
+            "",
+            "Constant-rate runs (`bench.openloop`, open loop: latency from each request's "
+            "intended send time; service = from the actual send; driver lag = how late the "
+            "driver itself reached a request):",
+            "",
+            "| route | scheduled req/s | sent/scheduled | p50 ms | p99 ms | service p99 ms "
+            "| driver lag p99 ms | waits for a connection | max in flight | driver CPU s "
+            "| schedule |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in rate_rows:
+            kept = "kept" if r["schedule_kept"] else f"NOT kept: {r['schedule_note']}"
+            lines.append(
+                f"| {r['key'].removesuffix('_rate')} | {r['target_rate']:,.1f} "
+                f"| {r['sent']:,}/{r['scheduled']:,} | {_ms(r['latency_ms']['p50'])} "
+                f"| {_ms(r['latency_ms']['p99'])} | {_ms(r['service_ms']['p99'])} "
+                f"| {_ms(r['driver_lag_ms']['p99'])} | {r['conn_waits']:,} "
+                f"| {r['max_in_flight']} | {r['driver_cpu_s']:.1f} | {kept} |"
+            )
     return "\n".join(lines) + "\n"

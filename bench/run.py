@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -56,6 +58,7 @@ class Plan:
     warmup: float
     min_referrals: int
     baseline_twice: bool
+    rate_fraction: float = 0.25
 
 
 FULL = Plan(
@@ -130,6 +133,7 @@ class Runner:
             warmup=base.warmup,
             min_referrals=base.min_referrals,
             baseline_twice=base.baseline_twice and not args.single_baseline,
+            rate_fraction=args.rate_fraction,
         )
         self.args = args
         self.smoke = args.smoke
@@ -198,7 +202,7 @@ class Runner:
         row = result.as_dict()
         row.update(
             key=key,
-            label=report.LABELS.get(key, key),
+            label=self.label(key),
             load1_before=round(load1, 2),
             server_cpu_s=round(cpu, 2),
             cpu_ms_per_request=round(cpu * 1000 / result.requests, 2) if result.requests else None,
@@ -210,6 +214,82 @@ class Runner:
             f"p99 {result.latency_ms['p99']} ms, failures {result.failures} {result.statuses}"
         )
         return result
+
+    def label(self, key: str) -> str:
+        return report.label(key, events=self.plan.events, rate_fraction=self.plan.rate_fraction)
+
+    def measure_rate(
+        self,
+        route: str,
+        server: servers.Server,
+        requests: list[Request],
+        max_rps: float,
+        *,
+        once: bool = False,
+    ) -> load.ConstantRateResult | None:
+        """``route`` at a fixed rate, ``rate_fraction`` of the maximum ``max_rps`` just measured.
+
+        Open loop (``bench.openloop``): latency from each request's intended send
+        time, at the same number of keep-alive connections as the closed-loop run.
+        """
+        if self.plan.rate_fraction <= 0:
+            return None
+        key = f"{route}_rate"
+        rate = max(1.0, round(max_rps * self.plan.rate_fraction, 1))
+        secs = self.plan.duration
+        path = load.write_requests(self.req_dir / f"{key}.tsv", requests)
+        load1 = os.getloadavg()[0]
+        cpu_before = servers.cpu_seconds(server.proc.pid)
+        result = load.run_constant_rate(
+            server.base_url,
+            path,
+            rate=rate,
+            duration=secs,
+            connections=self.plan.connections,
+            once=once,
+        )
+        cpu = servers.cpu_seconds(server.proc.pid) - cpu_before
+        (self.out / f"openloop-{key}.txt").write_text(result.raw)
+        row = result.as_dict()
+        row.update(
+            key=key,
+            label=self.label(key),
+            max_rps=round(max_rps, 1),
+            rate_fraction=self.plan.rate_fraction,
+            load1_before=round(load1, 2),
+            server_cpu_s=round(cpu, 2),
+            cpu_ms_per_request=round(cpu * 1000 / result.requests, 2) if result.requests else None,
+        )
+        self.rows.append(row)
+        kept = "kept" if result.schedule_kept else f"NOT KEPT ({result.schedule_note})"
+        log(
+            f"{key}: {rate:,.1f} req/s scheduled ({self.plan.rate_fraction:.0%} of "
+            f"{max_rps:,.0f}), sent {result.sent:,}/{result.scheduled:,}, "
+            f"p50 {result.latency_ms['p50']} ms, p99 {result.latency_ms['p99']} ms "
+            f"(service p99 {result.service_ms['p99']} ms), driver lag p99 "
+            f"{result.driver_lag_ms['p99']} ms, schedule {kept}, "
+            f"failures {result.failures} {result.statuses}"
+        )
+        return result
+
+    def _unsent_envelopes(self, needed: int) -> list[dataset.Envelope]:
+        """Envelopes no scenario has sent yet, sealing more if fewer than ``needed`` are left."""
+        # Requests the closed-loop driver left in flight when it stopped are still
+        # being served: wait until the referral count stops moving (a body sent
+        # twice would be a 409, a failure of the next run).
+        deadline = time.monotonic() + 30
+        count = -1
+        while time.monotonic() < deadline:
+            now = self.sql("SELECT count(*) FROM referral")[0][0]
+            if now == count:
+                break
+            count = now
+            time.sleep(1.0)
+        sent = {row["id"] for row in self.sql("SELECT id FROM referral")}
+        left = [e for e in self.envelopes if e.referral_id not in sent]
+        if len(left) < needed:
+            left += self.seal(needed - len(left))
+        return left
 
     def warm(self, server: servers.Server, key: str, requests: list[Request]) -> None:
         if self.plan.warmup <= 0:
@@ -243,8 +323,11 @@ class Runner:
         load_server_keys(self.settings)
         self.pools = dataset.make_pools(self.plan.events)
         log(f"loading {self.plan.events:,} sequenced audit events")
-        secs = asyncio.run(dataset.load_audit_log(self.pg_url, self.settings, self.pools))
+        secs = asyncio.run(
+            dataset.load_audit_log(self.pg_url, self.settings, self.pools, progress=log)
+        )
         log(f"audit log loaded in {secs:.0f} s")
+        self.load_seconds = secs
         self.tf = asyncio.run(dataset.seed_task_force(self.settings))
         self.sql(TABLE_SQL)
         # The baseline cycles through its bodies (it gives each row its own id).
@@ -327,6 +410,9 @@ class Runner:
             self._refgate_scenarios(server)
         finally:
             self.rss = sampler.stop()
+            gone = [pid for pid, v in self.rss.items() if v["exited"]]
+            if gone:
+                log(f"refgate workers {', '.join(gone)} exited during the run (replaced)")
             server.stop()
 
     def _refgate_scenarios(self, server: servers.Server) -> None:
@@ -345,7 +431,14 @@ class Runner:
             Request("POST", "/v1/referrals", tf.client(e.sender, "caseworker").token, e.body)
             for e in self.envelopes
         ]
-        self.measure("create", server, creates, once=True)
+        r = self.measure("create", server, creates, once=True)
+        if self.plan.rate_fraction > 0:
+            rate = max(1.0, r.rps * self.plan.rate_fraction)
+            # every scheduled create needs a body of its own, plus a margin
+            fresh = self._unsent_envelopes(math.ceil(rate * self.plan.duration * 1.05) + 8)
+            token = {name: tf.client(name, "caseworker").token for name in dataset.SENDERS}
+            more = [Request("POST", "/v1/referrals", token[e.sender], e.body) for e in fresh]
+            self.measure_rate("create", server, more, r.rps, once=True)
 
         ids = [row["id"] for row in self.sql("SELECT id FROM referral")]
         if len(ids) < self.plan.min_referrals:
@@ -365,15 +458,20 @@ class Runner:
             for q in queries
         ]
         self.rng.shuffle(inbox)
-        self.measure("inbox", server, inbox)
+        r = self.measure("inbox", server, inbox)
+        self.measure_rate("inbox", server, inbox, r.rps)
 
         opens = [
             Request("GET", f"/v1/referrals/{rid}", self._recipient_token(recipients[i % 3]))
             for i, rid in enumerate(ids[:6000])
         ]
-        self.measure("open", server, opens)
+        r = self.measure("open", server, opens)
+        self.measure_rate("open", server, opens, r.rps)
 
-        self.measure("status", server, self._status_requests(ids))
+        r = self.measure("status", server, self._status_requests(ids))
+        if self.plan.rate_fraction > 0:
+            # fresh bodies (signed_at must be recent), every pair back to in-progress
+            self.measure_rate("status", server, self._status_requests(ids), r.rps)
 
         self._audit_scenarios(server)
 
@@ -491,7 +589,7 @@ class Runner:
         self.rows.append(
             {
                 "key": "sequencer",
-                "label": report.LABELS["sequencer"],
+                "label": self.label("sequencer"),
                 "rps": rate,
                 "unit": "events/s",
                 "events": n,
@@ -539,6 +637,8 @@ class Runner:
                 "workers": self.plan.workers,
                 "rate_limiter": "off" if self.args.no_rate_limit else "on, limits raised",
                 "events": self.plan.events,
+                "events_load_s": round(self.load_seconds, 1),
+                "rate_fraction": self.plan.rate_fraction,
                 "backlog": self.plan.backlog,
                 "envelopes": len(self.envelopes),
                 "body_bytes": self.body_bytes,
@@ -547,6 +647,10 @@ class Runner:
                 "postgres": version,
                 "kernel": platform.release(),
                 "load1_end": round(os.getloadavg()[0], 2),
+                # the harness process itself (the event load streams: it does not grow with N)
+                "harness_peak_rss_mb": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+                ),
             },
             "baseline_rps": {k: round(v, 1) for k, v in baselines.items()},
             "baseline_runs": self.baseline_runs,
@@ -593,9 +697,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, help="concurrent connections (full: 32)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--workers", type=int, default=2, help="server workers (default 2)")
-    p.add_argument("--events", type=int, help="audit events to load (full: 1,000,000)")
+    p.add_argument(
+        "--events",
+        type=int,
+        help="sequenced audit events preloaded for the audit query and inclusion proof "
+        "(full: 1,000,000; 10,000,000 for the reference run, see README)",
+    )
     p.add_argument("--backlog", type=int, help="pending events for the sequencer (full: 200,000)")
     p.add_argument("--envelopes", type=int, help="envelopes to pre-build (full: 8,000)")
+    p.add_argument(
+        "--rate-fraction",
+        type=float,
+        default=0.25,
+        help="constant-rate runs of create, inbox, open and status at this fraction of "
+        "each route's measured maximum (default 0.25; 0 skips them)",
+    )
     p.add_argument("--out", default="bench/results", help="results directory")
     p.add_argument("--driver", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--database", help="database name (default refgate_bench)")
@@ -625,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.cleanup()
     print(report.markdown(results), end="")
     print(f"results: {runner.out / 'results.json'}")
-    short = [r["key"] for r in results["rows"] if r.get("verdict") == "short"]
+    short = [r["key"] for r in results["rows"] if r.get("verdict") in ("short", "invalid")]
     short += [f"rss {pid}" for pid, v in results["rss"]["verdicts"].items() if v == "short"]
     if short:
         log("short of target: " + ", ".join(short))

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -199,15 +199,19 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> dict[str, dict[str, float]]:
+    def stop(self) -> dict[str, dict[str, Any]]:
+        """Peak memory per worker seen; ``exited``: a worker gone before the end
+        (uvicorn's supervisor replaces a worker that misses its health check)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         self.sample()
+        alive = set(worker_pids(self.master))
         return {
             str(pid): {
                 "peak_rss_mb": round(v["VmRSS"] / 1024, 1),
                 "vm_hwm_mb": round(v["VmHWM"] / 1024, 1),
+                "exited": pid not in alive,
             }
             for pid, v in sorted(self.peak_kib.items())
         }

@@ -15,6 +15,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 
 from app.crypto import envelope as env
 from app.crypto import keys
-from bench import dataset, load
+from bench import dataset, load, openloop
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_URL = os.environ.get(
@@ -43,6 +44,8 @@ HTTP_SCENARIOS = {
     "inclusion_proof",
     "inclusion_proof_probe",
 }
+# Issue 20: each hot route again at a constant rate (a fraction of its maximum).
+RATE_SCENARIOS = {"create_rate", "inbox_rate", "open_rate", "status_rate"}
 
 
 def test_smoke_run_measures_every_scenario_without_failures(tmp_path: Path) -> None:
@@ -62,16 +65,32 @@ def test_smoke_run_measures_every_scenario_without_failures(tmp_path: Path) -> N
     (run_dir,) = tmp_path.iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     rows = {r["key"]: r for r in results["rows"]}
-    assert set(rows) == HTTP_SCENARIOS | {"sequencer"}
-    for key in HTTP_SCENARIOS:
+    assert set(rows) == HTTP_SCENARIOS | RATE_SCENARIOS | {"sequencer"}
+    for key in HTTP_SCENARIOS | RATE_SCENARIOS:
         assert rows[key]["requests"] > 0, rows[key]
         assert rows[key]["failures"] == 0, rows[key]
-        assert rows[key]["verdict"] in {"pass", "short", "info", "-"}
+        assert rows[key]["verdict"] in {"pass", "short", "info", "invalid", "-"}
+    for key in RATE_SCENARIOS:
+        row, closed = rows[key], rows[key.removesuffix("_rate")]
+        assert row["driver"] == "openloop"
+        assert row["target"] == "p99 <= 50 ms"
+        # a quarter of the maximum just measured (at least 1 req/s), for the whole schedule
+        assert row["target_rate"] == max(1.0, round(closed["rps"] * 0.25, 1))
+        assert row["max_rps"] == round(closed["rps"], 1)
+        assert row["sent"] == row["scheduled"] == row["requests"], row
+        assert row["latency_ms"]["p99"] >= row["service_ms"]["p99"]
+        assert row["schedule_kept"] == (row["schedule_note"] == "")
+        assert (row["verdict"] == "invalid") == (not row["schedule_kept"])
     assert rows["create"]["ratio"] is not None
     assert rows["sequencer"]["events"] == results["meta"]["backlog"]
-    assert len(results["rss"]["workers"]) == results["meta"]["workers"]
+    # every worker sampled; one replaced by uvicorn mid-run (a missed health check
+    # on a saturated machine) is reported as exited, beside its replacement
+    alive = [w for w in results["rss"]["workers"].values() if not w["exited"]]
+    assert len(alive) == results["meta"]["workers"]
     table = (run_dir / "results.md").read_text()
     assert "| create referral |" in table
+    assert "| create referral at 25% of max, constant rate (" in table
+    assert "Constant-rate runs" in table
     assert not (run_dir / "requests").exists()
 
 
@@ -194,3 +213,97 @@ def test_loaded_audit_events_are_canonical_and_name_fields_only_by_fid() -> None
     for r in rows:
         for name in dataset.FIELD_SIZES:
             assert name not in r[-1]
+
+
+class _Slow(_Echo):
+    """Answers after 0.2 s, over HTTP/1.1 keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        time.sleep(0.2)
+        super().do_GET()
+
+
+@pytest.fixture
+def slow_server() -> Iterator[str]:
+    server = _QuietServer(("127.0.0.1", 0), _Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_constant_rate_driver_sends_its_whole_schedule_and_counts_failures(
+    echo_server: str, tmp_path: Path
+) -> None:
+    path = load.write_requests(
+        tmp_path / "r.tsv",
+        [load.Request("GET", "/ok", "t0k"), load.Request("GET", "/missing")],
+    )
+    r = load.run_constant_rate(echo_server, path, rate=100, duration=1, connections=4)
+    assert r.driver == "openloop"
+    assert r.scheduled == 100
+    assert r.sent == r.requests == 100  # every scheduled request sent and answered
+    assert r.statuses == {"200": 50, "404": 50}
+    assert r.failures == 50
+    # latency runs from the intended send time, never later than the actual send
+    for p in ("p50", "p99", "max"):
+        assert r.latency_ms[p] >= r.service_ms[p]
+    assert r.schedule_kept == (r.schedule_note == "")
+    assert r.max_in_flight <= 4
+
+
+def test_constant_rate_driver_counts_the_wait_for_a_busy_connection(
+    slow_server: str, tmp_path: Path
+) -> None:
+    """One connection, a request due every 50 ms, each answered after 200 ms or more:
+    requests queue for the connection, and the queueing is in their latency."""
+    path = load.write_requests(tmp_path / "r.tsv", [load.Request("GET", "/")])
+    r = load.run_constant_rate(slow_server, path, rate=20, duration=0.5, connections=1)
+    assert r.sent == r.requests == r.scheduled == 10
+    assert r.failures == 0
+    assert r.max_in_flight == 1
+    assert r.conn_waits >= 1
+    # the last request was due at 0.45 s but could not be sent before the ninth answer
+    # (1.8 s or more): its latency from the due time exceeds its service time by > 1 s
+    assert r.latency_ms["max"] - r.service_ms["max"] > 1000
+
+
+def test_constant_rate_driver_says_when_it_cannot_keep_the_schedule(
+    echo_server: str, tmp_path: Path
+) -> None:
+    path = load.write_requests(tmp_path / "r.tsv", [load.Request("GET", f"/{i}") for i in range(5)])
+    r = load.run_constant_rate(echo_server, path, rate=50, duration=1, connections=2, once=True)
+    assert r.exhausted
+    assert r.sent == r.requests == 5
+    assert r.scheduled == 50
+    assert not r.schedule_kept
+    assert "ran out after 5 of 50" in r.schedule_note
+
+
+def test_schedule_judgement() -> None:
+    assert openloop.judge_schedule(100, 100, 0.4, exhausted=False) == (True, "")
+    lag = openloop.MAX_DRIVER_LAG_P99_MS + 1
+    kept, why = openloop.judge_schedule(100, 100, lag, exhausted=False)
+    assert not kept
+    assert "driver lag p99" in why
+    kept, why = openloop.judge_schedule(100, 90, 0.0, exhausted=False)
+    assert not kept
+    assert "sent 90 of 100" in why
+
+
+def test_constant_rate_rows_are_judged_on_p99_and_invalid_when_the_driver_fell_behind() -> None:
+    from bench import report
+
+    row = {"latency_ms": {"p99": 40.0}, "failures": 0, "requests": 10, "schedule_kept": True}
+    assert report.evaluate("open_rate", row, {}) == (None, "p99 <= 50 ms", "pass")
+    assert report.evaluate("open_rate", {**row, "latency_ms": {"p99": 51.0}}, {})[2] == "short"
+    assert report.evaluate("open_rate", {**row, "schedule_kept": False}, {})[2] == "invalid"
+    assert report.label("open_rate", events=10_000_000) == (
+        "open referral (recipient, with grants) at 25% of max, constant rate"
+    )
+    assert report.label("audit_query_probe", events=10_000_000) == (
+        "audit query, filters, 10M events (probe)"
+    )
