@@ -33,10 +33,13 @@ class Target:
 # Rows marked "probe" run at one connection: their latency target is the service
 # time of one request at a million events, not queueing behind 32 connections
 # (at 32 connections p95 is about 32 / throughput, whatever the log size).
+# Issue 20's targets: throughput as a ratio of the baseline at 32 connections; the
+# latency target (p99 <= 50 ms) applies at 25% of each route's maximum (the *_rate rows
+# below), where queueing behind 32 connections does not decide it.
 TARGETS: dict[str, Target] = {
-    "create": Target("insert", min_ratio=0.5, max_p99_ms=50),
-    "inbox": Target("read", min_ratio=0.6),
-    "open": Target("read", min_ratio=0.6),
+    "create": Target("insert", min_ratio=0.33),
+    "inbox": Target("read", min_ratio=0.25),
+    "open": Target("read", min_ratio=0.35),
     "status": Target("insert", min_ratio=0.5),
     "audit_query": Target("read"),
     "audit_query_probe": Target(max_p95_ms=50),
