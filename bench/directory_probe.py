@@ -149,8 +149,8 @@ async def probe(base_url: str, client_id: str, seed_bytes: bytes, requests: int)
         paths["floor: GET /v1/limits (no database read)"] = "/v1/limits"
         timings[list(queries)[-1]] = []
         # Each round sends every query once, in a shuffled order: in a fixed order, the
-        # server's periodic work (the audit sequencer polls every 0.2 s) falls on the same
-        # query of each round whenever a round takes about that long.
+        # server's periodic work (the audit sequencer polls every 0.2 s) could fall on the
+        # same query of each round whenever a round takes about that long.
         rng = random.Random(20)
         order: list[str] = []
         while len(order) < requests:

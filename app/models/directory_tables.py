@@ -78,9 +78,10 @@ class DirectoryService(SQLModel, table=True):
     __tablename__ = "directory_service"
     __table_args__ = (
         Index("ix_directory_service_order", "accepting_rank", "capacity_updated_at", "id"),
-        Index("ix_directory_service_terms", "terms", postgresql_using="gin").ddl_if(
-            dialect="postgresql"
-        ),
+        Index(  # no pending list: a search never scans unmerged entries (see the migration)
+            "ix_directory_service_terms", "terms",
+            postgresql_using="gin", postgresql_with={"fastupdate": "off"},
+        ).ddl_if(dialect="postgresql"),
         Index(  # SQLite: the order index with the terms, so a filter reads no table row
             "ix_directory_service_search", "accepting_rank", "capacity_updated_at", "id", "terms"
         ).ddl_if(dialect="sqlite"),
