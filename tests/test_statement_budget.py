@@ -33,12 +33,15 @@ def count_statements(app: Any) -> Iterator[list[str]]:
         if "rate_limit" not in words[:3]:  # the limiter's own background sharing
             seen.append(" ".join(words).upper())
 
-    engine = app.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", before)
+    # a read's audit event is written on the group commit's own connection (app.db)
+    engines = [app.state.engine.sync_engine, app.state.audit_group_commit.engine.sync_engine]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", before)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", before)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", before)
 
 
 def _writes(seen: list[str]) -> list[str]:
@@ -189,12 +192,14 @@ async def test_every_get_route_writes_nothing_but_its_audit_event(
         def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
             seen.append(" ".join(statement.split()))  # noqa: B023 - used within the iteration
 
-        engine = app.state.engine.sync_engine
-        event.listen(engine, "before_cursor_execute", before)
+        engines = [app.state.engine.sync_engine, app.state.audit_group_commit.engine.sync_engine]
+        for engine in engines:
+            event.listen(engine, "before_cursor_execute", before)
         try:
             r = await client.get(url, headers=headers)
         finally:
-            event.remove(engine, "before_cursor_execute", before)
+            for engine in engines:
+                event.remove(engine, "before_cursor_execute", before)
         assert r.status_code == 200, (url, r.text)
         writes = [
             s
