@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from app.auth import Principal
+from app.db import core
 from app.models.tables import Referral, ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
 from app.models.types import UTCDateTime
 
@@ -239,11 +240,12 @@ async def relation(
     """
     le = who.agency_kind == LAW_ENFORCEMENT
     values = params(who, now, referral_id=referral_id)
+    conn = await core(db)
     row = None
     if lock_own:
-        row = (await db.execute(_relation_query(content, True, le), values)).first()
+        row = (await conn.execute(_relation_query(content, True, le), values)).first()
     if row is None:
-        row = (await db.execute(_relation_query(content, False, le), values)).first()
+        row = (await conn.execute(_relation_query(content, False, le), values)).first()
     if row is None:
         return None
     head = Head(
@@ -260,7 +262,7 @@ async def relation(
     )
     fields = {}
     if content:
-        fields = {r.fid: Grant(*r) for r in await db.execute(_ACTIVE_GRANTS, values)}
+        fields = {r.fid: Grant(*r) for r in await conn.execute(_ACTIVE_GRANTS, values)}
     return Access(head, Relation.RECIPIENT, fields, own)
 
 

@@ -30,12 +30,14 @@ event (a failed batch fails its reads with 503).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -120,8 +122,14 @@ def read_sessionmaker(
     return async_sessionmaker(target, expire_on_commit=False, autoflush=False, info=info)
 
 
-async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
-    """Yield a session inside one transaction; commit before the response, roll back on error."""
+@asynccontextmanager
+async def open_transaction(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session inside one transaction; commit on exit, roll back on error.
+
+    An error that carries an audit event (a refusal) has it written in a
+    transaction of its own after the rollback. ``transaction`` and the hot
+    routes' flattened dependencies (``app.auth.authenticated``) both use this.
+    """
     from app.services import audit  # audit imports db helpers; import late to avoid a cycle
 
     maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
@@ -138,4 +146,20 @@ async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
+async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
+    """Yield a session inside one transaction; commit before the response, roll back on error."""
+    async with open_transaction(request) as session:
+        yield session
+
+
 Db = Annotated[AsyncSession, Depends(transaction, scope="function")]
+
+
+async def core(db: AsyncSession) -> AsyncConnection:
+    """``db``'s connection, in its transaction, for the hot paths' Core statements.
+
+    A statement executed there skips the ORM's execution and result layers
+    (ORM compile state, ``loading.instances``): same SQL, same transaction, same
+    rows, with attribute access by column name.
+    """
+    return await db.connection()

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from app import errors
-from app.auth import AnyPrincipal, Principal, Scope
+from app.auth import AnyPrincipal, Authed, Principal, Scope, hot
 from app.crypto.checkpoint import verifier_key
 from app.db import Db
 from app.models.schemas import AuditItem, AuditList, ConsistencyProof, InclusionProof
@@ -15,13 +16,15 @@ from app.services import audit, audit_log
 from app.services.audit import Action
 from app.services.audit_log import EventFilter
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 MAX_INT64 = 2**63 - 1  # log positions and sizes are BIGINT
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 # Auditors read everything; caseworkers and liaisons the events of their own agency
 # (the service applies that scope). Admins have neither scope and get 403.
 
 
-async def audit_reader(who: AnyPrincipal) -> Principal:
+def may_read_audit(who: Principal) -> None:
+    """Refuse a caller with neither audit scope (recorded as denied)."""
     if not who.scopes & {Scope.AUDIT_READ, Scope.AUDIT_OWN}:
         raise errors.Forbidden(
             f"the {who.role} role may not read the audit log",
@@ -33,10 +36,16 @@ async def audit_reader(who: AnyPrincipal) -> Principal:
                 {"missing_scope": str(Scope.AUDIT_READ)},
             ),
         )
+
+
+async def audit_reader(who: AnyPrincipal) -> Principal:
+    may_read_audit(who)
     return who
 
 
 AuditReader = Annotated[Principal, Depends(audit_reader)]
+# the hot routes (query, inclusion proof): caller and transaction in one dependency
+AuditDb = Annotated[Authed, hot(check=may_read_audit)]
 ERRORS = errors.responses(400, 401, 403, 422)
 
 
@@ -70,15 +79,14 @@ Filter = Annotated[EventFilter, Depends(event_filter)]
     responses=ERRORS,
 )
 async def events(
-    who: AuditReader,
-    db: Db,
+    a: AuditDb,
     f: Filter,
     limit: int = Query(100, ge=1, le=1000),
     cursor: str | None = Query(None, max_length=64),
 ) -> Response:
     # The body is assembled from the stored canonical events (an AuditList, see
     # audit_log.query_json); response_model above documents it.
-    body = await audit_log.query_json(db, who, f, limit=limit, cursor=cursor)
+    body = await audit_log.query_json(a.db, a.who, f, limit=limit, cursor=cursor)
     return Response(body, media_type="application/json")
 
 
@@ -146,12 +154,13 @@ async def checkpoint(
     responses=errors.responses(401, 403, 422, 503),
 )
 async def inclusion(
-    who: AuditReader,
-    db: Db,
+    a: AuditDb,
     seq: int = Query(ge=0, le=MAX_INT64),
     tree_size: int | None = Query(None, ge=1, le=MAX_INT64),
-) -> InclusionProof:
-    return InclusionProof.model_validate(await audit_log.inclusion(db, who, seq, tree_size))
+) -> Response:
+    proof = await audit_log.inclusion(a.db, a.who, seq, tree_size)
+    # ints and base64 strings: the C encoder's bytes (response_model above documents them)
+    return Response(_ENCODE(proof).encode("utf-8"), media_type="application/json")
 
 
 @router.get(

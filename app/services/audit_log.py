@@ -32,6 +32,7 @@ from app.auth import Principal, Scope
 from app.config import Settings
 from app.crypto import merkle
 from app.crypto.encoding import EncodingError, b64_encode, b64url_decode
+from app.db import core
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
 from app.services import audit, witnesses
 from app.services.audit import Action
@@ -251,7 +252,7 @@ async def query_json(
     ``AuditList`` (``{"items": [{"seq", "event", "leaf_hash"}], "next_cursor"}``)."""
     before = _uncursor(cursor) if cursor else None
     stmt, values = _page(who, f, before, limit + 1)
-    rows = (await db.execute(stmt, values)).all()
+    rows = (await (await core(db)).execute(stmt, values)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     await audit.record(
@@ -383,7 +384,7 @@ async def _proof_size(db: AsyncSession, requested: int | None) -> tuple[int, int
     Without ``requested`` the proof is for the latest signed checkpoint (503 when
     none is signed yet).
     """
-    head, signed = (await db.execute(_SIZES)).one()
+    head, signed = (await (await core(db)).execute(_SIZES)).one()
     if requested is not None:
         return requested, int(head)
     if signed is None:
