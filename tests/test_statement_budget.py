@@ -110,9 +110,10 @@ async def test_inbox_page_is_a_few_statements_whatever_its_length(
             r = await client.get(f"/v1/referrals?box={box}", headers=headers)
         assert r.status_code == 200
         assert len(r.json()["items"]) == 5
-        # authentication, the page (and, for the sent box, every recipient's status in one
-        # statement), and the audit event
-        budget = 4 if box == "sent" else (3 if _pg(app) else 4)
+        # authentication (unless the 2 s status cache still holds the client: on a slow
+        # machine it may not), the page (and, for the sent box, every recipient's status
+        # in one statement), and the audit event (one statement on PostgreSQL, two on SQLite)
+        budget = (3 if _pg(app) else 4) + (1 if box == "sent" else 0)
         assert len(seen) <= budget, (box, _short(seen))
 
 
