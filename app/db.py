@@ -19,6 +19,12 @@ nothing different. That saves the BEGIN and COMMIT round trips of every read.
 The rule that makes this safe, "a GET writes nothing but its audit event", is
 checked for every GET route by ``tests/test_statement_budget.py``. On SQLite
 the event is two statements, so GETs keep their transaction.
+
+A GET's audit event is not written in its own session at all but handed to the
+worker's group commit (``app.services.audit.GroupCommit``): concurrent reads'
+events share one multi-row INSERT and one COMMIT, and each read's ``record()``
+returns only once its event has committed, so no read is served without its
+event (a failed batch fails its reads with 503).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -38,17 +45,19 @@ from app.config import Settings
 from app.dialect import is_postgres, url_is_postgres
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+    """The engine; ``pool_size`` gives a fixed-size pool (the audit group commit's own)."""
     url = settings.resolved_database_url
     if not url_is_postgres(url):
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        sizes = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **sizes)
         _tune_sqlite(engine)
         return engine
     engine = create_async_engine(
         url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        pool_size=pool_size or settings.db_pool_size,
+        max_overflow=0 if pool_size else settings.db_pool_size,
         pool_recycle=1800,
     )
     _drop_closed_connections(engine)
@@ -84,14 +93,34 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cur.close()
 
 
+# the key of a read session's ``info`` that holds the worker's GroupCommit
+GROUP_COMMIT = "audit_group_commit"
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-def read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions for GET requests: autocommit on PostgreSQL (see the module docstring)."""
+def read_sessionmaker(
+    engine: AsyncEngine, group_commit: object | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions for GET requests: autocommit on PostgreSQL (see the module docstring).
+
+    With ``group_commit`` (an ``app.services.audit.GroupCommit``), a read's audit
+    event is written by group commit rather than in the read's session.
+    """
+    info = {} if group_commit is None else {GROUP_COMMIT: group_commit}
+    target = engine
     if is_postgres(engine):
-        return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
-    return sessionmaker(engine)
+        target = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return async_sessionmaker(target, expire_on_commit=False, autoflush=False, info=info)
+
+
+async def core(db: AsyncSession) -> AsyncConnection:
+    """``db``'s connection, in its transaction, for the hot paths' Core statements.
+
+    A statement executed there skips the ORM's execution and result layers
+    (ORM compile state, ``loading.instances``): same SQL, same transaction, same
+    rows, with attribute access by column name.
+    """
+    return await db.connection()

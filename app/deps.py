@@ -8,6 +8,7 @@ the rollback, GETs on PostgreSQL in autocommit).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,8 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.services import audit
 
 
-async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
-    """Yield a session inside one transaction; commit before the response, roll back on error."""
+@asynccontextmanager
+async def open_transaction(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session inside one transaction; commit on exit, roll back on error.
+
+    An error that carries an audit event (a refusal) has it written in a
+    transaction of its own after the rollback. ``transaction`` and the hot
+    routes' flattened dependency (``app.auth.authenticated``) both use this.
+    """
     maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     reads: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
     async with (reads if request.method == "GET" else maker)() as session:
@@ -30,6 +37,12 @@ async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
                 async with maker() as denial_session, denial_session.begin():
                     await audit.record_pending(denial_session, pending)
             raise
+
+
+async def transaction(request: Request) -> AsyncIterator[AsyncSession]:
+    """Yield a session inside one transaction; commit before the response, roll back on error."""
+    async with open_transaction(request) as session:
+        yield session
 
 
 Db = Annotated[AsyncSession, Depends(transaction, scope="function")]

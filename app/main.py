@@ -30,6 +30,7 @@ from app.ratelimit import RateLimiter, RateLimitMiddleware
 from app.routers import agencies, audit, directory, health, oauth, referrals, webhooks
 from app.routers import console as console_route
 from app.routers import metrics as metrics_route
+from app.services.audit import GroupCommit
 from app.services.sequencer import SequencerRunner
 from app.services.server_keys import load_server_keys
 from app.services.webhooks import WebhookRunner
@@ -181,7 +182,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker(engine)
-        app.state.read_sessionmaker = read_sessionmaker(engine)
+        # its own connection: reads waiting for their batch hold the main pool's
+        app.state.audit_group_commit = group_commit = GroupCommit(
+            create_engine(settings, pool_size=1)
+        )
+        app.state.read_sessionmaker = read_sessionmaker(engine, group_commit)
         app.state.server_keys = server_keys
         app.state.token_verify_key = token_key_set(server_keys)
         app.state.issuer = settings.public_url or "refgate"
@@ -204,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await dispatcher.stop()
             await runner.stop()
             await app.state.rate_limiter.close()
+            await group_commit.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -33,6 +33,7 @@ from sqlalchemy import BindParameter, and_, bindparam, exists, null, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
+from app.db import core
 from app.identity import Principal
 from app.models.tables import Referral, ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
 from app.models.types import UTCDateTime
@@ -240,11 +241,12 @@ async def relation(
     """
     le = who.law_enforcement
     values = params(who, now, referral_id=referral_id)
+    conn = await core(db)
     row = None
     if lock_own:
-        row = (await db.execute(_relation_query(content, True, le), values)).first()
+        row = (await conn.execute(_relation_query(content, True, le), values)).first()
     if row is None:
-        row = (await db.execute(_relation_query(content, False, le), values)).first()
+        row = (await conn.execute(_relation_query(content, False, le), values)).first()
     if row is None:
         return None
     head = Head(
@@ -261,7 +263,7 @@ async def relation(
     )
     fields = {}
     if content:
-        fields = {r.fid: Grant(*r) for r in await db.execute(_ACTIVE_GRANTS, values)}
+        fields = {r.fid: Grant(*r) for r in await conn.execute(_ACTIVE_GRANTS, values)}
     return Access(head, Relation.RECIPIENT, fields, own)
 
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from app import errors
-from app.auth import AnyPrincipal, Principal
+from app.auth import AnyPrincipal, Authed, Principal, hot
 from app.authz import audit as audit_policy
 from app.crypto.checkpoint import verifier_key
 from app.deps import Db
@@ -17,6 +18,7 @@ from app.services.audit_log import EventFilter
 from app.vocab import AuditAction as Action
 from app.vocab import AuditOutcome
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 MAX_INT64 = 2**63 - 1  # log positions and sizes are BIGINT
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -27,6 +29,8 @@ async def audit_reader(who: AnyPrincipal) -> Principal:
 
 
 AuditReader = Annotated[Principal, Depends(audit_reader)]
+# the hot routes (query, inclusion proof): caller and transaction in one dependency
+AuditDb = Annotated[Authed, hot(check=audit_policy.require_reader)]
 ERRORS = errors.responses(400, 401, 403, 422)
 
 
@@ -60,15 +64,14 @@ Filter = Annotated[EventFilter, Depends(event_filter)]
     responses=ERRORS,
 )
 async def events(
-    who: AuditReader,
-    db: Db,
+    a: AuditDb,
     f: Filter,
     limit: int = Query(100, ge=1, le=1000),
     cursor: str | None = Query(None, max_length=64),
 ) -> Response:
     # The body is assembled from the stored canonical events (an AuditList, see
     # audit_log.query_json); response_model above documents it.
-    body = await audit_log.query_json(db, who, f, limit=limit, cursor=cursor)
+    body = await audit_log.query_json(a.db, a.who, f, limit=limit, cursor=cursor)
     return Response(body, media_type="application/json")
 
 
@@ -127,12 +130,13 @@ async def checkpoint(
     responses=errors.responses(401, 403, 422, 503),
 )
 async def inclusion(
-    who: AuditReader,
-    db: Db,
+    a: AuditDb,
     seq: int = Query(ge=0, le=MAX_INT64),
     tree_size: int | None = Query(None, ge=1, le=MAX_INT64),
-) -> InclusionProof:
-    return InclusionProof.model_validate(await audit_log.inclusion(db, who, seq, tree_size))
+) -> Response:
+    proof = await audit_log.inclusion(a.db, a.who, seq, tree_size)
+    # ints and base64 strings: the C encoder's bytes (response_model above documents them)
+    return Response(_ENCODE(proof).encode("utf-8"), media_type="application/json")
 
 
 @router.get(

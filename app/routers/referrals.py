@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from app import errors
-from app.auth import AnyPrincipal, Caseworker, Reader, StatusWriter
+from app.auth import AnyPrincipal, Caseworker, CaseworkerDb, ReaderDb, StatusWriterDb
 from app.crypto.wire import Amendment, EnvelopeIn, Revocations, StatusIn, TaskStatus
 from app.deps import Db
 from app.jsonbody import json_object
@@ -49,15 +49,14 @@ def _body_doc(model: type[EnvelopeIn] | type[Amendment] | type[StatusIn]) -> dic
 )
 async def create_referral(
     request: Request,
-    who: Caseworker,
-    db: Db,
+    a: CaseworkerDb,
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
     ] = None,
 ) -> JSONResponse:
     body = await json_object(request)
     status, response = await referrals.create(
-        db, who, body, settings=request.app.state.settings, idempotency_key=idempotency_key
+        a.db, a.who, body, settings=request.app.state.settings, idempotency_key=idempotency_key
     )
     return JSONResponse(response, status_code=status)
 
@@ -69,8 +68,7 @@ async def create_referral(
     responses=errors.responses(400, 401, 403, 422),
 )
 async def list_referrals(
-    who: Reader,
-    db: Db,
+    a: ReaderDb,
     box: Literal["sent", "received"] = "received",
     status: TaskStatus | None = None,
     urgency: Urgency | None = None,
@@ -79,8 +77,8 @@ async def list_referrals(
     cursor: str | None = Query(None, max_length=256),
 ) -> Response:
     items, next_cursor = await referrals.list_page(
-        db,
-        who,
+        a.db,
+        a.who,
         box=box,
         status=status,
         urgency=urgency,
@@ -99,8 +97,8 @@ async def list_referrals(
     response_model=EnvelopeOut,
     responses=errors.responses(*READ_ERRORS),
 )
-async def get_referral(referral_id: str, who: Reader, db: Db) -> Response:
-    body = await referrals.read(db, who, referral_id)
+async def get_referral(referral_id: str, a: ReaderDb) -> Response:
+    body = await referrals.read(a.db, a.who, referral_id)
     return Response(body.encode("utf-8"), media_type="application/json")
 
 
@@ -111,13 +109,13 @@ async def get_referral(referral_id: str, who: Reader, db: Db) -> Response:
     responses=errors.responses(400, 401, 403, 404, 409, 415, 422),
     openapi_extra=_body_doc(StatusIn),
 )
-async def post_status(
-    referral_id: str, request: Request, who: StatusWriter, db: Db
-) -> StatusOut:
+async def post_status(referral_id: str, request: Request, a: StatusWriterDb) -> Response:
     body = await json_object(request)
-    return await referrals.update_status(
-        db, who, referral_id, body, settings=request.app.state.settings
+    out = await referrals.update_status(
+        a.db, a.who, referral_id, body, settings=request.app.state.settings
     )
+    # encoded by pydantic's serializer directly (response_model above documents it)
+    return Response(out.model_dump_json().encode("utf-8"), media_type="application/json")
 
 
 @router.post(

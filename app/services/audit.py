@@ -1,7 +1,10 @@
 """Recording audit events.
 
 ``record()`` writes one event in the caller's transaction: the event commits or
-rolls back with the action it describes. Events carry identifiers and small
+rolls back with the action it describes. A read (GET) has nothing else to
+commit: its event goes to the worker's ``GroupCommit``, which writes the events
+of concurrent reads in one statement and one COMMIT, and the read is answered
+only once its event has committed. Events carry identifiers and small
 detail objects only; never plaintext, ciphertext, keys or tokens (callers pass
 ids, counts, field ids and purposes; ``scrub_detail`` replaces any long opaque
 run that looks like key material or ciphertext with ``[redacted]``, so a bug
@@ -14,17 +17,21 @@ gives each committed event its log position.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from app import errors
 from app.context import client_request_id_var, request_id_var
 from app.crypto.canonical import canonical_json
+from app.db import GROUP_COMMIT
 from app.identity import Actor as Actor  # re-exported: callers record as an Actor
 from app.models.tables import AuditEvent, AuditPending
 from app.models.types import utcnow
@@ -143,11 +150,116 @@ def _queued(values: Any) -> Any:
 _RECORD_ONE_PG = _queued({c: bindparam(c, type_=_EVENTS.c[c].type) for c in EVENT_COLUMNS})
 
 
+# Group commit on PostgreSQL: any number of events and their queue entries in one
+# statement prepared once (arrays, so the text does not depend on the batch size).
+_RECORD_MANY_PG = text(
+    "WITH written AS (INSERT INTO audit_event (event_id, ts, canonical) "
+    "SELECT e, t, c FROM unnest(CAST(:event_ids AS varchar[]), CAST(:tss AS timestamptz[]), "
+    "CAST(:canonicals AS text[])) AS u(e, t, c) RETURNING id) "
+    "INSERT INTO audit_pending (event_id) SELECT id FROM written"
+)
+
+_SQLITE_ROWS = 500
+log = logging.getLogger("refgate.audit")
+
+
+async def _write_batch(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert events and their queue entries on ``conn`` (in its transaction)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_RECORD_MANY_PG, {
+            "event_ids": [r["event_id"] for r in rows],
+            "tss": [r["ts"] for r in rows],
+            "canonicals": [r["canonical"] for r in rows],
+        })
+        return
+    for start in range(0, len(rows), _SQLITE_ROWS):  # within SQLite's bound-variable limit
+        chunk = rows[start:start + _SQLITE_ROWS]
+        ids = (
+            await conn.execute(insert(_EVENTS).values(chunk).returning(_EVENTS.c.id))
+        ).scalars().all()
+        await conn.execute(insert(_QUEUE), [{"event_id": i} for i in ids])
+
+
+class GroupCommit:
+    """Reads' audit events, written by group commit (one per worker process).
+
+    ``record()`` of a GET (``app.db.transaction`` puts this object in the read
+    session's ``info``) hands its event here and waits until the event has
+    committed: the request's response is released only after its event is
+    durable. Events that arrive while a batch is being written wait for the next
+    batch; when nothing is in flight a batch starts at once (no timer). Each
+    batch is one statement on PostgreSQL (two on SQLite) and one COMMIT. When a
+    batch fails, every request waiting on it fails with 503 and is not served.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine  # its own pool: waiting reads hold the main pool's connections
+        self._waiting: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, rows: list[dict[str, Any]]) -> None:
+        """Return once ``rows`` have committed; raise ``ServiceUnavailable`` if they did not."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((rows, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._commit(batch)
+        finally:
+            self._writer = None
+
+    async def _commit(self, batch: list[tuple[list[dict[str, Any]], asyncio.Future[None]]]) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await _write_batch(conn, [row for rows, _ in batch for row in rows])
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled at shutdown: fail the waiters, stop
+                self._fail(batch)
+                raise
+            log.warning("audit batch of %d events failed: %s", len(batch), type(exc).__name__)
+            self._fail(batch)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    @staticmethod
+    def _fail(batch: list[tuple[list[dict[str, Any]], asyncio.Future[None]]]) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(
+                    errors.ServiceUnavailable(
+                        "the audit log could not record this read; it was not served",
+                        headers={"Retry-After": "1"},
+                    )
+                )
+
+    async def close(self) -> None:
+        """Let the batch in flight finish, then close the connection (at shutdown)."""
+        writer = self._writer
+        if writer is not None:
+            await asyncio.wait({writer})
+        await self.engine.dispose()
+
+
 async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
-    """Append events in the caller's transaction: one statement on PostgreSQL, two on SQLite."""
+    """Append events in the caller's transaction: one statement on PostgreSQL, two on SQLite.
+
+    In a GET's session (``app.db``) the events go to the worker's ``GroupCommit``
+    instead, and this returns once they have committed.
+    """
     if not events:
         return
     rows = [_row(p) for p in events]
+    group: GroupCommit | None = session.info.get(GROUP_COMMIT)
+    if group is not None:
+        await group.submit(rows)
+        return
     if session.bind.dialect.name == "postgresql":
         if len(rows) == 1:
             await session.execute(_RECORD_ONE_PG, rows[0])

@@ -32,6 +32,7 @@ from app.config import Settings
 from app.crypto import merkle
 from app.crypto.encoding import b64_encode
 from app.cursor import decode_int, encode
+from app.db import core
 from app.dialect import is_postgres
 from app.identity import Principal
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
@@ -231,7 +232,7 @@ async def query_json(
     ``AuditList`` (``{"items": [{"seq", "event", "leaf_hash"}], "next_cursor"}``)."""
     before = decode_int(cursor) if cursor else None
     stmt, values = _page(who, f, before, limit + 1)
-    rows = (await db.execute(stmt, values)).all()
+    rows = (await (await core(db)).execute(stmt, values)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     await audit.record(
@@ -379,7 +380,7 @@ async def _proof_size(db: AsyncSession, requested: int | None) -> tuple[int, int
     Without ``requested`` the proof is for the latest signed checkpoint (503 when
     none is signed yet).
     """
-    head, signed = (await db.execute(_SIZES)).one()
+    head, signed = (await (await core(db)).execute(_SIZES)).one()
     if requested is not None:
         return requested, int(head)
     if signed is None:

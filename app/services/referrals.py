@@ -54,6 +54,7 @@ from app.crypto.encoding import EncodingError, b64url_decode
 from app.crypto.wire import Amendment, EnvelopeIn, GrantValue, Manifest, RequestValue, StatusIn
 from app.cursor import decode_time_id as _decode_cursor
 from app.cursor import encode_time_id as _encode_cursor
+from app.db import core
 from app.identity import Principal
 from app.models.schemas import Limits, ReferralSummary, StatusOut, rfc3339
 from app.models.tables import (
@@ -157,7 +158,7 @@ _DIRECTORY = (
 
 async def _directory(db: AsyncSession, agency_ids: Iterable[str]) -> dict[str, _Member]:
     """Status and current keys of the given agencies, in one statement."""
-    rows = await db.execute(_DIRECTORY, {"agency_ids": sorted(set(agency_ids))})
+    rows = await (await core(db)).execute(_DIRECTORY, {"agency_ids": sorted(set(agency_ids))})
     out: dict[str, _Member] = {}
     for agency_id, status, use, kid, public_key in rows:
         member = out.setdefault(agency_id, _Member(status, {}))
@@ -608,7 +609,7 @@ async def _status_dicts(
     """Every recipient's status of each referral, by recipient, in their JSON form."""
     out: dict[str, list[dict[str, Any]]] = {r: [] for r in referral_ids}
     if referral_ids:
-        for referral_id, *status in await db.execute(
+        for referral_id, *status in await (await core(db)).execute(
             _STATUSES, {"referral_ids": list(referral_ids)}
         ):
             out[referral_id].append(_status_dict(*status))
@@ -699,7 +700,7 @@ async def list_page(
         bool(status),
         bool(cursor),
     )
-    rows = (await db.execute(stmt.limit(limit + 1), values)).all()
+    rows = (await (await core(db)).execute(stmt.limit(limit + 1), values)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     if box == "sent":
@@ -762,13 +763,14 @@ _SENDER_PARTS = {
 
 async def _sender_view(db: AsyncSession, referral_id: str) -> dict[str, Any]:
     p = {"rid": referral_id}
-    fields = (await db.execute(_SENDER_PARTS["fields"], p)).all()
+    conn = await core(db)
+    fields = (await conn.execute(_SENDER_PARTS["fields"], p)).all()
     disclosures = [d for _, d, _ in fields]
-    disclosures += list(await db.scalars(_SENDER_PARTS["grants"], p))
-    disclosures += list(await db.scalars(_SENDER_PARTS["requests"], p))
+    disclosures += list(await conn.scalars(_SENDER_PARTS["grants"], p))
+    disclosures += list(await conn.scalars(_SENDER_PARTS["requests"], p))
     wrapped = [
         {"fid": f, "recipient": r, "kid": k, "wrapped_key": w}
-        for f, r, k, w in await db.execute(_SENDER_PARTS["wrapped"], p)
+        for f, r, k, w in await conn.execute(_SENDER_PARTS["wrapped"], p)
     ]
     return {
         "disclosures": disclosures,
@@ -935,7 +937,7 @@ async def update_status(
     changed = not same or (body.note is not None and body.note != row.note)
     updated_at = now if changed else row.updated_at
     if changed:
-        await db.execute(_SET_STATUS, {
+        await (await core(db)).execute(_SET_STATUS, {
             **own_row,
             "new_status": body.status,
             "new_reason": body.reason,

@@ -124,13 +124,14 @@ async def load_nodes(
     """Fetch perfect-subtree hashes in one statement."""
     if not coords:
         return {}
+    conn = await session.connection()  # Core: no ORM result layer (a proof's hot path)
     if is_postgres(session):
-        rows = await session.execute(
+        rows = await conn.execute(
             _PG_NODES,
             {"levels": [lv for lv, _ in coords], "idxs": [ix for _, ix in coords]},
         )
     else:
-        rows = await session.execute(
+        rows = await conn.execute(
             select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
                 tuple_(AuditNode.level, AuditNode.idx).in_(list(coords))
             )
