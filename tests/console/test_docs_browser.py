@@ -1,0 +1,45 @@
+"""``/docs/`` in real headless Chromium: Swagger UI from bundled assets, the console's CSP.
+
+The gateway runs as a subprocess (``refgate-server serve --demo``);
+``console/e2e/docs.mjs`` opens ``/docs``, which must list every operation of
+``/openapi.json`` and show an operation's description, with the CSP header
+exact, no CSP violation or other console error, no failed request and no
+request to another origin. The route's headers are checked here too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from tests.console import node
+from tests.console.test_console_browser import gateway  # noqa: F401 (the fixture)
+from tests.console.test_console_route import EXPECTED_CSP
+
+
+def test_docs_lists_every_operation_under_the_console_csp(
+    gateway: tuple[str, Path], tmp_path: Path  # noqa: F811 (the fixture)
+) -> None:
+    chromium = node.chromium()
+    npm = node.npm()
+    node.run([npm, "run", "--silent", "build"])
+    url, _ = gateway
+    page = httpx.get(f"{url}/docs/")
+    assert page.status_code == 200, page.text
+    assert page.headers["content-security-policy"] == EXPECTED_CSP
+    assert page.headers["cache-control"] == "no-store"
+    assert "<script>" not in page.text  # the start-up script is a file
+    assert "http" not in page.text.replace('href="../openapi.json"', "")  # nothing remote
+    assert httpx.get(f"{url}/redoc").headers["location"] == "/docs/"
+    document = httpx.get(f"{url}/openapi.json").json()
+    operations = sorted(f"{method} {path}" for path, item in document["paths"].items()
+                        for method in item if method in ("get", "post", "put", "patch",
+                                                         "delete"))
+    assert len(operations) > 30
+    config = {"url": url, "chromium": chromium, "csp": EXPECTED_CSP, "operations": operations,
+              "screenshot": str(tmp_path / "docs.png")}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    done = node.run([node.node(), "e2e/docs.mjs", str(tmp_path / "config.json")], timeout=300)
+    assert f"docs ok: {len(operations)} operations listed" in done.stdout
