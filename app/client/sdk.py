@@ -44,9 +44,12 @@ assertion whose ``exp`` is more than 300 seconds ahead**; Authlib's stock
 ``app.client.oauth``). The access token is cached, refreshed shortly before
 it expires and, once, when the server answers 401 ``invalid_token``.
 
-Lists: ``inbox``, ``sent`` and ``audit_events`` return one :class:`Page`
-(``items``, ``next_cursor``); pass ``cursor=page.next_cursor`` for the next
-one. ``agencies`` follows the cursors itself (the directory is small). The
+Results are typed (``app.client.results``: frozen dataclasses whose
+docstrings show an example; ``to_json()`` gives the server's JSON back).
+Lists: ``inbox`` and ``sent`` return one :class:`Page` of :class:`InboxItem`
+(``audit_events`` one of event dicts) with ``items`` and ``next_cursor``;
+pass ``cursor=page.next_cursor`` for the next one. ``agencies`` follows the
+cursors itself (the directory is small) and returns :class:`Agency` entries. The
 service directory's methods (``find_services``, ``set_capacity``,
 ``resolve_agency`` …) are in ``app.client.directory``.
 

@@ -126,7 +126,7 @@ def client_venv(tmp_path: Path) -> Path:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile",
          "--disable-pip-version-check", str(wheel)],
         check=True, capture_output=True, timeout=300,
     )
