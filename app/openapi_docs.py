@@ -29,7 +29,9 @@ OPERATIONS: dict[tuple[str, str], str] = {
         "grant_type=client_credentials, client_assertion_type=urn:ietf:params:oauth:"
         "client-assertion-type:jwt-bearer and a client_assertion signed with the client's "
         "Ed25519 key (alg EdDSA or Ed25519; aud = this URL; a fresh jti; exp at most 300 "
-        "seconds after the server's clock). Answers a short-lived access token with the "
+        "seconds after the server's clock: a longer assertion is refused with "
+        "invalid_client, and Authlib's stock PrivateKeyJWT signs for an hour, so give it "
+        "expires_in <= 300). Answers a short-lived access token with the "
         "client's agency, role and scopes. Errors are RFC 6749 error codes as problem types "
         "oauth/<error>."),
     ("get", "/v1/agencies"): (

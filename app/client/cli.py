@@ -386,15 +386,16 @@ async def cmd_inbox(rc: RefgateClient, args: argparse.Namespace) -> int:
     def human(out: TextIO) -> None:
         rows = []
         for item in page.items:
-            request = item.get("request") or {}
-            statuses = item.get("statuses") or []
-            shown = ", ".join(s["status"] if not args.sent
-                              else f"{label(s['recipient'])}: {s['status']}" for s in statuses)
-            who = (", ".join(label(s["recipient"]) for s in statuses) if args.sent
-                   else label(item["sender_agency"]))
-            rows.append((item["referral_id"], item["created_at"], who,
-                         request.get("urgency", ""), ",".join(request.get("services") or []),
-                         request.get("case_ref") or "", shown))
+            request = item.request
+            statuses = item.statuses
+            shown = ", ".join(s.status if not args.sent
+                              else f"{label(s.recipient)}: {s.status}" for s in statuses)
+            who = (", ".join(label(s.recipient) for s in statuses) if args.sent
+                   else label(item.sender_agency))
+            rows.append((item.referral_id, item.created_at, who,
+                         request.urgency if request else "",
+                         ",".join(request.services) if request else "",
+                         (request.case_ref if request else None) or "", shown))
         _table(out, ["REFERRAL", "CREATED", "TO" if args.sent else "FROM", "URGENCY",
                      "SERVICES", "CASE", "STATUS"], rows)
         out.write(f"{plural(len(page.items), 'referral')}"
@@ -402,7 +403,8 @@ async def cmd_inbox(rc: RefgateClient, args: argparse.Namespace) -> int:
         if page.next_cursor:
             out.write(f"more: --cursor {page.next_cursor}\n")
 
-    _emit(args, {"items": page.items, "next_cursor": page.next_cursor}, human)
+    _emit(args, {"items": [i.to_json() for i in page.items], "next_cursor": page.next_cursor},
+          human)
     return EXIT_OK
 
 
@@ -411,7 +413,8 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
     data = {"referral_id": opened.referral_id, "sender_agency": opened.sender_agency,
             "created_at": opened.manifest["created_at"], "version": opened.manifest["version"],
             "fields": opened.fields, "fids": opened.fids, "grants": opened.grants,
-            "requests": opened.requests, "statuses": opened.statuses, "notes": opened.notes,
+            "requests": {r: q.to_json() for r, q in opened.requests.items()},
+            "statuses": [s.to_json() for s in opened.statuses], "notes": opened.notes,
             "unreadable_notes": list(opened.unreadable_notes)}
     label = await agency_labels(rc, args.ids or args.json)
 
@@ -420,9 +423,9 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
                   f"from      {label(opened.sender_agency)}\n"
                   f"created   {opened.manifest['created_at']}\n")
         for recipient, request in sorted(opened.requests.items()):
-            case = f", case {request['case_ref']}" if request.get("case_ref") else ""
-            out.write(f"request   {label(recipient)}: {', '.join(request['services'])} "
-                      f"({request['urgency']}{case})\n")
+            case = f", case {request.case_ref}" if request.case_ref else ""
+            out.write(f"request   {label(recipient)}: {', '.join(request.services)} "
+                      f"({request.urgency}{case})\n")
         out.write("\nfields (signature, digests, hashes and commitments verified):\n")
         for name, text in sorted(opened.fields.items()):
             out.write(f"  {name}: {text}\n")
@@ -437,14 +440,14 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
                       f"until {g['expires_at']}\n")
         out.write("\nstatus:\n")
         for s in opened.statuses:
-            extra = f" reason={s['reason']}" if s.get("reason") else ""
-            note = opened.notes.get(s["recipient"])
+            extra = f" reason={s.reason}" if s.reason else ""
+            note = opened.notes.get(s.recipient)
             if note is not None:
                 extra += f" note: {note}"
-            elif s["recipient"] in opened.unreadable_notes:
+            elif s.recipient in opened.unreadable_notes:
                 extra += " note: (does not open with this agency's key)"
-            signed = " (signature verified)" if s.get("verified") else " (set by the server)"
-            out.write(f"  {label(s['recipient'])}  {s['status']}  {s['updated_at']}{signed}"
+            signed = " (signature verified)" if s.verified else " (set by the server)"
+            out.write(f"  {label(s.recipient)}  {s.status}  {s.updated_at}{signed}"
                       f"{extra}\n")
 
     _emit(args, data, human)
@@ -454,8 +457,8 @@ async def cmd_show(rc: RefgateClient, args: argparse.Namespace) -> int:
 async def cmd_status(rc: RefgateClient, args: argparse.Namespace) -> int:
     result = await rc.update_status(args.referral_id, args.state, reason=args.reason,
                                     note=args.note)
-    _emit(args, result, lambda out: out.write(
-        f"{args.referral_id}: {result['status']}\n"
+    _emit(args, result.to_json(), lambda out: out.write(
+        f"{args.referral_id}: {result.status}\n"
     ))
     return EXIT_OK
 
@@ -506,7 +509,7 @@ async def cmd_revoke(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 async def cmd_withdraw(rc: RefgateClient, args: argparse.Namespace) -> int:
     statuses = await rc.withdraw(args.referral_id)
-    _emit(args, statuses, lambda out: out.write(
+    _emit(args, [s.to_json() for s in statuses], lambda out: out.write(
         f"withdrew {args.referral_id}: {plural(len(statuses), 'recipient')} cancelled\n"
     ))
     return EXIT_OK

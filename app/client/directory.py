@@ -15,13 +15,13 @@ still verified against the audit log when a referral is sealed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from app.client.results import Agency, Page
 
 if TYPE_CHECKING:
     import httpx
-
-    from app.client.sdk import Page
 
 UNSET: Any = object()
 """``set_capacity(available=UNSET)`` leaves ``available`` as it is (None sets it unknown)."""
@@ -34,7 +34,7 @@ class AgencyNotFound(ValueError):
 class AmbiguousAgency(ValueError):
     """Several agencies' names begin with the text given."""
 
-    def __init__(self, message: str, candidates: list[dict[str, Any]]) -> None:
+    def __init__(self, message: str, candidates: Sequence[Agency | Mapping[str, Any]]) -> None:
         super().__init__(message)
         self.candidates = candidates
 
@@ -48,25 +48,34 @@ def _folded(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def match_agency(reference: str, agencies: list[dict[str, Any]]) -> dict[str, Any]:
-    """The one directory entry ``reference`` names: an exact id, else an exact name, else
-    the only name that begins with it (case-insensitive, spaces squeezed)."""
+A = TypeVar("A", Agency, Mapping[str, Any])
+
+
+def _get(entry: Agency | Mapping[str, Any], key: str) -> str:
+    value = getattr(entry, key) if isinstance(entry, Agency) else entry.get(key, "")
+    return str(value)
+
+
+def match_agency(reference: str, agencies: Sequence[A]) -> A:
+    """The one directory entry ``reference`` names (an :class:`Agency`, or its JSON):
+    an exact id, else an exact name, else the only name that begins with it
+    (case-insensitive, spaces squeezed)."""
     wanted = _folded(reference)
     if not wanted:
         raise AgencyNotFound("an agency name or id is empty")
     for entry in agencies:
-        if entry.get("id") == reference.strip():
+        if _get(entry, "id") == reference.strip():
             return entry
-    exact = [a for a in agencies if _folded(str(a.get("name", ""))) == wanted]
+    exact = [a for a in agencies if _folded(_get(a, "name")) == wanted]
     if len(exact) == 1:
         return exact[0]
-    found = exact or [a for a in agencies if _folded(str(a.get("name", ""))).startswith(wanted)]
+    found = exact or [a for a in agencies if _folded(_get(a, "name")).startswith(wanted)]
     if not found:
         raise AgencyNotFound(
             f"no agency is called {reference!r} or has that id; {_hint(reference)}"
         )
     if len(found) > 1:
-        names = ", ".join(sorted(f"{a['name']} ({a['id']})" for a in found))
+        names = ", ".join(sorted(f"{_get(a, 'name')} ({_get(a, 'id')})" for a in found))
         raise AmbiguousAgency(
             f"{reference!r} could be any of {len(found)} agencies: {names}; {_hint(reference)}",
             found,
@@ -88,7 +97,7 @@ class DirectoryMethods:
 
         async def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any: ...
 
-        async def agencies(self) -> list[dict[str, Any]]: ...
+        async def agencies(self) -> list[Agency]: ...
 
     async def find_services(
         self,
@@ -100,10 +109,8 @@ class DirectoryMethods:
         q: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[dict[str, Any]]:
         """One page of ``GET /v1/directory/services`` (accepting first, freshest capacity)."""
-        from app.client.sdk import Page
-
         body = await self._get_json("/v1/directory/services", {
             "category": category, "language": language, "population": population,
             "accepting": accepting, "q": q, "limit": limit, "cursor": cursor,
@@ -178,4 +185,4 @@ class DirectoryMethods:
     async def resolve_agency(self, reference: str) -> str:
         """The id of the agency ``reference`` names (an id, or a unique name prefix);
         :class:`AgencyNotFound` or :class:`AmbiguousAgency` otherwise."""
-        return str(match_agency(reference, await self.agencies())["id"])
+        return match_agency(reference, await self.agencies()).id

@@ -189,7 +189,7 @@ async def resolve_agencies(rc: RefgateClient, references: list[str]) -> dict[str
     if not references:
         return {}
     directory = await rc.agencies()
-    resolved = {ref: str(match_agency(ref, directory)["id"]) for ref in dict.fromkeys(references)}
+    resolved = {ref: match_agency(ref, directory).id for ref in dict.fromkeys(references)}
     seen: dict[str, str] = {}
     for ref, agency_id in resolved.items():
         if agency_id in seen:

@@ -7,7 +7,7 @@ whether they verify against the signed key directory of the pinned checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from app.client.errors import VerificationError
@@ -30,17 +30,10 @@ async def agency_labels(rc: RefgateClient, show_ids: bool) -> Label:
     entries = await rc.agencies()
     counts: dict[str, int] = {}
     for a in entries:
-        counts[a["name"]] = counts.get(a["name"], 0) + 1
-    names = {a["id"]: (a["name"] if counts[a["name"]] == 1 else f"{a['name']} ({a['id'][:8]})")
+        counts[a.name] = counts.get(a.name, 0) + 1
+    names = {a.id: (a.name if counts[a.name] == 1 else f"{a.name} ({a.id[:8]})")
              for a in entries}
     return lambda agency_id: names.get(agency_id, agency_id)
-
-
-def _kid(entry: Mapping[str, Any], use: str) -> str:
-    for key in entry.get("keys") or []:
-        if key.get("use") == use and key.get("status") == "current":
-            return str(key.get("kid"))
-    return "-"
 
 
 async def verified_agencies(rc: RefgateClient) -> list[dict[str, Any]]:
@@ -49,14 +42,14 @@ async def verified_agencies(rc: RefgateClient) -> list[dict[str, Any]]:
     states, else why not (a suspended agency's keys are not used, so not checked)."""
     out: list[dict[str, Any]] = []
     for entry in await rc.agencies():
-        row = {**entry, "enc_kid": _kid(entry, "enc"), "sig_kid": _kid(entry, "sig")}
-        if entry.get("status") != "active":
+        row = {**entry.to_json(), "enc_kid": entry.current_kid("enc") or "-",
+               "sig_kid": entry.current_kid("sig") or "-"}
+        if entry.status != "active":
             row["verified"] = "not checked (suspended)"
         else:
             try:
                 for use in ("enc", "sig"):
-                    kid, _ = await rc.agency_key(entry["id"], use,
-                                                 entry=entry)
+                    kid, _ = await rc.agency_key(entry.id, use, entry=entry)
                     if kid != row[f"{use}_kid"]:
                         raise VerificationError(f"the directory serves {row[f'{use}_kid']}, "
                                                 f"the log states {kid}")

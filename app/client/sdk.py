@@ -33,21 +33,23 @@ transparency off: it exists for tests that run no sequencer, never for
 production.
 
 Authentication is OAuth 2.0 client credentials with ``private_key_jwt``
-(RFC 7523): :class:`PrivateKeyJWT` is an ``httpx.Auth`` that posts a fresh
-single-use Ed25519 assertion (``app.client.assertion.client_assertion``,
-audience ``{base_url}/oauth/token``) to the token endpoint, caches the access
-token, refreshes it shortly before it expires and, once, when the server
-answers 401 ``invalid_token``. It is our own class rather than Authlib's
-``AsyncOAuth2Client`` because Authlib 1.9 deprecates its httpx integration:
-importing ``authlib.integrations.httpx_client`` emits an
-``AuthlibDeprecationWarning`` (it asks for the separate ``httpx2`` package),
-which the test suite's ``filterwarnings = error`` turns into a failure, and
-the integration is slated for removal. The flow is small, and the assertion
-is built with joserfc, as Authlib's own ``PrivateKeyJWT`` would build it.
+(RFC 7523) through Authlib: :class:`PrivateKeyJWT` is an ``httpx.Auth`` whose
+tokens come from Authlib's ``AsyncOAuth2Client``
+(``authlib.integrations.httpx_client``) with a ``private_key_jwt`` client
+authentication method that signs a fresh single-use Ed25519 assertion
+(``alg`` Ed25519, ``aud`` = ``{base_url}/oauth/token``) valid for
+``assertion_lifetime`` seconds, 60 by default. **The server refuses an
+assertion whose ``exp`` is more than 300 seconds ahead**; Authlib's stock
+``PrivateKeyJWT`` signs for an hour, so set ``expires_in`` (see
+``app.client.oauth``). The access token is cached, refreshed shortly before
+it expires and, once, when the server answers 401 ``invalid_token``.
 
-Lists: ``inbox``, ``sent`` and ``audit_events`` return one :class:`Page`
-(``items``, ``next_cursor``); pass ``cursor=page.next_cursor`` for the next
-one. ``agencies`` follows the cursors itself (the directory is small). The
+Results are typed (``app.client.results``: frozen dataclasses whose
+docstrings show an example; ``to_json()`` gives the server's JSON back).
+Lists: ``inbox`` and ``sent`` return one :class:`Page` of :class:`InboxItem`
+(``audit_events`` one of event dicts) with ``items`` and ``next_cursor``;
+pass ``cursor=page.next_cursor`` for the next one. ``agencies`` follows the
+cursors itself (the directory is small) and returns :class:`Agency` entries. The
 service directory's methods (``find_services``, ``set_capacity``,
 ``resolve_agency`` …) are in ``app.client.directory``.
 
@@ -73,7 +75,6 @@ import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
     Generator,
     Iterable,
@@ -88,7 +89,6 @@ from typing import Any, Literal
 import httpx
 
 from app import __version__
-from app.client.assertion import client_assertion, token_form
 from app.client.directory import AgencyNotFound, AmbiguousAgency, DirectoryMethods
 from app.client.errors import (
     AgencyKeyError,
@@ -100,6 +100,8 @@ from app.client.errors import (
     VerificationError,
 )
 from app.client.keyfile import KeyFile
+from app.client.oauth import DEFAULT_ASSERTION_LIFETIME, TokenRefused, token_client
+from app.client.results import Agency, AgencyKey, InboxItem, Page, ReferralRequest, Status
 from app.client.transparency import Pins, Transparency, pins_path
 from app.crypto import envelope as env
 from app.crypto import keys
@@ -107,6 +109,8 @@ from app.crypto.checkpoint import Checkpoint, CheckpointError, parse_verifier_ke
 from app.crypto.encoding import EncodingError, b64url_decode
 
 __all__ = [
+    "Agency",
+    "AgencyKey",
     "AgencyKeyError",
     "AgencyNotFound",
     "AmbiguousAgency",
@@ -123,6 +127,9 @@ __all__ = [
     "SealedReferral",
     "ServerUnreachable",
     "VerificationError",
+    "InboxItem",
+    "ReferralRequest",
+    "Status",
     "idempotency_key_for",
 ]
 
@@ -248,58 +255,62 @@ def _expect(value: object, kind: type, what: str) -> Any:
 class PrivateKeyJWT(httpx.Auth):
     """``httpx.Auth`` for OAuth 2.0 client credentials with ``private_key_jwt`` (RFC 7523).
 
-    The token is fetched on first use, refreshed ``refresh_margin`` seconds
-    (at most half its lifetime) before it expires, and fetched again once if a
-    request comes back 401 ``invalid_token``. Concurrent requests share one
-    token fetch. Async only.
+    Tokens come from Authlib's ``AsyncOAuth2Client`` (``app.client.oauth``),
+    which signs a fresh single-use Ed25519 assertion valid for
+    ``assertion_lifetime`` seconds (the server accepts at most 300) for each
+    token request. The token is fetched on first use, refreshed
+    ``refresh_margin`` seconds (at most half its lifetime) before it expires,
+    and fetched again once if a request comes back 401 ``invalid_token``.
+    Concurrent requests share one token fetch. Async only.
     """
 
     requires_response_body = False
 
     def __init__(
-        self, client_id: str, auth_seed: bytes, token_url: str, *, refresh_margin: float = 60.0
+        self, client_id: str, auth_seed: bytes, token_url: str, *, refresh_margin: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None, timeout: float = 30.0,
+        assertion_lifetime: int = DEFAULT_ASSERTION_LIFETIME,
     ) -> None:
         self.client_id = client_id
-        self._seed = auth_seed
         self.token_url = token_url
         self._margin = refresh_margin
         self._lock = asyncio.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
+        self._oauth = token_client(client_id, auth_seed, token_url, transport=transport,
+                                   timeout=timeout, assertion_lifetime=assertion_lifetime)
 
     def _fresh(self) -> bool:
         return self._token is not None and time.monotonic() < self._refresh_at
 
-    def token_request(self) -> httpx.Request:
-        """A token request carrying a fresh single-use assertion."""
-        return httpx.Request(
-            "POST",
-            self.token_url,
-            data=token_form(client_assertion(self.client_id, self._seed, self.token_url)),
-            headers={"Accept": "application/json"},
-        )
-
-    async def _accept(self, response: httpx.Response) -> str:
-        await response.aread()
-        _raise_for(response)
-        body = response.json()
-        token = body.get("access_token") if isinstance(body, dict) else None
-        lifetime = body.get("expires_in") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not isinstance(lifetime, int) or lifetime <= 0:
-            raise RefgateError(response.status_code, {
+    async def _fetch(self) -> str:
+        base = self.token_url.rsplit("/oauth/token", 1)[0]
+        try:
+            token = await self._oauth.fetch_token(self.token_url, grant_type="client_credentials")
+        except TokenRefused as exc:
+            raise RefgateError(exc.status, exc.problem) from None
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(base, exc) from exc
+        access = token.get("access_token")
+        lifetime = token.get("expires_in")
+        if not isinstance(access, str) or not isinstance(lifetime, int) or lifetime <= 0:
+            raise RefgateError(200, {
                 "title": "Bad token response",
                 "detail": "the token endpoint answered without access_token/expires_in",
             })
-        self._token = token
+        self._token = access
         self._refresh_at = time.monotonic() + lifetime - min(self._margin, lifetime / 2)
-        return token
+        return access
 
-    async def token(self, send: Callable[[httpx.Request], Awaitable[httpx.Response]]) -> str:
-        """The current access token, fetched with ``send`` if it is missing or expiring."""
+    async def token(self) -> str:
+        """The current access token, fetched if it is missing or expiring."""
         async with self._lock:
             if not self._fresh():
-                await self._accept(await send(self.token_request()))
+                await self._fetch()
             return str(self._token)
+
+    async def aclose(self) -> None:
+        await self._oauth.aclose()
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         raise RuntimeError("PrivateKeyJWT works with httpx.AsyncClient only")
@@ -307,10 +318,7 @@ class PrivateKeyJWT(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        async with self._lock:
-            if not self._fresh():
-                await self._accept((yield self.token_request()))
-            used = self._token
+        used = await self.token()
         request.headers["Authorization"] = f"Bearer {used}"
         response = yield request
         challenge = response.headers.get("WWW-Authenticate", "")
@@ -318,20 +326,12 @@ class PrivateKeyJWT(httpx.Auth):
             async with self._lock:
                 if self._token == used:
                     self._token = None
-                    await self._accept((yield self.token_request()))
+                    await self._fetch()
                 request.headers["Authorization"] = f"Bearer {self._token}"
             yield request
 
 
 # ---------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a list; ``next_cursor`` is None on the last page."""
-
-    items: list[dict[str, Any]]
-    next_cursor: str | None
 
 
 class _Client(httpx.AsyncClient):
@@ -377,24 +377,35 @@ class SealedReferral:
                    fids=dict(data["fids"]), expires_at=dict(data["expires_at"]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpenedReferral:
     """A referral whose signature, digests, hashes, commitments and statuses all verified.
 
     ``fields`` maps field name to value for exactly the fields addressed to
-    the caller (``fids``: name to opaque id). ``grants`` and ``requests`` are
-    the disclosures served to the caller (a recipient: its own; the sender:
-    all). For the sender, ``notes`` maps a recipient to its decrypted status
-    note; notes that do not open with the sender's key are listed in
-    ``unreadable_notes``.
+    the caller (``fids``: name to opaque id). ``grants`` (dicts: ``fid``,
+    ``recipient``, ``kid``, ``purpose``, ``expires_at``, ``release_ref``,
+    ``wrapped_key_sha256``) and ``requests`` (recipient ->
+    :class:`ReferralRequest`) are the disclosures served to the caller (a
+    recipient: its own; the sender: all). ``statuses`` are :class:`Status`
+    with ``verified`` set. For the sender, ``notes`` maps a recipient to its
+    decrypted status note; notes that do not open with the sender's key are
+    listed in ``unreadable_notes``.
+
+    Example::
+
+        opened = await rc.open_referral("5e0f…")
+        opened.fields      # {"full_name": "Maria Example", "narrative": "Recruited …"}
+        opened.requests    # {"0b6c…": ReferralRequest(services=("legal",), urgency="urgent", …)}
+        opened.statuses    # (Status(recipient="0b6c…", status="accepted", verified=True, …),)
+        opened.notes       # {"0b6c…": "Intake Tuesday"}  (the sender only)
     """
 
     manifest: dict[str, Any]
     fields: dict[str, str]
     fids: dict[str, str]
     grants: list[dict[str, Any]]
-    requests: dict[str, dict[str, Any]]
-    statuses: list[dict[str, Any]]
+    requests: dict[str, ReferralRequest]
+    statuses: tuple[Status, ...]
     notes: dict[str, str] = field(default_factory=dict)
     unreadable_notes: tuple[str, ...] = ()
 
@@ -435,6 +446,7 @@ class RefgateClient(DirectoryMethods):
         verify_keys: bool = True,
         timeout: float = 30.0,
         key_proof_timeout: float = 15.0,
+        assertion_lifetime: int = DEFAULT_ASSERTION_LIFETIME,
     ) -> None:
         url = (base_url or key.server or "").rstrip("/")
         if not url:
@@ -456,7 +468,9 @@ class RefgateClient(DirectoryMethods):
         self.agency_id: str = key.agency_id
         self.client_id: str = key.client_id
         self.verify_keys = verify_keys
-        self._auth = PrivateKeyJWT(key.client_id, key.auth_seed, f"{url}/oauth/token")
+        self._auth = PrivateKeyJWT(key.client_id, key.auth_seed, f"{url}/oauth/token",
+                                   transport=transport, timeout=timeout,
+                                   assertion_lifetime=assertion_lifetime)
         self._http = _Client(
             base_url=url,
             transport=transport,
@@ -492,6 +506,7 @@ class RefgateClient(DirectoryMethods):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._auth.aclose()
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -522,29 +537,36 @@ class RefgateClient(DirectoryMethods):
 
     async def access_token(self) -> str:
         """A valid access token (cached until shortly before it expires)."""
-        return await self._auth.token(lambda request: self._http.send(request, auth=None))
+        return await self._auth.token()
 
     # ------------------------------------------------------------ directory
 
-    async def agencies(self) -> list[dict[str, Any]]:
-        """The whole task-force directory (follows the cursors)."""
-        out: list[dict[str, Any]] = []
+    async def agencies(self) -> list[Agency]:
+        """The whole task-force directory (follows the cursors).
+
+        Example::
+
+            for a in await rc.agencies():   # Agency
+                print(a.name, a.id, a.status, a.current_kid("enc"))
+        """
+        out: list[Agency] = []
         cursor: str | None = None
         while True:
-            page = await self._get_json("/v1/agencies", {"limit": 500, "cursor": cursor})
-            out.extend(page["items"])
+            page = _expect(await self._get_json("/v1/agencies", {"limit": 500, "cursor": cursor}),
+                           dict, "agency list")
+            out.extend(Agency.from_json(item) for item in _expect(page.get("items"), list,
+                                                                  "agency list"))
             cursor = page.get("next_cursor")
             if not cursor:
                 return out
 
-    async def agency(self, agency_id: str) -> dict[str, Any]:
+    async def agency(self, agency_id: str) -> Agency:
         """One directory entry (unverified: keys are checked when they are used)."""
-        entry: dict[str, Any] = await self._get_json(f"/v1/agencies/{agency_id}")
-        return entry
+        return Agency.from_json(await self._get_json(f"/v1/agencies/{agency_id}"))
 
     async def agency_key(
         self, agency_id: str, use: Literal["enc", "sig"],
-        *, entry: Mapping[str, Any] | None = None,
+        *, entry: Agency | Mapping[str, Any] | None = None,
     ) -> tuple[str, bytes]:
         """(kid, raw public key) of an agency's current ``use`` key, as the signed key
         directory states it (``app.client.transparency``): raises
@@ -552,10 +574,12 @@ class RefgateClient(DirectoryMethods):
         against the log, :class:`KeyTransparencyError` for a proof that does not
         verify. ``entry`` is the directory entry if the caller already fetched it.
         With ``verify_keys=False`` only the kid is checked against the key served."""
+        if isinstance(entry, Agency):
+            entry = entry.raw
         first: list[Mapping[str, Any]] = [entry] if entry is not None else []
 
         async def fetch() -> Mapping[str, Any]:
-            return first.pop() if first else await self.agency(agency_id)
+            return first.pop() if first else (await self.agency(agency_id)).raw
 
         if self.verify_keys:
             return await self.transparency.agency_key(agency_id, use, fetch)
@@ -601,10 +625,10 @@ class RefgateClient(DirectoryMethods):
         out: dict[str, tuple[str, bytes]] = {}
         for recipient in dict.fromkeys(recipients):
             entry = await self.agency(recipient)
-            if entry.get("status") != "active":
+            if entry.status != "active":
                 raise ValueError(
-                    f"recipient {recipient} ({entry.get('name', 'unknown agency')}) is not "
-                    f"active ({entry.get('status')}): it cannot receive referrals"
+                    f"recipient {recipient} ({entry.name}) is not "
+                    f"active ({entry.status}): it cannot receive referrals"
                 )
             out[recipient] = await self.agency_key(recipient, "enc", entry=entry)
         return out
@@ -750,34 +774,51 @@ class RefgateClient(DirectoryMethods):
     async def inbox(
         self, status: str | None = None, urgency: str | None = None,
         since: datetime | str | None = None, limit: int = 50, cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[InboxItem]:
         """One page of received referrals, newest first.
 
-        Each item: ``referral_id``, ``sender_agency``, ``created_at``,
-        ``version``, ``statuses`` (this agency's own), ``request`` (what this
+        Each item is an :class:`InboxItem`: ``referral_id``,
+        ``sender_agency``, ``created_at``, ``version``, ``statuses`` (this
+        agency's own), ``request`` (a :class:`ReferralRequest`: what this
         agency is asked to do: ``services``, ``urgency``, ``case_ref``) and
         ``withdrawn``. No content: open an item with :meth:`open_referral`.
         Poll with ``since`` (the newest ``created_at`` seen) or subscribe to
         the ``referral.received`` webhook.
+
+        Example::
+
+            page = await rc.inbox(status="requested")
+            for item in page.items:
+                print(item.referral_id, item.request.urgency, item.request.services)
+                opened = await rc.open_referral(item.referral_id)
         """
         return await self._referral_page("received", status, urgency, since, limit, cursor)
 
     async def sent(
         self, status: str | None = None, urgency: str | None = None,
         since: datetime | str | None = None, limit: int = 50, cursor: str | None = None,
-    ) -> Page:
-        """One page of sent referrals, newest first, with every recipient's status."""
+    ) -> Page[InboxItem]:
+        """One page of sent referrals, newest first, with every recipient's status
+        (:class:`InboxItem` whose ``request`` is None).
+
+        Example::
+
+            item = (await rc.sent(limit=1)).items[0]
+            answered = {s.recipient: s.status for s in item.statuses if s.status != "requested"}
+        """
         return await self._referral_page("sent", status, urgency, since, limit, cursor)
 
     async def _referral_page(
         self, box: str, status: str | None, urgency: str | None, since: datetime | str | None,
         limit: int, cursor: str | None,
-    ) -> Page:
+    ) -> Page[InboxItem]:
         params = {"box": box, "status": status, "urgency": urgency, "limit": limit,
                   "cursor": cursor,
                   "since": _rfc3339(since) if isinstance(since, datetime) else since}
-        body = await self._get_json("/v1/referrals", params)
-        return Page(items=body["items"], next_cursor=body.get("next_cursor"))
+        body = _expect(await self._get_json("/v1/referrals", params), dict, "referral list")
+        return Page(items=[InboxItem.from_json(i) for i in _expect(body.get("items"), list,
+                                                                   "referral list")],
+                    next_cursor=body.get("next_cursor"))
 
     async def _sender_sig_public(self, manifest: Mapping[str, Any]) -> bytes:
         sender = manifest.get("sender_agency")
@@ -851,17 +892,27 @@ class RefgateClient(DirectoryMethods):
         return OpenedReferral(
             manifest=opened.manifest.model_dump(), fields=opened.fields, fids=opened.fids,
             grants=[g.model_dump() for g in opened.grants],
-            requests={r: v.model_dump() for r, v in opened.requests.items()},
-            statuses=statuses, notes=notes, unreadable_notes=tuple(unreadable),
+            requests={r: ReferralRequest.from_json(v.model_dump())
+                      for r, v in opened.requests.items()},
+            statuses=tuple(Status.from_json(s) for s in statuses), notes=notes,
+            unreadable_notes=tuple(unreadable),
         )
 
     async def update_status(
         self, referral_id: str, status: str, reason: str | None = None, note: str | None = None
-    ) -> dict[str, Any]:
+    ) -> Status:
         """Post this recipient's signed status; ``note`` is sealed to the sender.
 
         The referral is opened first (its manifest signature verified), so the
         note is sealed to the current key of the agency that signed it.
+        ``status`` is received, accepted, declined or completed (forward
+        only); ``reason`` a code such as ``no_capacity`` (``GET /v1/limits``
+        lists them). Returns the :class:`Status` as stored.
+
+        Example::
+
+            await rc.update_status(rid, "declined", reason="no_capacity",
+                                   note="Full until Monday; try Harbor House")
         """
         sealed: str | None = None
         if note is not None:
@@ -872,10 +923,7 @@ class RefgateClient(DirectoryMethods):
             referral_id=referral_id, recipient=self.agency_id, status=status, reason=reason,
             note=sealed, signed_at=_rfc3339(datetime.now(UTC)), sig_seed=self.key.sig_seed,
         )
-        result: dict[str, Any] = await self._post_json(
-            f"/v1/referrals/{referral_id}/status", body
-        )
-        return result
+        return Status.from_json(await self._post_json(f"/v1/referrals/{referral_id}/status", body))
 
     def read_note(self, note: str) -> str:
         """Decrypt a status note addressed to this agency (raises VerificationError)."""
@@ -942,12 +990,12 @@ class RefgateClient(DirectoryMethods):
         )
         return result
 
-    async def withdraw(self, referral_id: str) -> list[dict[str, Any]]:
-        """Withdraw a referral this agency sent: recipients' keys deleted, statuses cancelled."""
-        result: list[dict[str, Any]] = await self._post_json(
-            f"/v1/referrals/{referral_id}/withdraw", None
-        )
-        return result
+    async def withdraw(self, referral_id: str) -> list[Status]:
+        """Withdraw a referral this agency sent: recipients' keys deleted, statuses cancelled
+        (each recipient's :class:`Status` after the withdrawal)."""
+        result = _expect(await self._post_json(f"/v1/referrals/{referral_id}/withdraw", None),
+                         list, "withdrawal")
+        return [Status.from_json(s) for s in result]
 
     # ------------------------------------------------------------ audit
 
@@ -963,7 +1011,7 @@ class RefgateClient(DirectoryMethods):
         until: datetime | str | None = None,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[dict[str, Any]]:
         """One page of audit events, newest first (``{seq, event, leaf_hash}`` items)."""
         params = {"actor": actor, "agency": agency, "resource_id": resource_id,
                   "action": action, "outcome": outcome, "limit": limit, "cursor": cursor,

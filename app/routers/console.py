@@ -11,6 +11,11 @@ is never cached, so a new build is picked up at the next load.
 The files are built from ``console/`` into ``app/console_dist/`` (package
 data) by ``cd console && npm ci && npm run build``; ``./dev serve`` does it
 when the sources changed. Without a build, ``/console/`` says how to make one.
+
+The interactive API reference at ``/docs/`` (Swagger UI from the npm package
+``swagger-ui-dist``, built by the same step into ``docs.html`` and
+``assets/docs-*``; its start-up script is a file and its icons are files, so
+it runs under the same policy) reads ``/openapi.json``. ``/redoc`` leads there.
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ PAGE_HEADERS = {
     "x-frame-options": "DENY",
 }
 IMMUTABLE = "public, max-age=31536000, immutable"
-_ASSET = re.compile(r"^[A-Za-z0-9_.-]+-[A-Z0-9]{8}\.(js|css|txt)$")
+_ASSET = re.compile(r"^[A-Za-z0-9_.-]+-[A-Z0-9]{8}\.(js|css|txt|svg|png|jpg)$")
 _TYPES = {"js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8",
-          "txt": "text/plain; charset=utf-8"}
+          "txt": "text/plain; charset=utf-8", "svg": "image/svg+xml", "png": "image/png",
+          "jpg": "image/jpeg"}
 
 NOT_BUILT = (
     "The refgate console has not been built on this server. Build it once (needs Node.js 20 "
@@ -73,6 +79,36 @@ async def console_index() -> Response:
 
 @router.get("/console/assets/{name}")
 async def console_asset(name: str) -> Response:
+    return _asset(name)
+
+
+DOCS_NOT_BUILT = (
+    "The API reference (/docs/) is built with the console and has not been built on this "
+    "server. Build it once (needs Node.js 20 or newer) with: cd console && npm ci && npm run "
+    "build. Meanwhile the OpenAPI document is at /openapi.json."
+)
+
+
+@router.get("/docs")
+@router.get("/redoc")
+async def docs_root() -> RedirectResponse:
+    return RedirectResponse("/docs/", status_code=308)
+
+
+@router.get("/docs/")
+async def docs_index() -> Response:
+    page = DIST / "docs.html"
+    if not page.is_file():
+        raise errors.ServiceUnavailable(DOCS_NOT_BUILT, slug="docs/not-built", headers=_NO_STORE)
+    return FileResponse(page, media_type="text/html; charset=utf-8", headers=_NO_STORE)
+
+
+@router.get("/docs/assets/{name}")
+async def docs_asset(name: str) -> Response:
+    return _asset(name)
+
+
+def _asset(name: str) -> Response:
     match = _ASSET.fullmatch(name)
     path = DIST / "assets" / name
     if match is None or not path.is_file():

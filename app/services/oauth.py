@@ -85,8 +85,14 @@ def _check_claims(
     if exp <= now - skew:
         raise _refuse("expired", "the assertion has expired", client)
     if exp > now + settings.auth.assertion_max_lifetime + skew:
+        limit = settings.auth.assertion_max_lifetime
         raise _refuse(
-            "too_long", f"exp may be at most {settings.auth.assertion_max_lifetime}s ahead", client
+            "too_long",
+            f"the client assertion is valid for {exp - now} s, but this server accepts at most "
+            f"{limit} s (exp may be at most {limit}s ahead): sign assertions that expire "
+            f"within {limit} s (with Authlib, private_key_jwt_sign(..., expires_in={limit}) "
+            "or less; its stock PrivateKeyJWT signs for 3600 s)",
+            client,
         )
     for name in ("iat", "nbf"):
         value = claims.get(name)

@@ -21,8 +21,10 @@ from app.client.keyfile import KeyFile, KeyFileError, PassphraseRequired, is_sea
 from app.client.sdk import (
     KeyTransparencyError,
     LogConsistencyError,
+    ReferralRequest,
     RefgateClient,
     RefgateError,
+    Status,
     VerificationError,
 )
 from app.crypto import keys
@@ -125,18 +127,21 @@ async def test_sdk_round_trip_shows_each_agency_only_its_consented_fields(
     legal = await sdk("legal").open_referral(rid)
     assert legal.fields == FIELDS
     assert legal.sender_agency == tf["shelter"].agency_id
-    assert legal.requests == {tf["legal"].agency_id: {"recipient": tf["legal"].agency_id,
-                                                      **REQUEST}}
+    assert {r: q.to_json() for r, q in legal.requests.items()} == {
+        tf["legal"].agency_id: {"recipient": tf["legal"].agency_id, **REQUEST}}
+    assert legal.requests[tf["legal"].agency_id] == ReferralRequest(
+        recipient=tf["legal"].agency_id, services=tuple(REQUEST["services"]),
+        urgency=REQUEST["urgency"], case_ref=REQUEST["case_ref"])
 
     police = sdk("police", "liaison")
     assert (await police.open_referral(rid)).fields == {"full_name": "Maria Example"}
     inbox = await police.inbox()
-    assert [i["referral_id"] for i in inbox.items] == [rid]
+    assert [i.referral_id for i in inbox.items] == [rid]
     assert inbox.next_cursor is None
     assert (await police.inbox(status="accepted")).items == []
 
     sent = await shelter.sent()
-    assert {s["recipient"]: s["status"] for s in sent.items[0]["statuses"]} == {
+    assert {s.recipient: s.status for s in sent.items[0].statuses} == {
         tf["legal"].agency_id: "requested", tf["police"].agency_id: "requested"
     }
     assert (await shelter.open_referral(rid)).fields == FIELDS  # the sender holds every field
@@ -279,16 +284,17 @@ async def test_status_note_is_readable_by_the_sender_only(
     rid = await send(tf, shelter)
     legal = sdk("legal")
     status = await legal.update_status(rid, "accepted", note="Intake Tuesday 10:00, room 4")
-    assert status["status"] == "accepted"
-    assert status["note"] is not None
-    assert "Intake" not in status["note"]
+    assert isinstance(status, Status)
+    assert status.status == "accepted"
+    assert status.note is not None
+    assert "Intake" not in status.note
     with pytest.raises(VerificationError):
-        legal.read_note(status["note"])  # sealed to the sender, not to the recipient
+        legal.read_note(status.note)  # sealed to the sender, not to the recipient
 
     opened = await shelter.open_referral(rid)
     assert opened.notes == {tf["legal"].agency_id: "Intake Tuesday 10:00, room 4"}
     assert opened.unreadable_notes == ()
-    statuses = {s["recipient"]: s["status"] for s in opened.statuses}
+    statuses = {s.recipient: s.status for s in opened.statuses}
     assert statuses[tf["legal"].agency_id] == "accepted"
 
     with pytest.raises(RefgateError) as refused:
@@ -325,7 +331,7 @@ async def test_grant_then_revoke_through_the_sdk(tf: TaskForce, sdk: MakeSdk) ->
     assert revoked.value.problem["title"] == "Not Found"
 
     statuses = await shelter.withdraw(rid)
-    assert {s["status"] for s in statuses} == {"cancelled"}
+    assert {s.status for s in statuses} == {"cancelled"}
 
 
 async def test_grant_refuses_a_referral_the_server_altered(
@@ -356,7 +362,7 @@ async def test_a_status_rewritten_in_the_database_is_refused_by_the_sender(
     rid = await send(tf, shelter)
     await sdk("legal").update_status(rid, "accepted", note="Intake Monday 10:00")
     opened = await shelter.open_referral(rid)
-    assert [s["verified"] for s in opened.statuses if s["status"] == "accepted"] == [True]
+    assert [s.verified for s in opened.statuses if s.status == "accepted"] == [True]
     forged_note = b64url_encode(keys.seal(tf["shelter"].keys.enc_public, b"Do not come"))
     from sqlalchemy import text
 
@@ -440,7 +446,7 @@ async def test_auditor_reads_checkpoints_proofs_events_and_exports(
     assert len(lines) == len(tf.members)
     assert all(json.loads(line)["event"]["action"] == "agency:create" for line in lines)
     agencies = await auditor.agencies()
-    assert {a["id"] for a in agencies} >= {m.agency_id for m in tf.members.values()}
+    assert {a.id for a in agencies} >= {m.agency_id for m in tf.members.values()}
     # every client pins and verifies checkpoints, admins too; the events stay auditors'
     admin = sdk("office", "admin")
     assert (await admin.verified_checkpoint()).size >= cp.size

@@ -55,7 +55,7 @@ async def test_a_lost_answer_and_repeated_posts_make_one_referral(
     assert again == first
     assert racing == [first, first]
     sent = await shelter.sent()
-    assert [item["referral_id"] for item in sent.items] == [sealed.referral_id]
+    assert [item.referral_id for item in sent.items] == [sealed.referral_id]
 
 
 async def test_another_envelope_under_a_used_referral_id_is_refused(

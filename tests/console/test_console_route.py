@@ -93,3 +93,38 @@ async def test_api_answers_keep_the_api_policy(client: httpx.AsyncClient) -> Non
     r = await client.get("/health/live")
     assert r.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
     assert r.headers["cache-control"] == "no-store"
+
+
+async def test_docs_page_and_its_assets_have_the_console_policy(
+    client: httpx.AsyncClient, dist: Path
+) -> None:
+    (dist / "docs.html").write_text('<!doctype html><script type="module" '
+                                    'src="assets/docs-ABCD1234.js"></script>')
+    (dist / "assets" / "docs-ABCD1234.js").write_text("export {};\n")
+    (dist / "assets" / "docsimg-ABCD1234.svg").write_text("<svg/>")
+    for path in ("/docs", "/redoc"):
+        r = await client.get(path)
+        assert r.status_code == 308
+        assert r.headers["location"] == "/docs/"
+    r = await client.get("/docs/")
+    assert r.status_code == 200
+    _page_headers(r)
+    assert r.headers["cache-control"] == "no-store"
+    js = await client.get("/docs/assets/docs-ABCD1234.js")
+    assert js.headers["content-type"].startswith("text/javascript")
+    _page_headers(js)
+    svg = await client.get("/docs/assets/docsimg-ABCD1234.svg")
+    assert svg.headers["content-type"] == "image/svg+xml"
+    assert svg.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert (await client.get("/docs/assets/docs.html")).status_code == 404
+
+
+async def test_docs_without_a_build_say_how_and_where_the_document_is(
+    client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console, "DIST", tmp_path / "nothing")
+    r = await client.get("/docs/")
+    assert r.status_code == 503
+    assert r.headers["content-type"] == "application/problem+json"
+    assert "npm run build" in r.json()["detail"]
+    assert "/openapi.json" in r.json()["detail"]

@@ -53,7 +53,7 @@ async def test_resolve_agency_by_id_or_unique_name_prefix(
     client: RefgateClient = sdk("shelter", verify_keys=False)
     legal = tf["legal"]
     assert await client.resolve_agency(legal.agency_id) == legal.agency_id
-    name = (await client.agency(legal.agency_id))["name"]
+    name = (await client.agency(legal.agency_id)).name
     assert await client.resolve_agency(name[:4].upper()) == legal.agency_id
     await tf.add("legal2", "legal_aid", [])
     with pytest.raises(AmbiguousAgency, match="refgate find") as ambiguous:

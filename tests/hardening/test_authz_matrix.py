@@ -502,6 +502,12 @@ def _public(w: World, c: Caller, res: str) -> Expect:
     return Expect(200)
 
 
+def _docs_page(w: World, c: Caller, res: str) -> Expect:
+    from app.routers import console
+
+    return Expect(200 if (console.DIST / "docs.html").is_file() else 503)  # built or not
+
+
 def _console_page(w: World, c: Caller, res: str) -> Expect:
     from app.routers import console
 
@@ -797,6 +803,11 @@ ROUTES: dict[str, tuple[tuple[str, ...], Oracle, Builder, bool]] = {
     "GET /console": (ONE, _status(308), _fixed("/console"), False),
     "GET /console/": (ONE, _console_page, _fixed("/console/"), False),
     "GET /console/assets/{name}": (ONE, _status(404), _fixed("/console/assets/main-0.js"), False),
+    # the API reference (Swagger UI, built with the console)
+    "GET /docs": (ONE, _status(308), _fixed("/docs"), False),
+    "GET /redoc": (ONE, _status(308), _fixed("/redoc"), False),
+    "GET /docs/": (ONE, _docs_page, _fixed("/docs/"), False),
+    "GET /docs/assets/{name}": (ONE, _status(404), _fixed("/docs/assets/docs-0.js"), False),
     "POST /oauth/token": (ONE, _token, _token_req, False),
     "POST /v1/referrals": (("own", "other"), _create_referral, _create_referral_req, False),
     "GET /v1/referrals": (
