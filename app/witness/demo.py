@@ -9,8 +9,10 @@ witnesses elsewhere, ideally at other organizations (deploy/RUNBOOK.md).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,6 +41,17 @@ class LocalWitness:
             self.process.kill()
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the witness child, before exec: on Linux, have the kernel send it SIGTERM when
+    the gateway that started it dies, however it dies (a SIGKILL skips ``stop()``), so a
+    killed ``serve --demo`` leaves no witness holding its port."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start(settings: Settings, gateway_port: int) -> LocalWitness:
     """Start the demo witness and export ``REFGATE_AUDIT__WITNESSES`` for the gateway."""
     directory = settings.data_dir / "witness"
@@ -54,6 +67,9 @@ def start(settings: Settings, gateway_port: int) -> LocalWitness:
             "--key-file", str(key_file), "--log", log_key,
             "--host", "127.0.0.1", "--port", str(port),
         ],
+        # preexec_fn runs Python in the forked child: safe here because the gateway starts
+        # the witness before it starts any thread (the seeding and uvicorn come after)
+        preexec_fn=_die_with_parent,  # noqa: PLW1509
     )
     os.environ["REFGATE_AUDIT__WITNESSES"] = json.dumps([{"url": url, "vkey": vkey}])
     return LocalWitness(process=process, url=url, vkey=vkey)
