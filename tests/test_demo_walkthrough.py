@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.slow  # the README walkthrough against a live server
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -27,6 +27,9 @@ from app.crypto import envelope as env
 from app.crypto import keys
 from bench import dataset, load, openloop
 
+pytestmark = pytest.mark.slow  # drives a live server with wrk
+
+
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_URL = os.environ.get(
     "REFGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

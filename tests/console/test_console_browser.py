@@ -38,6 +38,9 @@ from tests.client.test_cli import free_port
 from tests.console import node
 from tests.console.test_console_route import EXPECTED_CSP
 
+pytestmark = pytest.mark.slow  # headless Chromium against a live server
+
+
 SERVER = str(Path(sys.executable).parent / "refgate-server")
 PASSPHRASE = "harbor house night shift 2026"
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -39,6 +40,9 @@ from migrations import append_only
 from tests.console import node
 from tests.console.test_console_browser import gateway  # noqa: F401  (the live gateway fixture)
 from tests.console.test_console_route import EXPECTED_CSP
+
+pytestmark = pytest.mark.slow  # headless Chromium against a live server
+
 
 BIN = Path(sys.executable).parent
 PASSPHRASE = "new agency first night 2026"

@@ -13,8 +13,7 @@ and whether it is a denial; the test then checks, for every cell:
   nor an audit record (auditors see all; caseworkers and liaisons the events
   of their own agency; key registrations are public by design: key transparency);
 - every denial left an ``outcome = denied`` audit event carrying the cell's
-  request id, except where ``KNOWN_GAPS`` names a server gap (a gap that closes
-  fails the test, so the list stays true).
+  request id.
 
 Callers: anonymous, an expired token, a suspended agency's token, each role of
 the sending agency (shelter: caseworker, liaison, auditor, admin), a recipient
@@ -968,9 +967,6 @@ ROUTES: dict[str, tuple[tuple[str, ...], Oracle, Builder, bool]] = {
 CELLS = sum(len(resources) for resources, *_ in ROUTES.values()) * len(CALLERS)
 """Number of cells: every (route, caller, resource) combination, per database backend."""
 
-# Denials the server does not audit yet (route, caller, resource) -> why. Reported as
-# server gaps; when one gets its audit event, the test fails until it is removed here.
-KNOWN_GAPS: dict[Callable[[str, Caller, str], bool], str] = {}
 EXEMPT_FROM_AUDIT = {"GET /metrics"}  # a scrape is not an access to referrals, keys or the log
 
 
@@ -1153,20 +1149,12 @@ async def test_authorization_matrix(
         )
     # the caller's X-Request-ID is kept as client_request_id (request_id is the server's)
     audited = {json.loads(c)["client_request_id"] for c in denied}
-    gaps_seen: set[str] = set()
     for request_id, (route, caller, res) in denials.items():
-        gap = next((why for match, why in KNOWN_GAPS.items() if match(route, caller, res)), None)
-        label = f"{route} [{caller.key} / {res}]"
-        if gap is None and request_id not in audited:
-            failures.append(f"{label}: denial left no audit event")
-        elif gap is not None and request_id in audited:
-            failures.append(f"{label}: now audited; remove the known gap: {gap}")
-        elif gap is not None:
-            gaps_seen.add(gap)
+        if request_id not in audited:
+            failures.append(f"{route} [{caller.key} / {res}]: denial left no audit event")
     failures += await _audit_leaks(w, shown)
     with capsys.disabled():
         print(  # noqa: T201 (the cell count is part of the report)
-            f"\nauthorization matrix ({backend}): {cells} cells, {len(denials)} denials, "
-            f"{len(gaps_seen)} known audit gaps"
+            f"\nauthorization matrix ({backend}): {cells} cells, {len(denials)} denials"
         )
     assert not failures, "\n".join(failures[:80]) + f"\n({len(failures)} failures)"

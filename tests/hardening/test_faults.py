@@ -63,7 +63,10 @@ from tests.conftest import PG_ADMIN_URL
 from tests.hardening import quiet_settings, verify_audit_log
 from tests.taskforce import TaskForce, rfc3339
 
-pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
+pytestmark = [
+    pytest.mark.parametrize("backend", ["postgresql"]),
+    pytest.mark.slow,  # a live two-worker server under load, with faults
+]
 
 CREATES = 160
 CONCURRENCY = 12

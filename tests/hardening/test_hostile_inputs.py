@@ -637,12 +637,6 @@ def corpus(tf: TaskForce, referral_id: str, webhook_id: str) -> list[Case]:
 CORPUS_SIZE = 78
 """Number of hostile inputs in the corpus (checked by the test)."""
 
-# Server bugs this corpus found, by case name (reported; the test insists they still
-# fail, so a fix shows up here as "now passes: remove it").
-BOTH = frozenset({"sqlite", "postgresql"})
-KNOWN_BUGS: dict[str, tuple[frozenset[str], str]] = {}
-
-
 async def test_hostile_inputs_get_problem_json_and_store_nothing(
     app: FastAPI, client: httpx.AsyncClient, tf: TaskForce, backend: str
 ) -> None:
@@ -662,12 +656,7 @@ async def test_hostile_inputs_get_problem_json_and_store_nothing(
     assert len(cases) == CORPUS_SIZE
     failures: list[str] = []
     for case in cases:
-        problems = await _send(app, client, tf, case)
-        if backend in KNOWN_BUGS.get(case.name, (frozenset(), ""))[0]:
-            if not problems:
-                failures.append(f"{case.name}: now passes; remove it from KNOWN_BUGS")
-            continue
-        failures += problems
+        failures += await _send(app, client, tf, case)
     assert not failures, "\n".join(failures)
 
 
