@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from app import errors
 from app.auth import forget_principals
@@ -67,7 +68,7 @@ def to_out(agency: Agency, agency_keys: Sequence[AgencyKey]) -> AgencyOut:
 async def _keys_of(db: AsyncSession, agency_ids: Sequence[str]) -> dict[str, list[AgencyKey]]:
     out: dict[str, list[AgencyKey]] = {a: [] for a in agency_ids}
     if agency_ids:
-        rows = await db.scalars(select(AgencyKey).where(AgencyKey.agency_id.in_(agency_ids)))
+        rows = await db.scalars(select(AgencyKey).where(col(AgencyKey.agency_id).in_(agency_ids)))
         for k in rows:
             out[k.agency_id].append(k)
     return out
@@ -83,9 +84,9 @@ async def get(db: AsyncSession, agency_id: str) -> AgencyOut | None:
 async def list_page(
     db: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[AgencyOut], str | None]:
-    stmt = select(Agency).order_by(Agency.id).limit(limit + 1)
+    stmt = select(Agency).order_by(col(Agency.id)).limit(limit + 1)
     if cursor:
-        stmt = stmt.where(Agency.id > cursor)
+        stmt = stmt.where(col(Agency.id) > cursor)
     rows = list(await db.scalars(stmt))
     more = len(rows) > limit
     rows = rows[:limit]
@@ -169,9 +170,9 @@ async def rotate_keys(
         await db.execute(
             update(AgencyKey)
             .where(
-                AgencyKey.agency_id == agency_id,
-                AgencyKey.use == use,
-                AgencyKey.status == "current",
+                col(AgencyKey.agency_id) == agency_id,
+                col(AgencyKey.use) == use,
+                col(AgencyKey.status) == "current",
             )
             .values(status="retired", retired_at=now)
         )
@@ -271,9 +272,9 @@ async def revoke_client(
 async def current_keys(db: AsyncSession, agency_ids: Sequence[str]) -> dict[tuple[str, str], str]:
     """{(agency_id, use): current kid} for the given agencies."""
     rows = await db.execute(
-        select(AgencyKey.agency_id, AgencyKey.use, AgencyKey.kid).where(
-            AgencyKey.agency_id.in_(agency_ids),
-            AgencyKey.status == "current",
+        select(col(AgencyKey.agency_id), col(AgencyKey.use), col(AgencyKey.kid)).where(
+            col(AgencyKey.agency_id).in_(agency_ids),
+            col(AgencyKey.status) == "current",
         )
     )
     return {(a, u): k for a, u, k in rows}

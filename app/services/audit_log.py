@@ -26,13 +26,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, bindparam, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
+from sqlmodel import col
 
 from app import errors
 from app.auth import Principal, Scope
 from app.config import Settings
 from app.crypto import merkle
 from app.crypto.encoding import EncodingError, b64_encode, b64url_decode
-from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
+from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState, table_of
 from app.services import audit, witnesses
 from app.services.audit import Action
 from app.services.sequencer import load_nodes
@@ -77,33 +78,35 @@ class EventFilter:
         }
 
 
-def _scoped(stmt: Select[Any], who: Principal, f: EventFilter) -> Select[Any]:
+def _scoped(
+    stmt: Select[*tuple[Any, ...]], who: Principal, f: EventFilter
+) -> Select[*tuple[Any, ...]]:
     if Scope.AUDIT_READ not in who.scopes:
         stmt = stmt.where(
             or_(
-                AuditEvent.actor_agency == who.agency_id,
-                AuditEvent.subject_agency == who.agency_id,
+                col(AuditEvent.actor_agency) == who.agency_id,
+                col(AuditEvent.subject_agency) == who.agency_id,
             )
         )
     if f.actor:
-        stmt = stmt.where(AuditEvent.actor == f.actor)
+        stmt = stmt.where(col(AuditEvent.actor) == f.actor)
     if f.agency:
         stmt = stmt.where(
             or_(
-                AuditEvent.actor_agency == f.agency,
-                AuditEvent.subject_agency == f.agency,
+                col(AuditEvent.actor_agency) == f.agency,
+                col(AuditEvent.subject_agency) == f.agency,
             )
         )
     if f.resource_id:
-        stmt = stmt.where(AuditEvent.resource_id == f.resource_id)
+        stmt = stmt.where(col(AuditEvent.resource_id) == f.resource_id)
     if f.action:
-        stmt = stmt.where(AuditEvent.action == f.action)
+        stmt = stmt.where(col(AuditEvent.action) == f.action)
     if f.outcome:
-        stmt = stmt.where(AuditEvent.outcome == f.outcome)
+        stmt = stmt.where(col(AuditEvent.outcome) == f.outcome)
     if f.since:
-        stmt = stmt.where(AuditEvent.ts_leaf >= leaf_time(f.since))
+        stmt = stmt.where(col(AuditEvent.ts_leaf) >= leaf_time(f.since))
     if f.until:
-        stmt = stmt.where(AuditEvent.ts_leaf < leaf_time(f.until))
+        stmt = stmt.where(col(AuditEvent.ts_leaf) < leaf_time(f.until))
     return stmt
 
 
@@ -112,12 +115,12 @@ def leaf_time(moment: datetime) -> str:
     return audit.rfc3339(moment.astimezone(UTC))
 
 
-def _base() -> Select[Any]:
+def _base() -> Select[*tuple[Any, ...]]:
     return select(
-        AuditEvent.id, AuditEvent.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash
+        col(AuditEvent.id), col(AuditEvent.canonical), col(AuditLeaf.seq), col(AuditLeaf.leaf_hash)
     ).outerjoin(
         AuditLeaf,
-        AuditLeaf.event_id == AuditEvent.id,
+        col(AuditLeaf.event_id) == col(AuditEvent.id),
     )
 
 
@@ -144,12 +147,12 @@ def _uncursor(cursor: str) -> int:
 
 
 _FILTER_COLUMNS: tuple[tuple[str, Any, Callable[[Any, Any], Any]], ...] = (
-    ("actor", AuditEvent.actor, operator.eq),
-    ("resource_id", AuditEvent.resource_id, operator.eq),
-    ("action", AuditEvent.action, operator.eq),
-    ("outcome", AuditEvent.outcome, operator.eq),
-    ("since", AuditEvent.ts_leaf, operator.ge),
-    ("until", AuditEvent.ts_leaf, operator.lt),
+    ("actor", col(AuditEvent.actor), operator.eq),
+    ("resource_id", col(AuditEvent.resource_id), operator.eq),
+    ("action", col(AuditEvent.action), operator.eq),
+    ("outcome", col(AuditEvent.outcome), operator.eq),
+    ("since", col(AuditEvent.ts_leaf), operator.ge),
+    ("until", col(AuditEvent.ts_leaf), operator.lt),
 )
 
 
@@ -182,7 +185,7 @@ def _page(who: Principal, f: EventFilter, before: int | None, n: int) -> tuple[A
 @cache
 def _page_query(
     present: tuple[str, ...], paged: bool, by_agency: bool, own_too: bool
-) -> Select[Any]:
+) -> Select[*tuple[Any, ...]]:
     """A page of events for one shape of filter, with bind parameters.
 
     "Agency X" means ``actor_agency = X OR subject_agency = X``; an OR across two
@@ -196,36 +199,37 @@ def _page_query(
         if name in present:
             common.append(compare(column, bindparam(name, type_=column.type)))
     if paged:
-        common.append(AuditEvent.id < bindparam("before", type_=AuditEvent.id.type))
+        before = bindparam("before", type_=table_of(AuditEvent).c.id.type)
+        common.append(col(AuditEvent.id) < before)
     if own_too:
-        me = bindparam("me", type_=AuditEvent.actor_agency.type)
-        common.append(or_(AuditEvent.actor_agency == me, AuditEvent.subject_agency == me))
+        me = bindparam("me", type_=table_of(AuditEvent).c.actor_agency.type)
+        common.append(or_(col(AuditEvent.actor_agency) == me, col(AuditEvent.subject_agency) == me))
     lim = bindparam("lim", type_=Integer())
     if not by_agency:
-        return _base().where(*common).order_by(AuditEvent.id.desc()).limit(lim)
-    agency = bindparam("agency", type_=AuditEvent.actor_agency.type)
+        return _base().where(*common).order_by(col(AuditEvent.id).desc()).limit(lim)
+    agency = bindparam("agency", type_=table_of(AuditEvent).c.actor_agency.type)
     by_actor = (
-        select(AuditEvent.id, AuditEvent.canonical)
-        .where(AuditEvent.actor_agency == agency, *common)
-        .order_by(AuditEvent.id.desc())
+        select(col(AuditEvent.id), col(AuditEvent.canonical))
+        .where(col(AuditEvent.actor_agency) == agency, *common)
+        .order_by(col(AuditEvent.id).desc())
         .limit(lim)
         .subquery()
     )
     by_subject = (
-        select(AuditEvent.id, AuditEvent.canonical)
+        select(col(AuditEvent.id), col(AuditEvent.canonical))
         .where(
-            AuditEvent.subject_agency == agency,
-            or_(AuditEvent.actor_agency.is_(None), AuditEvent.actor_agency != agency),
+            col(AuditEvent.subject_agency) == agency,
+            or_(col(AuditEvent.actor_agency).is_(None), col(AuditEvent.actor_agency) != agency),
             *common,
         )
-        .order_by(AuditEvent.id.desc())
+        .order_by(col(AuditEvent.id).desc())
         .limit(lim)
         .subquery()
     )
     both = union_all(select(by_actor), select(by_subject)).subquery()
     return (
-        select(both.c.id, both.c.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash)
-        .outerjoin(AuditLeaf, AuditLeaf.event_id == both.c.id)
+        select(both.c.id, both.c.canonical, col(AuditLeaf.seq), col(AuditLeaf.leaf_hash))
+        .outerjoin(AuditLeaf, col(AuditLeaf.event_id) == both.c.id)
         .order_by(both.c.id.desc())
         .limit(lim)
     )
@@ -280,13 +284,17 @@ async def export(
     """
     if fmt == "csv":
         yield (",".join(CSV_COLUMNS) + "\n").encode()
-    sequenced = _scoped(_base(), who, f).where(AuditLeaf.seq.is_not(None)).order_by(AuditLeaf.seq)
-    pending = _scoped(_base(), who, f).where(AuditLeaf.seq.is_(None)).order_by(AuditEvent.id)
+    seq = col(AuditLeaf.seq)
+    sequenced = _scoped(_base(), who, f).where(seq.is_not(None)).order_by(seq)
+    pending = _scoped(_base(), who, f).where(seq.is_(None)).order_by(col(AuditEvent.id))
     async with maker() as db:
         # the session's first connection use begins the snapshot transaction,
         # which closing the session ends (nothing is written)
-        if db.bind.dialect.name == "postgresql":
+        # the bind of the audit tables, not .bind: a session bound per table (binds=...)
+        # has no .bind
+        if db.get_bind(AuditEvent).dialect.name == "postgresql":
             await db.connection(
+                bind_arguments={"mapper": AuditEvent},
                 execution_options={
                     "isolation_level": "REPEATABLE READ",
                     "postgresql_readonly": True,
@@ -332,7 +340,7 @@ def _render(rows: Any, fmt: str) -> bytes:
 
 
 async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]:
-    stmt = _scoped(_base(), who, EventFilter()).where(AuditLeaf.seq == seq)
+    stmt = _scoped(_base(), who, EventFilter()).where(col(AuditLeaf.seq) == seq)
     row = (await db.execute(stmt)).first()
     if row is None:
         raise errors.NotFound(
@@ -347,7 +355,7 @@ async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]
 
 async def latest_checkpoint(db: AsyncSession) -> AuditCheckpoint:
     cp = await db.scalar(
-        select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+        select(AuditCheckpoint).order_by(col(AuditCheckpoint.tree_size).desc()).limit(1)
     )
     if cp is None:
         raise errors.ServiceUnavailable(
@@ -374,7 +382,9 @@ async def read_checkpoint(
 
 
 # The log's size and the latest signed size, in one statement.
-_SIZES = select(AuditTreeState.size, select(func.max(AuditCheckpoint.tree_size)).scalar_subquery())
+_SIZES = select(
+    col(AuditTreeState.size), select(func.max(col(AuditCheckpoint.tree_size))).scalar_subquery()
+)
 
 
 async def _proof_size(db: AsyncSession, requested: int | None) -> tuple[int, int]:

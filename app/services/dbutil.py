@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import CursorResult
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,8 +15,10 @@ async def insert_ignore(session: AsyncSession, model: Any, values: dict[str, Any
     Used where a unique key is the guard (assertion jti, idempotency keys): the
     conflict is an answer, not an error, and must not abort the transaction.
     """
-    dialect = session.bind.dialect.name
+    # get_bind(model), not .bind: a session bound per table (binds=...) has no .bind
+    dialect = session.get_bind(model).dialect.name
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = ins(model).values(**values).on_conflict_do_nothing()
-    result = await session.execute(stmt)
+    # an INSERT's result is a CursorResult (AsyncSession.execute is typed as Result)
+    result = cast(CursorResult[Any], await session.execute(stmt))
     return bool(result.rowcount)

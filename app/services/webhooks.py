@@ -53,13 +53,25 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import nacl.exceptions
 import nacl.secret
-from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    CursorResult,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from app import __version__, errors
 from app.auth import Principal
@@ -248,20 +260,20 @@ def _payload(event: EventType, ts: str, data: Mapping[str, Any]) -> str:
 # The subscriptions an event goes to, built once with bind parameters (a
 # statement built per call costs more CPU than running it).
 _SUBSCRIBED = (
-    select(Webhook.id, Webhook.agency_id, Webhook.event_types)
-    .join(Agency, Agency.id == Webhook.agency_id)
+    select(col(Webhook.id), col(Webhook.agency_id), col(Webhook.event_types))
+    .join(Agency, col(Agency.id) == col(Webhook.agency_id))
     .where(
-        Webhook.agency_id.in_(bindparam("targets", expanding=True)),
-        Agency.status == "active",
+        col(Webhook.agency_id).in_(bindparam("targets", expanding=True)),
+        col(Agency.status) == "active",
     )
 )
 # ... of agencies that may see the referral: law enforcement only with an active grant
 _SUBSCRIBED_VISIBLE = _SUBSCRIBED.where(
     or_(
-        Agency.kind != LAW_ENFORCEMENT,
+        col(Agency.kind) != LAW_ENFORCEMENT,
         exists().where(
-            ReferralGrant.referral_id == bindparam("referral_id"),
-            active_grant(Webhook.agency_id, bindparam("now", type_=UTCDateTime())),
+            col(ReferralGrant.referral_id) == bindparam("referral_id"),
+            active_grant(col(Webhook.agency_id), bindparam("now", type_=UTCDateTime())),
         ),
     )
 )
@@ -315,9 +327,9 @@ async def enqueue(
 # Every active agency's subscriptions (directory events go to the whole task force);
 # the LIKE only narrows the rows, the JSON list decides.
 _SUBSCRIBED_ANYWHERE = (
-    select(Webhook.id, Webhook.agency_id, Webhook.event_types)
-    .join(Agency, Agency.id == Webhook.agency_id)
-    .where(Agency.status == "active", Webhook.event_types.like(bindparam("pattern")))
+    select(col(Webhook.id), col(Webhook.agency_id), col(Webhook.event_types))
+    .join(Agency, col(Agency.id) == col(Webhook.agency_id))
+    .where(col(Agency.status) == "active", col(Webhook.event_types).like(bindparam("pattern")))
 )
 
 
@@ -388,7 +400,7 @@ async def create(
     except TargetRefused as exc:
         raise errors.Unprocessable(str(exc), slug="webhook/target-refused") from None
     count = await db.scalar(
-        select(func.count()).select_from(Webhook).where(Webhook.agency_id == who.agency_id)
+        select(func.count()).select_from(Webhook).where(col(Webhook.agency_id) == who.agency_id)
     )
     if (count or 0) >= settings.webhooks.max_per_agency:
         raise errors.Conflict(
@@ -425,18 +437,20 @@ async def create(
 async def list_for(db: AsyncSession, who: Principal) -> list[WebhookOut]:
     hooks = await db.scalars(
         select(Webhook)
-        .where(Webhook.agency_id == who.agency_id)
-        .order_by(Webhook.created_at, Webhook.id)
+        .where(col(Webhook.agency_id) == who.agency_id)
+        .order_by(col(Webhook.created_at), col(Webhook.id))
     )
     return [_webhook_out(h) for h in hooks]
 
 
 async def remove(db: AsyncSession, who: Principal, webhook_id: str) -> None:
     hook = await _owned(db, who, webhook_id, Action.WEBHOOK_DELETE, lock=True)
-    dropped = (
-        await db.execute(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id))
+    # a DELETE's result is a CursorResult (AsyncSession.execute is typed as Result)
+    dropped = cast(
+        CursorResult[Any],
+        await db.execute(delete(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == hook.id)),
     ).rowcount
-    await db.execute(delete(Webhook).where(Webhook.id == hook.id))
+    await db.execute(delete(Webhook).where(col(Webhook.id) == hook.id))
     await audit.record(
         db,
         who.actor,
@@ -513,20 +527,20 @@ async def deliveries(
 ) -> tuple[list[DeliveryOut], str | None]:
     """A webhook's deliveries, newest first."""
     hook = await _owned(db, who, webhook_id, Action.WEBHOOK_READ)
-    stmt = select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id)
+    stmt = select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == hook.id)
     if status:
-        stmt = stmt.where(WebhookDelivery.status == status)
+        stmt = stmt.where(col(WebhookDelivery.status) == status)
     if cursor:
         ts, last_id = _decode_cursor(cursor)
         stmt = stmt.where(
-            tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < tuple_(ts, last_id)
+            tuple_(col(WebhookDelivery.created_at), col(WebhookDelivery.id)) < tuple_(ts, last_id)
         )
     rows = list(
         (
             await db.scalars(
-                stmt.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(
-                    limit + 1
-                )
+                stmt.order_by(
+                    col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc()
+                ).limit(limit + 1)
             )
         ).all()
     )
@@ -571,7 +585,7 @@ async def replay(
 def backoff(attempt: int, settings: WebhookSettings) -> float:
     """Seconds before retry number ``attempt`` (1-based): exponential, capped, with
     "equal jitter" (a random point in the upper half) so that retries spread out."""
-    delay = min(settings.backoff_cap, settings.backoff_base * 2 ** max(attempt - 1, 0))
+    delay = min(settings.backoff_cap, settings.backoff_base * 2.0 ** max(attempt - 1, 0))
     return delay / 2 + _rng.uniform(0, delay / 2)
 
 
@@ -615,9 +629,12 @@ async def _claim(
     now = utcnow()
     async with maker() as db, db.begin():
         due = (
-            select(WebhookDelivery.id)
-            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at)
+            select(col(WebhookDelivery.id))
+            .where(
+                col(WebhookDelivery.status) == "pending",
+                col(WebhookDelivery.next_attempt_at) <= now,
+            )
+            .order_by(col(WebhookDelivery.next_attempt_at))
             .limit(settings.batch_size)
         )
         if (await db.connection()).dialect.name == "postgresql":
@@ -627,16 +644,16 @@ async def _claim(
                 await db.execute(
                     update(WebhookDelivery)
                     .where(
-                        WebhookDelivery.id.in_(due.scalar_subquery()),
-                        WebhookDelivery.status == "pending",
-                        WebhookDelivery.next_attempt_at <= now,
+                        col(WebhookDelivery.id).in_(due.scalar_subquery()),
+                        col(WebhookDelivery.status) == "pending",
+                        col(WebhookDelivery.next_attempt_at) <= now,
                     )
                     .values(
-                        attempts=WebhookDelivery.attempts + 1,
+                        attempts=col(WebhookDelivery.attempts) + 1,
                         last_attempt_at=now,
                         next_attempt_at=now + _lease(settings),
                     )
-                    .returning(WebhookDelivery.id)
+                    .returning(col(WebhookDelivery.id))
                     .execution_options(synchronize_session=False)
                 )
             )
@@ -647,19 +664,19 @@ async def _claim(
             return []
         rows = await db.execute(
             select(
-                WebhookDelivery.id,
-                WebhookDelivery.attempts,
-                WebhookDelivery.event_type,
-                WebhookDelivery.payload,
-                Webhook.url,
-                Webhook.secret,
-                Webhook.previous_secret,
-                Webhook.previous_secret_expires_at,
-                Webhook.id,
+                col(WebhookDelivery.id),
+                col(WebhookDelivery.attempts),
+                col(WebhookDelivery.event_type),
+                col(WebhookDelivery.payload),
+                col(Webhook.url),
+                col(Webhook.secret),
+                col(Webhook.previous_secret),
+                col(Webhook.previous_secret_expires_at),
+                col(Webhook.id),
             )
-            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-            .where(WebhookDelivery.id.in_(list(ids)))
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .join(Webhook, col(Webhook.id) == col(WebhookDelivery.webhook_id))
+            .where(col(WebhookDelivery.id).in_(list(ids)))
+            .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
         )
         return [_Claimed(*row) for row in rows]
 
@@ -736,9 +753,9 @@ async def _record(
             await db.execute(
                 update(WebhookDelivery)
                 .where(
-                    WebhookDelivery.id == r.claimed.id,
-                    WebhookDelivery.status == "pending",
-                    WebhookDelivery.attempts == r.claimed.attempts,
+                    col(WebhookDelivery.id) == r.claimed.id,
+                    col(WebhookDelivery.status) == "pending",
+                    col(WebhookDelivery.attempts) == r.claimed.attempts,
                 )
                 .values(**values)
                 .execution_options(synchronize_session=False)

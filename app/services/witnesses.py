@@ -39,6 +39,7 @@ import httpx
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from app import __version__, errors
 from app.config import AuditSettings, Settings, WitnessEndpoint
@@ -49,7 +50,7 @@ from app.crypto.cosignature import (
     parse_witness_vkey,
     verified_cosigners,
 )
-from app.models.tables import AuditCheckpoint
+from app.models.tables import AuditCheckpoint, table_of
 from app.models.types import utcnow
 from app.models.witness_tables import CheckpointCosignature, WitnessState
 from app.services.leader import LeaderRunner
@@ -79,11 +80,11 @@ async def cosigned_note(db: AsyncSession, settings: Settings, cosigned: int | No
     vkeys = [w.vkey for w in settings.audit.witnesses]
     if cosigned:
         size = await db.scalar(
-            select(CheckpointCosignature.tree_size)
-            .where(CheckpointCosignature.witness_vkey.in_(vkeys))
-            .group_by(CheckpointCosignature.tree_size)
+            select(col(CheckpointCosignature.tree_size))
+            .where(col(CheckpointCosignature.witness_vkey).in_(vkeys))
+            .group_by(col(CheckpointCosignature.tree_size))
             .having(func.count() >= cosigned)
-            .order_by(CheckpointCosignature.tree_size.desc())
+            .order_by(col(CheckpointCosignature.tree_size).desc())
             .limit(1)
         )
         if size is None:
@@ -96,7 +97,7 @@ async def cosigned_note(db: AsyncSession, settings: Settings, cosigned: int | No
         cp = await db.get(AuditCheckpoint, size)
     else:
         cp = await db.scalar(
-            select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+            select(AuditCheckpoint).order_by(col(AuditCheckpoint.tree_size).desc()).limit(1)
         )
     if cp is None:
         raise errors.ServiceUnavailable(
@@ -104,12 +105,12 @@ async def cosigned_note(db: AsyncSession, settings: Settings, cosigned: int | No
         )
     lines = (
         await db.scalars(
-            select(CheckpointCosignature.line)
+            select(col(CheckpointCosignature.line))
             .where(
-                CheckpointCosignature.tree_size == cp.tree_size,
-                CheckpointCosignature.witness_vkey.in_(vkeys),
+                col(CheckpointCosignature.tree_size) == cp.tree_size,
+                col(CheckpointCosignature.witness_vkey).in_(vkeys),
             )
-            .order_by(CheckpointCosignature.witness_vkey)
+            .order_by(col(CheckpointCosignature.witness_vkey))
         )
     ).all()
     return cp, append_signature_lines(cp.note, [line + "\n" for line in lines])
@@ -120,7 +121,10 @@ async def cosigned_note(db: AsyncSession, settings: Settings, cosigned: int | No
 
 def backoff(failures: int, audit: AuditSettings) -> float:
     """Seconds before the next try after ``failures`` consecutive failures ("equal jitter")."""
-    delay = min(audit.witness_retry_cap, audit.witness_retry_base * 2 ** max(failures - 1, 0))
+    # ``failures`` has no upper bound (a witness can be down for days): past 1024 the
+    # power overflowed a float; 2.0 ** 1000 still fits one and is far past any cap
+    exponent = min(max(failures - 1, 0), 1000)
+    delay = min(audit.witness_retry_cap, audit.witness_retry_base * 2.0**exponent)
     return delay / 2 + _rng.uniform(0, delay / 2)
 
 
@@ -210,10 +214,12 @@ async def _state(
     async with maker() as db, db.begin():
         row = await db.get(WitnessState, endpoint.vkey)
         if row is None:  # two leaders overlapping for a moment may both get here
-            dialect = postgresql if db.bind.dialect.name == "postgresql" else sqlite
+            # get_bind(model), not .bind: a session bound per table (binds=...) has no .bind
+            name = db.get_bind(WitnessState).dialect.name
+            dialect = postgresql if name == "postgresql" else sqlite
             now = utcnow()
             await db.execute(
-                dialect.insert(WitnessState.__table__)
+                dialect.insert(table_of(WitnessState))
                 .values(
                     witness_vkey=endpoint.vkey,
                     witness_name=parse_witness_vkey(endpoint.vkey).name,
@@ -248,7 +254,7 @@ async def _record(
             exists = await db.get(CheckpointCosignature, (cp.tree_size, client.key.vkey))
             if exists is None:
                 await db.execute(
-                    insert(CheckpointCosignature.__table__).values(
+                    insert(table_of(CheckpointCosignature)).values(
                         tree_size=cp.tree_size,
                         witness_vkey=client.key.vkey,
                         witness_name=client.key.name,
@@ -270,7 +276,7 @@ async def _record(
             )
         await db.execute(
             update(WitnessState)
-            .where(WitnessState.witness_vkey == client.key.vkey)
+            .where(col(WitnessState.witness_vkey) == client.key.vkey)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -300,15 +306,15 @@ async def witness_once(
         return 0
     async with maker() as db:
         cp = await db.scalar(
-            select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+            select(AuditCheckpoint).order_by(col(AuditCheckpoint.tree_size).desc()).limit(1)
         )
         if cp is None:
             return 0
         have = set(
             (
                 await db.scalars(
-                    select(CheckpointCosignature.witness_vkey).where(
-                        CheckpointCosignature.tree_size == cp.tree_size
+                    select(col(CheckpointCosignature.witness_vkey)).where(
+                        col(CheckpointCosignature.tree_size) == cp.tree_size
                     )
                 )
             ).all()
@@ -374,11 +380,11 @@ async def gauges(conn: AsyncConnection) -> list[Gauge]:
     rows = (
         await conn.execute(
             select(
-                WitnessState.witness_name,
-                WitnessState.cosigned_size,
-                WitnessState.cosigned_at,
-                WitnessState.failures,
-                WitnessState.consecutive_failures,
+                col(WitnessState.witness_name),
+                col(WitnessState.cosigned_size),
+                col(WitnessState.cosigned_at),
+                col(WitnessState.failures),
+                col(WitnessState.consecutive_failures),
             )
         )
     ).all()
