@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
+from sqlmodel import col
 
 from app import authz, errors, langtags
 from app.auth import Principal
@@ -42,7 +43,7 @@ from app.crypto.encoding import EncodingError, b64url_decode
 from app.models.directory_schemas import CapacityPatch, ServiceIn, ServiceOut
 from app.models.directory_tables import DirectoryService, DirectoryTerm
 from app.models.schemas import rfc3339
-from app.models.tables import Agency
+from app.models.tables import Agency, table_of
 from app.models.types import UTCDateTime, utcnow
 from app.models.webhook_schemas import EventType
 from app.services import audit, hsds, webhooks
@@ -182,7 +183,7 @@ async def publish(
 
 async def has_services(db: AsyncSession) -> bool:
     """Whether any agency publishes a service yet."""
-    return await db.scalar(select(DirectoryService.id).limit(1)) is not None
+    return await db.scalar(select(col(DirectoryService.id)).limit(1)) is not None
 
 
 async def _require_own(
@@ -191,7 +192,7 @@ async def _require_own(
     """Refuse (403, or 404 for a missing agency) a caller that may not write these services."""
     if authz.manages_services_of(who, agency_id):
         return
-    found = await db.scalar(select(Agency.id).where(Agency.id == agency_id))
+    found = await db.scalar(select(col(Agency.id)).where(col(Agency.id) == agency_id))
     event = audit.denied(
         who.actor,
         action,
@@ -227,14 +228,14 @@ async def _own_service(
 
 
 async def _agency_name(db: AsyncSession, agency_id: str) -> str:
-    return str(await db.scalar(select(Agency.name).where(Agency.id == agency_id)))
+    return str(await db.scalar(select(col(Agency.name)).where(col(Agency.id) == agency_id)))
 
 
 async def create(db: AsyncSession, who: Principal, agency_id: str, body: ServiceIn) -> ServiceOut:
     await _require_own(db, who, agency_id, Action.SERVICE_CREATE, None)
     count = await db.scalar(
         select(func.count()).select_from(DirectoryService)
-        .where(DirectoryService.agency_id == agency_id)
+        .where(col(DirectoryService.agency_id) == agency_id)
     )
     if (count or 0) >= MAX_SERVICES_PER_AGENCY:
         raise errors.Conflict(
@@ -260,7 +261,7 @@ async def replace(
     row.capacity_updated_at = now
     row.capacity_updated_by = who.client_id
     row.updated_at = now
-    await db.execute(delete(DirectoryTerm).where(DirectoryTerm.service_id == service_id))
+    await db.execute(delete(DirectoryTerm).where(col(DirectoryTerm.service_id) == service_id))
     await db.flush()
     await db.execute(insert(DirectoryTerm), _term_rows(service_id, body))
     after = _capacity(row)
@@ -276,8 +277,8 @@ async def replace(
 
 async def remove(db: AsyncSession, who: Principal, agency_id: str, service_id: str) -> None:
     row = await _own_service(db, who, agency_id, service_id, Action.SERVICE_DELETE)
-    await db.execute(delete(DirectoryTerm).where(DirectoryTerm.service_id == service_id))
-    await db.execute(delete(DirectoryService).where(DirectoryService.id == row.id))
+    await db.execute(delete(DirectoryTerm).where(col(DirectoryTerm.service_id) == service_id))
+    await db.execute(delete(DirectoryService).where(col(DirectoryService.id) == row.id))
     await audit.record(
         db, who.actor, Action.SERVICE_DELETE, "service", service_id, subject_agency=agency_id,
         detail={"categories": json.loads(row.categories)},
@@ -354,9 +355,9 @@ def _has(kind: str) -> Any:
     """The service has term (kind, :kind): an uncorrelated IN, so that the database reads
     the matching ids from the primary key of ``directory_term`` once (a range of it)
     rather than probing the terms of every service row."""
-    return DirectoryService.id.in_(
-        select(DirectoryTerm.service_id).where(
-            DirectoryTerm.kind == kind, DirectoryTerm.value == bindparam(kind)
+    return col(DirectoryService.id).in_(
+        select(col(DirectoryTerm.service_id)).where(
+            col(DirectoryTerm.kind) == kind, col(DirectoryTerm.value) == bindparam(kind)
         )
     )
 
@@ -367,40 +368,42 @@ _LISTED = (  # what a list item shows, and the row's place in the order (not sea
     "available", "unit", "capacity_updated_at", "capacity_updated_by",
 )
 _COLUMNS = (
-    *(DirectoryService.__table__.c[name] for name in _LISTED),
-    Agency.name.label("agency_name"),
+    *(table_of(DirectoryService).c[name] for name in _LISTED),
+    col(Agency.name).label("agency_name"),
 )
 
 
 @cache
 def _search_query(
     category: bool, language: bool, population: bool, accepting: bool, q: bool, cursor: bool
-) -> Select[Any]:
+) -> Select[*tuple[Any, ...]]:
     """The page statement for one combination of filters, built once (bind parameters
     ``:category``, ``:language``, ``:population``, ``:rank``, ``:q`` and the cursor's)."""
     s = DirectoryService
     stmt = (
         select(*_COLUMNS)
-        .join(Agency, Agency.id == s.agency_id)
-        .where(Agency.status == "active")
+        .join(Agency, col(Agency.id) == col(s.agency_id))
+        .where(col(Agency.status) == "active")
     )
     for kind, present in ((CATEGORY, category), (LANGUAGE, language), (POPULATION, population)):
         if present:
             stmt = stmt.where(_has(kind))
     if accepting:
-        stmt = stmt.where(s.accepting_rank == bindparam("rank"))
+        stmt = stmt.where(col(s.accepting_rank) == bindparam("rank"))
     if q:
-        stmt = stmt.where(s.search_text.like(bindparam("q"), escape="\\"))
+        stmt = stmt.where(col(s.search_text).like(bindparam("q"), escape="\\"))
     if cursor:
         stmt = stmt.where(
-            tuple_(s.accepting_rank, s.capacity_updated_at, s.id)
+            tuple_(col(s.accepting_rank), col(s.capacity_updated_at), col(s.id))
             < tuple_(
                 bindparam("after_rank"),
                 bindparam("after_ts", type_=UTCDateTime()),
                 bindparam("after_id"),
             )
         )
-    return stmt.order_by(s.accepting_rank.desc(), s.capacity_updated_at.desc(), s.id.desc())
+    return stmt.order_by(
+        col(s.accepting_rank).desc(), col(s.capacity_updated_at).desc(), col(s.id).desc()
+    )
 
 
 def _like(text: str) -> str:
@@ -471,17 +474,21 @@ async def export_hsds(db: AsyncSession, who: Principal) -> dict[str, Any]:
     two statements, whatever the number of services."""
     agencies = (
         await db.execute(
-            select(Agency.id, Agency.name, Agency.kind)
-            .where(Agency.status == "active")
-            .order_by(Agency.name, Agency.id)
+            select(col(Agency.id), col(Agency.name), col(Agency.kind))
+            .where(col(Agency.status) == "active")
+            .order_by(col(Agency.name), col(Agency.id))
         )
     ).all()
     services = (
         await db.execute(
             select(DirectoryService)
-            .join(Agency, Agency.id == DirectoryService.agency_id)
-            .where(Agency.status == "active")
-            .order_by(DirectoryService.agency_id, DirectoryService.name, DirectoryService.id)
+            .join(Agency, col(Agency.id) == col(DirectoryService.agency_id))
+            .where(col(Agency.status) == "active")
+            .order_by(
+                col(DirectoryService.agency_id),
+                col(DirectoryService.name),
+                col(DirectoryService.id),
+            )
         )
     ).scalars().all()
     by_agency: dict[str, list[DirectoryService]] = {}
