@@ -21,7 +21,7 @@ from app.config import Settings, WitnessEndpoint
 from app.crypto import keys
 from app.crypto.cosignature import witness_vkey
 from app.db import create_engine, sessionmaker
-from app.models.tables import UsedAssertion
+from app.models.tables import AuditEvent, AuditPending, UsedAssertion
 from app.models.witness_tables import WitnessState
 from app.services import audit, audit_log, witnesses
 from app.services.dbutil import insert_ignore
@@ -74,6 +74,27 @@ async def test_witness_state_created_on_a_session_bound_per_table(engine: AsyncE
         stored = await db.get(WitnessState, vkey)
     assert stored is not None
     assert stored.url == endpoint.url
+
+
+async def test_audit_record_on_a_session_bound_per_table(engine: AsyncEngine) -> None:
+    events = [
+        audit.PendingEvent(audit.Actor.system(), audit.Action.AGENCY_READ, "agency", f"one-{n}")
+        for n in range(3)
+    ]
+    async with _per_table(engine)() as db, db.begin():
+        assert db.bind is None
+        await audit.record_pending(db, events[0])  # one event: one statement on PostgreSQL
+        await audit.record_pending(db, *events[1:])
+    async with sessionmaker(engine)() as db:
+        written = (
+            await db.scalars(
+                select(col(AuditEvent.resource_id))
+                .join(AuditPending, col(AuditPending.event_id) == col(AuditEvent.id))
+                .where(col(AuditEvent.resource_id).like("one-%"))
+                .order_by(col(AuditEvent.id))
+            )
+        ).all()
+    assert written == ["one-0", "one-1", "one-2"]
 
 
 async def test_audit_export_on_a_session_bound_per_table(engine: AsyncEngine) -> None:

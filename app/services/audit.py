@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import client_request_id_var, request_id_var
 from app.crypto.canonical import canonical_json
-from app.models.tables import AuditEvent, AuditPending
+from app.models.tables import AuditEvent, AuditPending, table_of
 from app.models.types import utcnow
 
 
@@ -179,8 +179,8 @@ def _row(p: PendingEvent) -> dict[str, Any]:
     return {"event_id": event_id, "ts": ts, "canonical": canonical_json(event).decode("utf-8")}
 
 
-_EVENTS = AuditEvent.__table__
-_QUEUE = AuditPending.__table__
+_EVENTS = table_of(AuditEvent)
+_QUEUE = table_of(AuditPending)
 # What a writer of audit_event supplies: the id is the database's, and the query
 # columns (actor, agencies, action, resource, outcome) are generated from canonical.
 EVENT_COLUMNS = ("event_id", "ts", "canonical")
@@ -201,7 +201,8 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
     if not events:
         return
     rows = [_row(p) for p in events]
-    if session.bind.dialect.name == "postgresql":
+    # get_bind(model), not .bind: a session bound per table (binds=...) has no .bind
+    if session.get_bind(AuditEvent).dialect.name == "postgresql":
         if len(rows) == 1:
             await session.execute(_RECORD_ONE_PG, rows[0])
         else:
@@ -210,14 +211,14 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
     ids = (
         (
             await session.execute(
-                insert(AuditEvent.__table__).returning(AuditEvent.id, sort_by_parameter_order=True),
+                insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True),
                 rows,
             )
         )
         .scalars()
         .all()
     )
-    await session.execute(insert(AuditPending.__table__), [{"event_id": i} for i in ids])
+    await session.execute(insert(_QUEUE), [{"event_id": i} for i in ids])
 
 
 async def record(
