@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import client_request_id_var, request_id_var
 from app.crypto.canonical import canonical_json
+from app.dialect import is_postgres
 from app.identity import Actor as Actor  # re-exported: callers record as an Actor
-from app.models.tables import AuditEvent, AuditPending
+from app.models.tables import AuditEvent, AuditPending, table_of
 from app.models.types import utcnow
 from app.vocab import AuditAction, AuditOutcome
 
@@ -126,8 +127,8 @@ def _row(p: PendingEvent) -> dict[str, Any]:
     return {"event_id": event_id, "ts": ts, "canonical": canonical_json(event).decode("utf-8")}
 
 
-_EVENTS = AuditEvent.__table__
-_QUEUE = AuditPending.__table__
+_EVENTS = table_of(AuditEvent)
+_QUEUE = table_of(AuditPending)
 # What a writer of audit_event supplies: the id is the database's, and the query
 # columns (actor, agencies, action, resource, outcome) are generated from canonical.
 EVENT_COLUMNS = ("event_id", "ts", "canonical")
@@ -148,7 +149,8 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
     if not events:
         return
     rows = [_row(p) for p in events]
-    if session.bind.dialect.name == "postgresql":
+    # the bind of audit_event, not .bind: a session bound per table (binds=...) has no .bind
+    if is_postgres(session, AuditEvent):
         if len(rows) == 1:
             await session.execute(_RECORD_ONE_PG, rows[0])
         else:
@@ -157,14 +159,14 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
     ids = (
         (
             await session.execute(
-                insert(AuditEvent.__table__).returning(AuditEvent.id, sort_by_parameter_order=True),
+                insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True),
                 rows,
             )
         )
         .scalars()
         .all()
     )
-    await session.execute(insert(AuditPending.__table__), [{"event_id": i} for i in ids])
+    await session.execute(insert(_QUEUE), [{"event_id": i} for i in ids])
 
 
 async def record(
