@@ -34,6 +34,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app import errors
 from app.context import agency_var, client_var
@@ -89,9 +90,12 @@ async def _active_client(db: Db, client_id: str) -> tuple[str, str, str] | None:
     generation = _generation
     row = (
         await db.execute(
-            select(ApiClient.status, ApiClient.role, Agency.id, Agency.status, Agency.kind)
-            .join(Agency, Agency.id == ApiClient.agency_id)
-            .where(ApiClient.client_id == client_id)
+            select(
+                col(ApiClient.status), col(ApiClient.role), col(Agency.id), col(Agency.status),
+                col(Agency.kind),
+            )
+            .join(Agency, col(Agency.id) == col(ApiClient.agency_id))
+            .where(col(ApiClient.client_id) == client_id)
         )
     ).first()
     if row is None or row[0] != ClientStatus.ACTIVE or row[3] != AgencyStatus.ACTIVE:
@@ -159,15 +163,14 @@ async def authenticate(request: Request, db: AsyncSession, scopes: Sequence[str]
     agency_var.set(principal.agency_id)
     missing = [s for s in scopes if s not in principal.scopes]
     if missing:
+        route = request.scope.get("route")
         raise errors.Forbidden(
             f"this route needs the scope {missing[0]}, which the {principal.role} role lacks",
             audit=PendingEvent(
                 actor=principal.actor,
                 action=Action.ACCESS_DENIED,
                 resource_type="route",
-                resource_id=f"{request.method} {request.scope.get('route').path}"
-                if request.scope.get("route")
-                else request.url.path,
+                resource_id=f"{request.method} {route.path}" if route else request.url.path,
                 outcome=Outcome.DENIED,
                 detail={"missing_scope": missing[0]},
             ),

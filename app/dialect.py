@@ -5,13 +5,17 @@ the tests; the few statements that differ (``ON CONFLICT``, array binds,
 ``FOR UPDATE SKIP LOCKED``, advisory locks, isolation levels) ask here instead
 of comparing dialect names themselves. Anything with a dialect can be asked: an
 engine, a connection (sync or async), a session (sync or async) or a dialect.
+
+A session is asked for the bind of the table the statement touches
+(``session.get_bind(model)``), not for ``session.bind``: a session bound table by
+table (``binds=...``) has no ``.bind``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Engine, make_url
+from sqlalchemy import Connection, Engine, FromClause, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -22,22 +26,29 @@ Bind = AsyncSession | Session | AsyncEngine | Engine | AsyncConnection | Connect
 POSTGRESQL = "postgresql"
 
 
-def dialect_of(bind: Bind) -> Dialect:
+def dialect_of(bind: Bind, table: Any = None) -> Dialect:
+    """The dialect of ``bind``; for a session, of the bind serving ``table``.
+
+    ``table`` (a table model or a Core ``Table``) matters only for a session bound
+    table by table; without it such a session has no answer (UnboundExecutionError).
+    """
     if isinstance(bind, Dialect):
         return bind
     if isinstance(bind, AsyncSession | Session):
-        return bind.get_bind().dialect  # a session here is always bound
+        if isinstance(table, FromClause):
+            return bind.get_bind(clause=table).dialect
+        return bind.get_bind(table).dialect
     return bind.dialect
 
 
-def is_postgres(bind: Bind) -> bool:
-    """Whether ``bind`` talks to PostgreSQL (else it is SQLite)."""
-    return dialect_of(bind).name == POSTGRESQL
+def is_postgres(bind: Bind, table: Any = None) -> bool:
+    """Whether ``bind`` (for a session: its bind for ``table``) talks to PostgreSQL."""
+    return dialect_of(bind, table).name == POSTGRESQL
 
 
 def insert(bind: Bind, table: Any) -> postgresql.Insert | sqlite.Insert:
     """The dialect's ``INSERT`` (with ``on_conflict_do_nothing``/``_do_update``) into ``table``."""
-    return postgresql.insert(table) if is_postgres(bind) else sqlite.insert(table)
+    return postgresql.insert(table) if is_postgres(bind, table) else sqlite.insert(table)
 
 
 def url_is_postgres(url: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import or_
+from sqlmodel import col
 
 from app import errors
 from app.identity import Principal, Scope
@@ -43,7 +44,7 @@ def own_agency(who: Principal) -> str | None:
 
 def concerns(agency: Any) -> Any:
     """SQL condition: the event concerns ``agency`` (as the actor's agency or the subject)."""
-    return or_(AuditEvent.actor_agency == agency, AuditEvent.subject_agency == agency)
+    return or_(col(AuditEvent.actor_agency) == agency, col(AuditEvent.subject_agency) == agency)
 
 
 def visible_to(who: Principal) -> Any:

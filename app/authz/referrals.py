@@ -29,9 +29,20 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BindParameter, and_, bindparam, exists, null, or_, select, true
+from sqlalchemy import (
+    BindParameter,
+    SQLColumnExpression,
+    and_,
+    bindparam,
+    exists,
+    null,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
+from sqlmodel import col
 
 from app.db import core
 from app.identity import Principal
@@ -50,15 +61,15 @@ class Relation(StrEnum):
 def active_grant(recipient: Any, now: Any) -> Any:
     """SQL condition: ``referral_grant`` row is an active grant to ``recipient``."""
     return and_(
-        ReferralGrant.recipient == recipient,
-        ReferralGrant.revoked_at.is_(None),
-        or_(ReferralGrant.expires_at.is_(None), ReferralGrant.expires_at > now),
+        col(ReferralGrant.recipient) == recipient,
+        col(ReferralGrant.revoked_at).is_(None),
+        or_(col(ReferralGrant.expires_at).is_(None), col(ReferralGrant.expires_at) > now),
     )
 
 
 def _holds_a_grant(referral_id: Any) -> Any:
     """SQL condition: the caller (``:me``) holds an active grant (at ``:now``) on it."""
-    return exists().where(ReferralGrant.referral_id == referral_id, active_grant(ME, NOW))
+    return exists().where(col(ReferralGrant.referral_id) == referral_id, active_grant(ME, NOW))
 
 
 # The statements below are built once per shape with bind parameters (``:me``,
@@ -75,7 +86,7 @@ def params(who: Principal, now: datetime, **more: Any) -> dict[str, Any]:
 
 
 @cache
-def visible_referrals(box: str, law_enforcement: bool) -> Select[Any]:
+def visible_referrals(box: str, law_enforcement: bool) -> Select[*tuple[Any, ...]]:
     """Summary rows of the referrals in ``box`` (sent|received) that ``:me`` may see.
 
     ``law_enforcement``: the caller's agency is of that kind (its received box
@@ -94,33 +105,33 @@ def visible_referrals(box: str, law_enforcement: bool) -> Select[Any]:
     time of that update.
     """
     summary = (
-        Referral.id,
-        Referral.sender_agency,
-        Referral.created_at,
-        Referral.version,
-        Referral.withdrawn_at,
+        col(Referral.id),
+        col(Referral.sender_agency),
+        col(Referral.created_at),
+        col(Referral.version),
+        col(Referral.withdrawn_at),
     )
     if box == "sent":
-        return select(*summary, Referral.received_at).where(Referral.sender_agency == ME)
+        return select(*summary, col(Referral.received_at)).where(col(Referral.sender_agency) == ME)
     stmt = (
         select(
             *summary,
-            ReferralRecipient.received_at,
-            ReferralRecipient.request_json,
-            ReferralRecipient.status,
-            ReferralRecipient.reason,
-            ReferralRecipient.note,
-            ReferralRecipient.signed_at,
-            ReferralRecipient.signature.label("status_signature"),
-            ReferralRecipient.updated_at,
+            col(ReferralRecipient.received_at),
+            col(ReferralRecipient.request_json),
+            col(ReferralRecipient.status),
+            col(ReferralRecipient.reason),
+            col(ReferralRecipient.note),
+            col(ReferralRecipient.signed_at),
+            col(ReferralRecipient.signature).label("status_signature"),
+            col(ReferralRecipient.updated_at),
         )
         .select_from(ReferralRecipient)
-        .join(Referral, Referral.id == ReferralRecipient.referral_id)
-        .where(ReferralRecipient.recipient == ME)
+        .join(Referral, col(Referral.id) == col(ReferralRecipient.referral_id))
+        .where(col(ReferralRecipient.recipient) == ME)
     )
     if law_enforcement:
         # Grants only name listed recipients, so this is "recipient with >= 1 active grant".
-        stmt = stmt.where(_holds_a_grant(ReferralRecipient.referral_id))
+        stmt = stmt.where(_holds_a_grant(col(ReferralRecipient.referral_id)))
     return stmt
 
 
@@ -174,37 +185,42 @@ class Access:
     own: OwnStatus | None = None  # the caller's status row (recipients only)
 
 
-_OWN_COLUMNS = (
-    ReferralRecipient.recipient,
-    ReferralRecipient.request,
-    ReferralRecipient.status,
-    ReferralRecipient.reason,
-    ReferralRecipient.note,
-    ReferralRecipient.signed_at,
-    ReferralRecipient.signature.label("status_signature"),
-    ReferralRecipient.updated_at,
+_OWN_COLUMNS: tuple[SQLColumnExpression[Any], ...] = (
+    col(ReferralRecipient.recipient),
+    col(ReferralRecipient.request),
+    col(ReferralRecipient.status),
+    col(ReferralRecipient.reason),
+    col(ReferralRecipient.note),
+    col(ReferralRecipient.signed_at),
+    col(ReferralRecipient.signature).label("status_signature"),
+    col(ReferralRecipient.updated_at),
 )
 
 
 @cache
-def _relation_query(content: bool, lock_own: bool, law_enforcement: bool) -> Select[Any]:
+def _relation_query(
+    content: bool, lock_own: bool, law_enforcement: bool
+) -> Select[*tuple[Any, ...]]:
     head: list[Any] = [
-        Referral.id, Referral.sender_agency, Referral.withdrawn_at, Referral.version
+        col(Referral.id),
+        col(Referral.sender_agency),
+        col(Referral.withdrawn_at),
+        col(Referral.version),
     ]
     if content:
-        head += [Referral.manifest_json, Referral.signature]
+        head += [col(Referral.manifest_json), col(Referral.signature)]
     else:
         head += [null().label("manifest_json"), null().label("signature")]
-    granted = _holds_a_grant(Referral.id) if law_enforcement else true()
+    granted = _holds_a_grant(col(Referral.id)) if law_enforcement else true()
     columns = (*head, *_OWN_COLUMNS, granted.label("granted"))
     if lock_own:
         return (
             select(*columns)
             .select_from(ReferralRecipient)
-            .join(Referral, Referral.id == ReferralRecipient.referral_id)
+            .join(Referral, col(Referral.id) == col(ReferralRecipient.referral_id))
             .where(
-                ReferralRecipient.referral_id == REFERRAL_ID,
-                ReferralRecipient.recipient == ME,
+                col(ReferralRecipient.referral_id) == REFERRAL_ID,
+                col(ReferralRecipient.recipient) == ME,
             )
             .with_for_update(of=ReferralRecipient)
         )
@@ -213,11 +229,11 @@ def _relation_query(content: bool, lock_own: bool, law_enforcement: bool) -> Sel
         .outerjoin(
             ReferralRecipient,
             and_(
-                ReferralRecipient.referral_id == Referral.id,
-                ReferralRecipient.recipient == ME,
+                col(ReferralRecipient.referral_id) == col(Referral.id),
+                col(ReferralRecipient.recipient) == ME,
             ),
         )
-        .where(Referral.id == REFERRAL_ID)
+        .where(col(Referral.id) == REFERRAL_ID)
     )
 
 
@@ -269,32 +285,32 @@ async def relation(
 
 # The caller's active grants on one referral, each with its disclosure, the field's
 # disclosure and ciphertext, and the caller's wrapped key for it (None where absent).
-_ACTIVE_GRANTS = (
+_ACTIVE_GRANTS: Select[*tuple[Any, ...]] = (
     select(
-        ReferralGrant.fid,
-        ReferralGrant.purpose,
-        ReferralGrant.expires_at,
-        ReferralGrant.disclosure,
-        ReferralField.disclosure.label("field_disclosure"),
-        ReferralField.ciphertext,
-        WrappedKey.kid,
-        WrappedKey.wrapped_key,
+        col(ReferralGrant.fid),
+        col(ReferralGrant.purpose),
+        col(ReferralGrant.expires_at),
+        col(ReferralGrant.disclosure),
+        col(ReferralField.disclosure).label("field_disclosure"),
+        col(ReferralField.ciphertext),
+        col(WrappedKey.kid),
+        col(WrappedKey.wrapped_key),
     )
     .outerjoin(
         ReferralField,
         and_(
-            ReferralField.referral_id == ReferralGrant.referral_id,
-            ReferralField.fid == ReferralGrant.fid,
+            col(ReferralField.referral_id) == col(ReferralGrant.referral_id),
+            col(ReferralField.fid) == col(ReferralGrant.fid),
         ),
     )
     .outerjoin(
         WrappedKey,
         and_(
-            WrappedKey.referral_id == ReferralGrant.referral_id,
-            WrappedKey.fid == ReferralGrant.fid,
-            WrappedKey.recipient == ReferralGrant.recipient,
+            col(WrappedKey.referral_id) == col(ReferralGrant.referral_id),
+            col(WrappedKey.fid) == col(ReferralGrant.fid),
+            col(WrappedKey.recipient) == col(ReferralGrant.recipient),
         ),
     )
-    .where(ReferralGrant.referral_id == REFERRAL_ID, active_grant(ME, NOW))
-    .order_by(ReferralGrant.fid)
+    .where(col(ReferralGrant.referral_id) == REFERRAL_ID, active_grant(ME, NOW))
+    .order_by(col(ReferralGrant.fid))
 )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from app import errors
 from app.crypto import keys
@@ -74,7 +75,7 @@ def to_out(agency: Agency, agency_keys: Sequence[AgencyKey]) -> AgencyOut:
 async def _keys_of(db: AsyncSession, agency_ids: Sequence[str]) -> dict[str, list[AgencyKey]]:
     out: dict[str, list[AgencyKey]] = {a: [] for a in agency_ids}
     if agency_ids:
-        rows = await db.scalars(select(AgencyKey).where(AgencyKey.agency_id.in_(agency_ids)))
+        rows = await db.scalars(select(AgencyKey).where(col(AgencyKey.agency_id).in_(agency_ids)))
         for k in rows:
             out[k.agency_id].append(k)
     return out
@@ -103,9 +104,9 @@ async def list_page(
 ) -> AgencyList:
     """A page of the directory in id order (the cursor is the last id), audited as
     ``agency:list``."""
-    stmt = select(Agency).order_by(Agency.id).limit(limit + 1)
+    stmt = select(Agency).order_by(col(Agency.id)).limit(limit + 1)
     if cursor:
-        stmt = stmt.where(Agency.id > cursor)
+        stmt = stmt.where(col(Agency.id) > cursor)
     rows = list(await db.scalars(stmt))
     more = len(rows) > limit
     rows = rows[:limit]
@@ -194,7 +195,7 @@ async def rotate_keys(
         for use, value in ((KeyUse.ENC, enc_key), (KeyUse.SIG, sign_key))
         if value
     }
-    if raws.get("enc") is not None and raws.get("enc") == raws.get("sig"):
+    if raws.get(KeyUse.ENC) is not None and raws.get(KeyUse.ENC) == raws.get(KeyUse.SIG):
         # one key for both uses: the same kid twice, refused like onboarding refuses it
         raise errors.Unprocessable("enc_key and sign_key must differ", slug="invalid-key")
     now = utcnow()
@@ -202,9 +203,9 @@ async def rotate_keys(
         await db.execute(
             update(AgencyKey)
             .where(
-                AgencyKey.agency_id == agency_id,
-                AgencyKey.use == use,
-                AgencyKey.status == KeyStatus.CURRENT,
+                col(AgencyKey.agency_id) == agency_id,
+                col(AgencyKey.use) == use,
+                col(AgencyKey.status) == KeyStatus.CURRENT,
             )
             .values(status=KeyStatus.RETIRED, retired_at=now)
         )

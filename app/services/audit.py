@@ -32,8 +32,9 @@ from app import errors
 from app.context import client_request_id_var, request_id_var
 from app.crypto.canonical import canonical_json
 from app.db import GROUP_COMMIT
+from app.dialect import is_postgres
 from app.identity import Actor as Actor  # re-exported: callers record as an Actor
-from app.models.tables import AuditEvent, AuditPending
+from app.models.tables import AuditEvent, AuditPending, table_of
 from app.models.types import utcnow
 from app.vocab import AuditAction, AuditOutcome
 
@@ -133,8 +134,8 @@ def _row(p: PendingEvent) -> dict[str, Any]:
     return {"event_id": event_id, "ts": ts, "canonical": canonical_json(event).decode("utf-8")}
 
 
-_EVENTS = AuditEvent.__table__
-_QUEUE = AuditPending.__table__
+_EVENTS = table_of(AuditEvent)
+_QUEUE = table_of(AuditPending)
 # What a writer of audit_event supplies: the id is the database's, and the query
 # columns (actor, agencies, action, resource, outcome) are generated from canonical.
 EVENT_COLUMNS = ("event_id", "ts", "canonical")
@@ -260,7 +261,8 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
     if group is not None:
         await group.submit(rows)
         return
-    if session.bind.dialect.name == "postgresql":
+    # the bind of audit_event, not .bind: a session bound per table (binds=...) has no .bind
+    if is_postgres(session, AuditEvent):
         if len(rows) == 1:
             await session.execute(_RECORD_ONE_PG, rows[0])
         else:
@@ -269,14 +271,14 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
     ids = (
         (
             await session.execute(
-                insert(AuditEvent.__table__).returning(AuditEvent.id, sort_by_parameter_order=True),
+                insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True),
                 rows,
             )
         )
         .scalars()
         .all()
     )
-    await session.execute(insert(AuditPending.__table__), [{"event_id": i} for i in ids])
+    await session.execute(insert(_QUEUE), [{"event_id": i} for i in ids])
 
 
 async def record(

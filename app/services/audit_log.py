@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, bindparam, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
+from sqlmodel import col
 
 from app import errors
 from app.authz import audit as audit_policy
@@ -35,7 +36,7 @@ from app.cursor import decode_int, encode
 from app.db import core
 from app.dialect import is_postgres
 from app.identity import Principal
-from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState
+from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState, table_of
 from app.services import audit, witnesses
 from app.services.audit import Action
 from app.services.sequencer import load_nodes
@@ -80,24 +81,26 @@ class EventFilter:
         }
 
 
-def _scoped(stmt: Select[Any], who: Principal, f: EventFilter) -> Select[Any]:
+def _scoped(
+    stmt: Select[*tuple[Any, ...]], who: Principal, f: EventFilter
+) -> Select[*tuple[Any, ...]]:
     visible = audit_policy.visible_to(who)
     if visible is not None:
         stmt = stmt.where(visible)
     if f.actor:
-        stmt = stmt.where(AuditEvent.actor == f.actor)
+        stmt = stmt.where(col(AuditEvent.actor) == f.actor)
     if f.agency:
         stmt = stmt.where(audit_policy.concerns(f.agency))
     if f.resource_id:
-        stmt = stmt.where(AuditEvent.resource_id == f.resource_id)
+        stmt = stmt.where(col(AuditEvent.resource_id) == f.resource_id)
     if f.action:
-        stmt = stmt.where(AuditEvent.action == f.action)
+        stmt = stmt.where(col(AuditEvent.action) == f.action)
     if f.outcome:
-        stmt = stmt.where(AuditEvent.outcome == f.outcome)
+        stmt = stmt.where(col(AuditEvent.outcome) == f.outcome)
     if f.since:
-        stmt = stmt.where(AuditEvent.ts_leaf >= leaf_time(f.since))
+        stmt = stmt.where(col(AuditEvent.ts_leaf) >= leaf_time(f.since))
     if f.until:
-        stmt = stmt.where(AuditEvent.ts_leaf < leaf_time(f.until))
+        stmt = stmt.where(col(AuditEvent.ts_leaf) < leaf_time(f.until))
     return stmt
 
 
@@ -106,12 +109,12 @@ def leaf_time(moment: datetime) -> str:
     return audit.rfc3339(moment.astimezone(UTC))
 
 
-def _base() -> Select[Any]:
+def _base() -> Select[*tuple[Any, ...]]:
     return select(
-        AuditEvent.id, AuditEvent.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash
+        col(AuditEvent.id), col(AuditEvent.canonical), col(AuditLeaf.seq), col(AuditLeaf.leaf_hash)
     ).outerjoin(
         AuditLeaf,
-        AuditLeaf.event_id == AuditEvent.id,
+        col(AuditLeaf.event_id) == col(AuditEvent.id),
     )
 
 
@@ -124,12 +127,12 @@ def _item(canonical: str, seq: int | None, leaf: bytes | None) -> dict[str, Any]
 
 
 _FILTER_COLUMNS: tuple[tuple[str, Any, Callable[[Any, Any], Any]], ...] = (
-    ("actor", AuditEvent.actor, operator.eq),
-    ("resource_id", AuditEvent.resource_id, operator.eq),
-    ("action", AuditEvent.action, operator.eq),
-    ("outcome", AuditEvent.outcome, operator.eq),
-    ("since", AuditEvent.ts_leaf, operator.ge),
-    ("until", AuditEvent.ts_leaf, operator.lt),
+    ("actor", col(AuditEvent.actor), operator.eq),
+    ("resource_id", col(AuditEvent.resource_id), operator.eq),
+    ("action", col(AuditEvent.action), operator.eq),
+    ("outcome", col(AuditEvent.outcome), operator.eq),
+    ("since", col(AuditEvent.ts_leaf), operator.ge),
+    ("until", col(AuditEvent.ts_leaf), operator.lt),
 )
 
 
@@ -163,7 +166,7 @@ def _page(who: Principal, f: EventFilter, before: int | None, n: int) -> tuple[A
 @cache
 def _page_query(
     present: tuple[str, ...], paged: bool, by_agency: bool, own_too: bool
-) -> Select[Any]:
+) -> Select[*tuple[Any, ...]]:
     """A page of events for one shape of filter, with bind parameters.
 
     "Agency X" means ``actor_agency = X OR subject_agency = X``; an OR across two
@@ -177,36 +180,38 @@ def _page_query(
         if name in present:
             common.append(compare(column, bindparam(name, type_=column.type)))
     if paged:
-        common.append(AuditEvent.id < bindparam("before", type_=AuditEvent.id.type))
+        common.append(
+            col(AuditEvent.id) < bindparam("before", type_=table_of(AuditEvent).c.id.type)
+        )
     if own_too:
-        me = bindparam("me", type_=AuditEvent.actor_agency.type)
+        me = bindparam("me", type_=table_of(AuditEvent).c.actor_agency.type)
         common.append(audit_policy.concerns(me))
     lim = bindparam("lim", type_=Integer())
     if not by_agency:
-        return _base().where(*common).order_by(AuditEvent.id.desc()).limit(lim)
-    agency = bindparam("agency", type_=AuditEvent.actor_agency.type)
+        return _base().where(*common).order_by(col(AuditEvent.id).desc()).limit(lim)
+    agency = bindparam("agency", type_=table_of(AuditEvent).c.actor_agency.type)
     by_actor = (
-        select(AuditEvent.id, AuditEvent.canonical)
-        .where(AuditEvent.actor_agency == agency, *common)
-        .order_by(AuditEvent.id.desc())
+        select(col(AuditEvent.id), col(AuditEvent.canonical))
+        .where(col(AuditEvent.actor_agency) == agency, *common)
+        .order_by(col(AuditEvent.id).desc())
         .limit(lim)
         .subquery()
     )
     by_subject = (
-        select(AuditEvent.id, AuditEvent.canonical)
+        select(col(AuditEvent.id), col(AuditEvent.canonical))
         .where(
-            AuditEvent.subject_agency == agency,
-            or_(AuditEvent.actor_agency.is_(None), AuditEvent.actor_agency != agency),
+            col(AuditEvent.subject_agency) == agency,
+            or_(col(AuditEvent.actor_agency).is_(None), col(AuditEvent.actor_agency) != agency),
             *common,
         )
-        .order_by(AuditEvent.id.desc())
+        .order_by(col(AuditEvent.id).desc())
         .limit(lim)
         .subquery()
     )
     both = union_all(select(by_actor), select(by_subject)).subquery()
     return (
-        select(both.c.id, both.c.canonical, AuditLeaf.seq, AuditLeaf.leaf_hash)
-        .outerjoin(AuditLeaf, AuditLeaf.event_id == both.c.id)
+        select(both.c.id, both.c.canonical, col(AuditLeaf.seq), col(AuditLeaf.leaf_hash))
+        .outerjoin(AuditLeaf, col(AuditLeaf.event_id) == both.c.id)
         .order_by(both.c.id.desc())
         .limit(lim)
     )
@@ -277,13 +282,19 @@ async def export(
     """
     if fmt == "csv":
         yield (",".join(CSV_COLUMNS) + "\n").encode()
-    sequenced = _scoped(_base(), who, f).where(AuditLeaf.seq.is_not(None)).order_by(AuditLeaf.seq)
-    pending = _scoped(_base(), who, f).where(AuditLeaf.seq.is_(None)).order_by(AuditEvent.id)
+    sequenced = (
+        _scoped(_base(), who, f).where(col(AuditLeaf.seq).is_not(None)).order_by(col(AuditLeaf.seq))
+    )
+    pending = (
+        _scoped(_base(), who, f).where(col(AuditLeaf.seq).is_(None)).order_by(col(AuditEvent.id))
+    )
     async with maker() as db:
         # the session's first connection use begins the snapshot transaction,
-        # which closing the session ends (nothing is written)
-        if is_postgres(db):
+        # which closing the session ends (nothing is written); the bind of the audit
+        # tables, not .bind: a session bound per table (binds=...) has no .bind
+        if is_postgres(db, AuditEvent):
             await db.connection(
+                bind_arguments={"mapper": AuditEvent},
                 execution_options={
                     "isolation_level": "REPEATABLE READ",
                     "postgresql_readonly": True,
@@ -329,7 +340,7 @@ def _render(rows: Any, fmt: str) -> bytes:
 
 
 async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]:
-    stmt = _scoped(_base(), who, EventFilter()).where(AuditLeaf.seq == seq)
+    stmt = _scoped(_base(), who, EventFilter()).where(col(AuditLeaf.seq) == seq)
     row = (await db.execute(stmt)).first()
     if row is None:
         raise errors.NotFound(
@@ -344,7 +355,7 @@ async def event_at(db: AsyncSession, who: Principal, seq: int) -> dict[str, Any]
 
 async def latest_checkpoint(db: AsyncSession) -> AuditCheckpoint:
     cp = await db.scalar(
-        select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+        select(AuditCheckpoint).order_by(col(AuditCheckpoint.tree_size).desc()).limit(1)
     )
     if cp is None:
         raise errors.ServiceUnavailable(
@@ -371,7 +382,10 @@ async def read_checkpoint(
 
 
 # The log's size and the latest signed size, in one statement.
-_SIZES = select(AuditTreeState.size, select(func.max(AuditCheckpoint.tree_size)).scalar_subquery())
+_SIZES = select(
+    col(AuditTreeState.size),
+    select(func.max(col(AuditCheckpoint.tree_size))).scalar_subquery(),
+)
 
 
 async def _proof_size(db: AsyncSession, requested: int | None) -> tuple[int, int]:

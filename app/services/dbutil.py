@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import dialect
@@ -16,5 +17,6 @@ async def insert_ignore(session: AsyncSession, model: Any, values: dict[str, Any
     conflict is an answer, not an error, and must not abort the transaction.
     """
     stmt = dialect.insert(session, model).values(**values).on_conflict_do_nothing()
-    result = await session.execute(stmt)
+    # an INSERT's result is a CursorResult (AsyncSession.execute is typed as Result)
+    result = cast(CursorResult[Any], await session.execute(stmt))
     return bool(result.rowcount)

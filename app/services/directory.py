@@ -38,15 +38,17 @@ from sqlalchemy import Integer, Text, bindparam, delete, func, insert, select, t
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
+from sqlmodel import col
 
 from app import authz, errors, langtags
 from app.cursor import decode_rank_time_id, invalid_cursor
 from app.cursor import encode as encode_cursor
+from app.dialect import is_postgres
 from app.identity import Principal
 from app.models.directory_schemas import CapacityPatch, ServiceIn, ServiceOut
 from app.models.directory_tables import DirectoryService
 from app.models.schemas import rfc3339
-from app.models.tables import Agency
+from app.models.tables import Agency, table_of
 from app.models.types import UTCDateTime, utcnow
 from app.models.webhook_schemas import EventType
 from app.services import audit, hsds, webhooks
@@ -187,7 +189,7 @@ async def publish(
 
 async def has_services(db: AsyncSession) -> bool:
     """Whether any agency publishes a service yet."""
-    return await db.scalar(select(DirectoryService.id).limit(1)) is not None
+    return await db.scalar(select(col(DirectoryService.id)).limit(1)) is not None
 
 
 async def _require_own(
@@ -196,7 +198,7 @@ async def _require_own(
     """Refuse (403, or 404 for a missing agency) a caller that may not write these services."""
     if authz.manages_services_of(who, agency_id):
         return
-    found = await db.scalar(select(Agency.id).where(Agency.id == agency_id))
+    found = await db.scalar(select(col(Agency.id)).where(col(Agency.id) == agency_id))
     event = audit.denied(
         who.actor,
         action,
@@ -232,14 +234,14 @@ async def _own_service(
 
 
 async def _agency_name(db: AsyncSession, agency_id: str) -> str:
-    return str(await db.scalar(select(Agency.name).where(Agency.id == agency_id)))
+    return str(await db.scalar(select(col(Agency.name)).where(col(Agency.id) == agency_id)))
 
 
 async def create(db: AsyncSession, who: Principal, agency_id: str, body: ServiceIn) -> ServiceOut:
     await _require_own(db, who, agency_id, Action.SERVICE_CREATE, None)
     count = await db.scalar(
         select(func.count()).select_from(DirectoryService)
-        .where(DirectoryService.agency_id == agency_id)
+        .where(col(DirectoryService.agency_id) == agency_id)
     )
     if (count or 0) >= MAX_SERVICES_PER_AGENCY:
         raise errors.Conflict(
@@ -279,7 +281,7 @@ async def replace(
 
 async def remove(db: AsyncSession, who: Principal, agency_id: str, service_id: str) -> None:
     row = await _own_service(db, who, agency_id, service_id, Action.SERVICE_DELETE)
-    await db.execute(delete(DirectoryService).where(DirectoryService.id == row.id))
+    await db.execute(delete(DirectoryService).where(col(DirectoryService.id) == row.id))
     await audit.record(
         db, who.actor, Action.SERVICE_DELETE, "service", service_id, subject_agency=agency_id,
         detail={"categories": json.loads(row.categories)},
@@ -346,36 +348,36 @@ _LISTED = (  # what a list item shows, and the row's place in the order (not the
     "available", "unit", "capacity_updated_at", "capacity_updated_by",
 )
 _COLUMNS = (
-    *(DirectoryService.__table__.c[name] for name in _LISTED),
-    Agency.name.label("agency_name"),
+    *(table_of(DirectoryService).c[name] for name in _LISTED),
+    col(Agency.name).label("agency_name"),
 )
 
 
 @cache
 def _search_query(
     terms: int, accepting: bool, q: bool, cursor: bool, postgres: bool
-) -> Select[Any]:
+) -> Select[*tuple[Any, ...]]:
     """The page statement for one shape of search, built once: ``terms`` filter terms
     (bind parameter ``:terms``, a list, on PostgreSQL; ``:term0``, ``:term1``… each
     ``" term "`` elsewhere), and ``:rank``, ``:q``, the cursor's and ``:limit``."""
     s = DirectoryService
     stmt = (
         select(*_COLUMNS)
-        .join(Agency, Agency.id == s.agency_id)
-        .where(Agency.status == AgencyStatus.ACTIVE)
+        .join(Agency, col(Agency.id) == col(s.agency_id))
+        .where(col(Agency.status) == AgencyStatus.ACTIVE)
     )
     if terms and postgres:  # GIN: ix_directory_service_terms
-        stmt = stmt.where(s.terms.op("@>")(bindparam("terms", type_=postgresql.ARRAY(Text))))
+        stmt = stmt.where(col(s.terms).op("@>")(bindparam("terms", type_=postgresql.ARRAY(Text))))
     else:
         for i in range(terms):
-            stmt = stmt.where(func.instr(s.terms, bindparam(f"term{i}", type_=Text)) > 0)
+            stmt = stmt.where(func.instr(col(s.terms), bindparam(f"term{i}", type_=Text)) > 0)
     if accepting:
-        stmt = stmt.where(s.accepting_rank == bindparam("rank"))
+        stmt = stmt.where(col(s.accepting_rank) == bindparam("rank"))
     if q:
-        stmt = stmt.where(s.search_text.like(bindparam("q"), escape="\\"))
+        stmt = stmt.where(col(s.search_text).like(bindparam("q"), escape="\\"))
     if cursor:
         stmt = stmt.where(
-            tuple_(s.accepting_rank, s.capacity_updated_at, s.id)
+            tuple_(col(s.accepting_rank), col(s.capacity_updated_at), col(s.id))
             < tuple_(
                 bindparam("after_rank"),
                 bindparam("after_ts", type_=UTCDateTime()),
@@ -383,7 +385,7 @@ def _search_query(
             )
         )
     return stmt.order_by(
-        s.accepting_rank.desc(), s.capacity_updated_at.desc(), s.id.desc()
+        col(s.accepting_rank).desc(), col(s.capacity_updated_at).desc(), col(s.id).desc()
     ).limit(bindparam("limit", type_=Integer))
 
 
@@ -442,7 +444,7 @@ async def search(
         except langtags.LanguageTagError as exc:
             raise errors.Unprocessable(f"language: {exc}", slug="directory/language") from None
         terms.append(_term(LANGUAGE, normalized))
-    postgres = db.get_bind().dialect.name == "postgresql"
+    postgres = is_postgres(db, DirectoryService)
     values: dict[str, Any] = {"limit": limit + 1}
     if postgres:
         values["terms"] = terms
@@ -485,17 +487,21 @@ async def export_hsds(db: AsyncSession, who: Principal) -> dict[str, Any]:
     two statements, whatever the number of services."""
     agencies = (
         await db.execute(
-            select(Agency.id, Agency.name, Agency.kind)
-            .where(Agency.status == AgencyStatus.ACTIVE)
-            .order_by(Agency.name, Agency.id)
+            select(col(Agency.id), col(Agency.name), col(Agency.kind))
+            .where(col(Agency.status) == AgencyStatus.ACTIVE)
+            .order_by(col(Agency.name), col(Agency.id))
         )
     ).all()
     services = (
         await db.execute(
             select(DirectoryService)
-            .join(Agency, Agency.id == DirectoryService.agency_id)
-            .where(Agency.status == AgencyStatus.ACTIVE)
-            .order_by(DirectoryService.agency_id, DirectoryService.name, DirectoryService.id)
+            .join(Agency, col(Agency.id) == col(DirectoryService.agency_id))
+            .where(col(Agency.status) == AgencyStatus.ACTIVE)
+            .order_by(
+                col(DirectoryService.agency_id),
+                col(DirectoryService.name),
+                col(DirectoryService.id),
+            )
         )
     ).scalars().all()
     by_agency: dict[str, list[DirectoryService]] = {}

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import pydantic
 from sqlalchemy import (
@@ -44,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
+from sqlmodel import col
 
 from app import authz, errors, vocab
 from app.authz import Access, Relation, relation
@@ -55,6 +56,7 @@ from app.crypto.wire import Amendment, EnvelopeIn, GrantValue, Manifest, Request
 from app.cursor import decode_time_id as _decode_cursor
 from app.cursor import encode_time_id as _encode_cursor
 from app.db import core
+from app.dialect import is_postgres
 from app.identity import Principal
 from app.models.schemas import Limits, ReferralSummary, StatusOut, rfc3339
 from app.models.tables import (
@@ -66,6 +68,7 @@ from app.models.tables import (
     ReferralGrant,
     ReferralRecipient,
     WrappedKey,
+    table_of,
 )
 from app.models.types import UTCDateTime, utcnow
 from app.models.webhook_schemas import EventType
@@ -125,7 +128,9 @@ async def _not_found(
     The event names the referral's sender as ``subject_agency`` when it exists,
     so that denied attempts appear in the sender's access report.
     """
-    sender = await db.scalar(select(Referral.sender_agency).where(Referral.id == referral_id))
+    sender = await db.scalar(
+        select(col(Referral.sender_agency)).where(col(Referral.id) == referral_id)
+    )
     return errors.NotFound(
         "no such referral",
         audit=audit.denied(
@@ -147,12 +152,21 @@ class _Member:
 
 
 _DIRECTORY = (
-    select(Agency.id, Agency.status, AgencyKey.use, AgencyKey.kid, AgencyKey.public_key)
+    select(
+        col(Agency.id),
+        col(Agency.status),
+        col(AgencyKey.use),
+        col(AgencyKey.kid),
+        col(AgencyKey.public_key),
+    )
     .outerjoin(
         AgencyKey,
-        and_(AgencyKey.agency_id == Agency.id, AgencyKey.status == vocab.KeyStatus.CURRENT),
+        and_(
+            col(AgencyKey.agency_id) == col(Agency.id),
+            col(AgencyKey.status) == vocab.KeyStatus.CURRENT,
+        ),
     )
-    .where(Agency.id.in_(bindparam("agency_ids", expanding=True)))
+    .where(col(Agency.id).in_(bindparam("agency_ids", expanding=True)))
 )
 
 
@@ -374,7 +388,9 @@ async def _store(db: AsyncSession, rows: _Rows) -> bool:
     writes all five tables in that statement (``_PG_STORE``); SQLite inserts the
     referral, then one executemany per table.
     """
-    if db.bind is not None and db.bind.dialect.name == "postgresql":
+    # the bind of the referral tables, not .bind: a session bound per table (binds=...)
+    # has no .bind
+    if is_postgres(db, Referral):
         stored = await db.scalar(
             _PG_STORE,
             {
@@ -386,7 +402,7 @@ async def _store(db: AsyncSession, rows: _Rows) -> bool:
             },
         )
         return stored is not None
-    table = Referral.__table__
+    table = table_of(Referral)
     stored = await db.scalar(
         sqlite.insert(table)
         .values(**rows.referral, version=1, withdrawn_at=None, purged_at=None)
@@ -395,10 +411,10 @@ async def _store(db: AsyncSession, rows: _Rows) -> bool:
     )
     if stored is None:
         return False
-    await db.execute(insert(ReferralField.__table__), rows.fields)
-    await db.execute(insert(ReferralRecipient.__table__), rows.recipients)
-    await db.execute(insert(ReferralGrant.__table__), rows.grants)
-    await db.execute(insert(WrappedKey.__table__), rows.wrapped)
+    await db.execute(insert(table_of(ReferralField)), rows.fields)
+    await db.execute(insert(table_of(ReferralRecipient)), rows.recipients)
+    await db.execute(insert(table_of(ReferralGrant)), rows.grants)
+    await db.execute(insert(table_of(WrappedKey)), rows.wrapped)
     return True
 
 
@@ -441,7 +457,7 @@ async def _refuse_foreign_sender(
     attempt appears in that agency's access report."""
     if manifest.sender_agency != who.agency_id:
         sender = await db.scalar(
-            select(Referral.sender_agency).where(Referral.id == manifest.referral_id)
+            select(col(Referral.sender_agency)).where(col(Referral.id) == manifest.referral_id)
         )
         raise errors.Forbidden(
             "manifest.sender_agency must be the caller's agency",
@@ -572,18 +588,18 @@ def _grant_detail(grants: Iterable[GrantValue]) -> list[dict[str, Any]]:
 
 
 _STATUS_COLUMNS = (
-    ReferralRecipient.recipient,
-    ReferralRecipient.status,
-    ReferralRecipient.reason,
-    ReferralRecipient.note,
-    ReferralRecipient.signed_at,
-    ReferralRecipient.signature,
-    ReferralRecipient.updated_at,
+    col(ReferralRecipient.recipient),
+    col(ReferralRecipient.status),
+    col(ReferralRecipient.reason),
+    col(ReferralRecipient.note),
+    col(ReferralRecipient.signed_at),
+    col(ReferralRecipient.signature),
+    col(ReferralRecipient.updated_at),
 )
 _STATUSES = (
-    select(ReferralRecipient.referral_id, *_STATUS_COLUMNS)
-    .where(ReferralRecipient.referral_id.in_(bindparam("referral_ids", expanding=True)))
-    .order_by(ReferralRecipient.recipient)
+    select(col(ReferralRecipient.referral_id), *_STATUS_COLUMNS)
+    .where(col(ReferralRecipient.referral_id).in_(bindparam("referral_ids", expanding=True)))
+    .order_by(col(ReferralRecipient.recipient))
 )
 
 
@@ -609,17 +625,17 @@ async def _status_dicts(
     """Every recipient's status of each referral, by recipient, in their JSON form."""
     out: dict[str, list[dict[str, Any]]] = {r: [] for r in referral_ids}
     if referral_ids:
-        for referral_id, *status in await (await core(db)).execute(
-            _STATUSES, {"referral_ids": list(referral_ids)}
-        ):
-            out[referral_id].append(_status_dict(*status))
+        conn = await core(db)
+        for row in await conn.execute(_STATUSES, {"referral_ids": list(referral_ids)}):
+            # the referral's id, then _STATUS_COLUMNS
+            out[row[0]].append(_status_dict(*row[1:]))
     return out
 
 
 @cache
 def _page_query(
     box: str, law_enforcement: bool, urgency: bool, since: bool, status: bool, cursor: bool
-) -> Select[Any]:
+) -> Select[*tuple[Any, ...]]:
     """An inbox page statement for one combination of filters, built once.
 
     Parameters: those of ``authz.visible_referrals`` and ``:urgency``, ``:since``,
@@ -628,23 +644,25 @@ def _page_query(
     stmt = authz.visible_referrals(box, law_enforcement)
     received_at = stmt.selected_columns.received_at
     # The received box is driven from the caller's referral_recipient rows: key on them.
-    key = Referral.id if box == "sent" else ReferralRecipient.referral_id
+    key = col(Referral.id) if box == "sent" else col(ReferralRecipient.referral_id)
 
     def where_recipient(*conditions: Any) -> Any:
         if box == "received":
             return and_(*conditions)
         return (
-            select(ReferralRecipient.referral_id)
-            .where(ReferralRecipient.referral_id == Referral.id, *conditions)
+            select(col(ReferralRecipient.referral_id))
+            .where(col(ReferralRecipient.referral_id) == col(Referral.id), *conditions)
             .exists()
         )
 
     if urgency:
-        stmt = stmt.where(where_recipient(ReferralRecipient.urgency == bindparam("urgency")))
+        stmt = stmt.where(where_recipient(col(ReferralRecipient.urgency) == bindparam("urgency")))
     if since:
         stmt = stmt.where(received_at >= bindparam("since", type_=UTCDateTime()))
     if status:
-        stmt = stmt.where(where_recipient(ReferralRecipient.status == bindparam("status_filter")))
+        stmt = stmt.where(
+            where_recipient(col(ReferralRecipient.status) == bindparam("status_filter"))
+        )
     if cursor:
         after = tuple_(bindparam("after_ts", type_=UTCDateTime()), bindparam("after_id"))
         stmt = stmt.where(tuple_(received_at, key) < after)
@@ -746,18 +764,25 @@ async def _require(
 
 
 _SENDER_PARTS = {
-    "fields": select(ReferralField.fid, ReferralField.disclosure, ReferralField.ciphertext)
-    .where(ReferralField.referral_id == bindparam("rid"))
-    .order_by(ReferralField.fid),
-    "grants": select(ReferralGrant.disclosure)
-    .where(ReferralGrant.referral_id == bindparam("rid"))
-    .order_by(ReferralGrant.fid, ReferralGrant.recipient),
-    "requests": select(ReferralRecipient.request)
-    .where(ReferralRecipient.referral_id == bindparam("rid"))
-    .order_by(ReferralRecipient.recipient),
-    "wrapped": select(WrappedKey.fid, WrappedKey.recipient, WrappedKey.kid, WrappedKey.wrapped_key)
-    .where(WrappedKey.referral_id == bindparam("rid"))
-    .order_by(WrappedKey.fid, WrappedKey.recipient),
+    "fields": select(
+        col(ReferralField.fid), col(ReferralField.disclosure), col(ReferralField.ciphertext)
+    )
+    .where(col(ReferralField.referral_id) == bindparam("rid"))
+    .order_by(col(ReferralField.fid)),
+    "grants": select(col(ReferralGrant.disclosure))
+    .where(col(ReferralGrant.referral_id) == bindparam("rid"))
+    .order_by(col(ReferralGrant.fid), col(ReferralGrant.recipient)),
+    "requests": select(col(ReferralRecipient.request))
+    .where(col(ReferralRecipient.referral_id) == bindparam("rid"))
+    .order_by(col(ReferralRecipient.recipient)),
+    "wrapped": select(
+        col(WrappedKey.fid),
+        col(WrappedKey.recipient),
+        col(WrappedKey.kid),
+        col(WrappedKey.wrapped_key),
+    )
+    .where(col(WrappedKey.referral_id) == bindparam("rid"))
+    .order_by(col(WrappedKey.fid), col(WrappedKey.recipient)),
 }
 
 
@@ -845,8 +870,8 @@ async def read(db: AsyncSession, who: Principal, referral_id: str) -> str:
 
 # (an UPDATE reserves bind names equal to its table's columns: hence "new_*"/"row_*")
 _OWN_ROW = and_(
-    ReferralRecipient.referral_id == bindparam("row_referral_id"),
-    ReferralRecipient.recipient == bindparam("row_recipient"),
+    col(ReferralRecipient.referral_id) == bindparam("row_referral_id"),
+    col(ReferralRecipient.recipient) == bindparam("row_recipient"),
 )
 _SET_STATUS = (
     update(ReferralRecipient)
@@ -926,7 +951,8 @@ async def update_status(
     own_row = {"row_referral_id": referral_id, "row_recipient": who.agency_id}
     same = body.status == row.status and body.reason == row.reason
     if not same:
-        if body.status not in TRANSITIONS.get(row.status, frozenset()):
+        # a stored status is a TaskStatus value (a StrEnum: the str finds its key)
+        if body.status not in TRANSITIONS.get(cast(vocab.TaskStatus, row.status), frozenset()):
             raise errors.Conflict(
                 f"a referral that is {row.status} cannot become {body.status}",
                 slug="invalid-transition",
@@ -1019,13 +1045,14 @@ async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[S
         referral.withdrawn_at = now
         await db.execute(
             update(ReferralRecipient)
-            .where(ReferralRecipient.referral_id == referral_id)
+            .where(col(ReferralRecipient.referral_id) == referral_id)
             .values(status=vocab.TaskStatus.CANCELLED, reason=None, note=None, signed_at=None,
                     signature=None, updated_at=now)
         )
         result = await db.execute(
             delete(WrappedKey).where(
-                WrappedKey.referral_id == referral_id, WrappedKey.recipient != who.agency_id
+                col(WrappedKey.referral_id) == referral_id,
+                col(WrappedKey.recipient) != who.agency_id,
             )
         )
         shredded = int(getattr(result, "rowcount", 0) or 0)
@@ -1053,7 +1080,9 @@ async def withdraw(db: AsyncSession, who: Principal, referral_id: str) -> list[S
 
 _BUMP_VERSION = (
     update(Referral)
-    .where(Referral.id == bindparam("row_id"), Referral.version == bindparam("row_version"))
+    .where(
+        col(Referral.id) == bindparam("row_id"), col(Referral.version) == bindparam("row_version")
+    )
     .values(
         version=bindparam("new_version"),
         manifest_json=bindparam("new_manifest"),
@@ -1082,11 +1111,15 @@ async def amend(
         )
     await _refuse_foreign_sender(db, who, Action.GRANT_ADD, body.manifest)
     fids = list(await db.scalars(
-        select(ReferralField.fid).where(ReferralField.referral_id == referral_id)
+        select(col(ReferralField.fid)).where(col(ReferralField.referral_id) == referral_id)
     ))
-    recipients = list(await db.scalars(
-        select(ReferralRecipient.recipient).where(ReferralRecipient.referral_id == referral_id)
-    ))
+    recipients = list(
+        await db.scalars(
+            select(col(ReferralRecipient.recipient)).where(
+                col(ReferralRecipient.referral_id) == referral_id
+            )
+        )
+    )
     directory = await _directory(db, {who.agency_id, *_named_agencies(body.disclosures)})
     if body.manifest.version != current.version + 1:
         raise errors.Conflict(
@@ -1121,21 +1154,21 @@ async def amend(
         )
     pairs = list(checked.grants)
     await db.execute(delete(ReferralGrant).where(
-        ReferralGrant.referral_id == referral_id,
-        tuple_(ReferralGrant.fid, ReferralGrant.recipient).in_(pairs),
+        col(ReferralGrant.referral_id) == referral_id,
+        tuple_(col(ReferralGrant.fid), col(ReferralGrant.recipient)).in_(pairs),
     ))
     await db.execute(delete(WrappedKey).where(
-        WrappedKey.referral_id == referral_id,
-        tuple_(WrappedKey.fid, WrappedKey.recipient).in_(pairs),
+        col(WrappedKey.referral_id) == referral_id,
+        tuple_(col(WrappedKey.fid), col(WrappedKey.recipient)).in_(pairs),
     ))
     await db.execute(
-        insert(ReferralGrant.__table__),
+        insert(table_of(ReferralGrant)),
         [_grant_row(referral_id, d, now) for d in checked.grants.values()],
     )
-    await db.execute(insert(WrappedKey.__table__), _wrapped_rows(referral_id, body.wrapped_keys))
+    await db.execute(insert(table_of(WrappedKey)), _wrapped_rows(referral_id, body.wrapped_keys))
     new_rows = [_recipient_row(referral_id, d, now) for d in checked.requests.values()]
     if new_rows:
-        await db.execute(insert(ReferralRecipient.__table__), new_rows)
+        await db.execute(insert(table_of(ReferralRecipient)), new_rows)
     new_recipients = sorted(checked.new_recipients)
     await audit.record(
         db,
@@ -1191,9 +1224,9 @@ async def revoke(
     found = {
         (f, r)
         for f, r in await db.execute(
-            select(ReferralGrant.fid, ReferralGrant.recipient).where(
-                ReferralGrant.referral_id == referral_id,
-                tuple_(ReferralGrant.fid, ReferralGrant.recipient).in_(unique),
+            select(col(ReferralGrant.fid), col(ReferralGrant.recipient)).where(
+                col(ReferralGrant.referral_id) == referral_id,
+                tuple_(col(ReferralGrant.fid), col(ReferralGrant.recipient)).in_(unique),
             )
         )
     }
@@ -1205,16 +1238,16 @@ async def revoke(
     now = utcnow()
     await db.execute(
         delete(WrappedKey).where(
-            WrappedKey.referral_id == referral_id,
-            tuple_(WrappedKey.fid, WrappedKey.recipient).in_(unique),
+            col(WrappedKey.referral_id) == referral_id,
+            tuple_(col(WrappedKey.fid), col(WrappedKey.recipient)).in_(unique),
         )
     )
     await db.execute(
         update(ReferralGrant)
         .where(
-            ReferralGrant.referral_id == referral_id,
-            tuple_(ReferralGrant.fid, ReferralGrant.recipient).in_(unique),
-            ReferralGrant.revoked_at.is_(None),
+            col(ReferralGrant.referral_id) == referral_id,
+            tuple_(col(ReferralGrant.fid), col(ReferralGrant.recipient)).in_(unique),
+            col(ReferralGrant.revoked_at).is_(None),
         )
         .values(revoked_at=now)
     )

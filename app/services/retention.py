@@ -28,13 +28,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
+from sqlalchemy import CursorResult, and_, case, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlmodel import col
 
 from app.config import Settings
 from app.db import sessionmaker
+from app.dialect import is_postgres
 from app.models.tables import Referral, ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
 from app.models.types import utcnow
 from app.services import audit
@@ -60,27 +62,29 @@ class PurgeReport:
 
 
 def _live() -> Any:
-    return Referral.purged_at.is_(None)
+    return col(Referral.purged_at).is_(None)
 
 
 async def _withdrawn(db: AsyncSession, cutoff: datetime, limit: int) -> list[str]:
     rows = await db.scalars(
-        select(Referral.id)
-        .where(_live(), Referral.withdrawn_at.is_not(None), Referral.withdrawn_at <= cutoff)
-        .order_by(Referral.withdrawn_at)
+        select(col(Referral.id))
+        .where(
+            _live(), col(Referral.withdrawn_at).is_not(None), col(Referral.withdrawn_at) <= cutoff
+        )
+        .order_by(col(Referral.withdrawn_at))
         .limit(limit)
     )
     return list(rows)
 
 
 async def _closed(db: AsyncSession, cutoff: datetime, limit: int) -> list[str]:
-    open_ = func.sum(case((ReferralRecipient.status.in_(CLOSED), 0), else_=1))
-    last = func.max(ReferralRecipient.updated_at)
+    open_ = func.sum(case((col(ReferralRecipient.status).in_(CLOSED), 0), else_=1))
+    last = func.max(col(ReferralRecipient.updated_at))
     rows = await db.scalars(
-        select(ReferralRecipient.referral_id)
-        .join(Referral, Referral.id == ReferralRecipient.referral_id)
-        .where(_live(), Referral.withdrawn_at.is_(None))
-        .group_by(ReferralRecipient.referral_id)
+        select(col(ReferralRecipient.referral_id))
+        .join(Referral, col(Referral.id) == col(ReferralRecipient.referral_id))
+        .where(_live(), col(Referral.withdrawn_at).is_(None))
+        .group_by(col(ReferralRecipient.referral_id))
         .having(open_ == 0, last <= cutoff)
         .order_by(last)
         .limit(limit)
@@ -90,13 +94,15 @@ async def _closed(db: AsyncSession, cutoff: datetime, limit: int) -> list[str]:
 
 async def _expired(db: AsyncSession, now: datetime, cutoff: datetime, limit: int) -> list[str]:
     g = ReferralGrant
-    active = and_(g.revoked_at.is_(None), or_(g.expires_at.is_(None), g.expires_at > now))
-    ended = func.max(func.coalesce(g.revoked_at, g.expires_at))
+    active = and_(
+        col(g.revoked_at).is_(None), or_(col(g.expires_at).is_(None), col(g.expires_at) > now)
+    )
+    ended = func.max(func.coalesce(col(g.revoked_at), col(g.expires_at)))
     rows = await db.scalars(
-        select(g.referral_id)
-        .join(Referral, Referral.id == g.referral_id)
-        .where(_live(), g.recipient != Referral.sender_agency)
-        .group_by(g.referral_id)
+        select(col(g.referral_id))
+        .join(Referral, col(Referral.id) == col(g.referral_id))
+        .where(_live(), col(g.recipient) != col(Referral.sender_agency))
+        .group_by(col(g.referral_id))
         .having(func.sum(case((active, 1), else_=0)) == 0, ended <= cutoff)
         .order_by(ended)
         .limit(limit)
@@ -108,10 +114,13 @@ def _expired_key_condition(now: datetime) -> Any:
     """SQL condition: a wrapped key whose grant expired or was revoked."""
     g = ReferralGrant
     return exists().where(
-        g.referral_id == WrappedKey.referral_id,
-        g.fid == WrappedKey.fid,
-        g.recipient == WrappedKey.recipient,
-        or_(g.revoked_at.is_not(None), and_(g.expires_at.is_not(None), g.expires_at <= now)),
+        col(g.referral_id) == col(WrappedKey.referral_id),
+        col(g.fid) == col(WrappedKey.fid),
+        col(g.recipient) == col(WrappedKey.recipient),
+        or_(
+            col(g.revoked_at).is_not(None),
+            and_(col(g.expires_at).is_not(None), col(g.expires_at) <= now),
+        ),
     )
 
 
@@ -146,32 +155,35 @@ async def purge(
     report.referrals = len(ids)
     for reason in chosen.values():
         setattr(report, reason, getattr(report, reason) + 1)
-    if (await db.connection()).dialect.name == "sqlite" and not dry_run:
+    if not is_postgres(db, Referral) and not dry_run:
         await db.execute(text("PRAGMA secure_delete = ON"))
     stale_keys = _expired_key_condition(now)
     if dry_run:
         if ids:
-            report.fields = await _count(db, ReferralField, ReferralField.referral_id.in_(ids))
-            report.wrapped_keys = await _count(db, WrappedKey, WrappedKey.referral_id.in_(ids))
+            report.fields = await _count(db, ReferralField, col(ReferralField.referral_id).in_(ids))
+            report.wrapped_keys = await _count(db, WrappedKey, col(WrappedKey.referral_id).in_(ids))
         report.expired_grant_keys = await _count(
-            db, WrappedKey, and_(stale_keys, WrappedKey.referral_id.not_in(ids))
+            db, WrappedKey, and_(stale_keys, col(WrappedKey.referral_id).not_in(ids))
         )
         return report
     if ids:
-        report.fields = (
-            await db.execute(delete(ReferralField).where(ReferralField.referral_id.in_(ids)))
+        # a DELETE's result is a CursorResult (AsyncSession.execute is typed as Result)
+        report.fields = cast(
+            CursorResult[Any],
+            await db.execute(delete(ReferralField).where(col(ReferralField.referral_id).in_(ids))),
         ).rowcount
-        report.wrapped_keys = (
-            await db.execute(delete(WrappedKey).where(WrappedKey.referral_id.in_(ids)))
+        report.wrapped_keys = cast(
+            CursorResult[Any],
+            await db.execute(delete(WrappedKey).where(col(WrappedKey.referral_id).in_(ids))),
         ).rowcount
         await db.execute(
             update(Referral)
-            .where(Referral.id.in_(ids))
+            .where(col(Referral.id).in_(ids))
             .values(purged_at=now)
             .execution_options(synchronize_session=False)
         )
-    report.expired_grant_keys = (
-        await db.execute(delete(WrappedKey).where(stale_keys))
+    report.expired_grant_keys = cast(
+        CursorResult[Any], await db.execute(delete(WrappedKey).where(stale_keys))
     ).rowcount
     if report.referrals or report.expired_grant_keys:
         detail = report.as_dict()
@@ -193,7 +205,7 @@ async def run(
     """One purge in its own transaction (the periodic job and ``refgate-server purge``)."""
     async with sessionmaker(engine)() as db, db.begin():
         report = await purge(db, settings, now, dry_run=dry_run, actor=actor)
-    if engine.dialect.name == "sqlite" and not dry_run and (
+    if not is_postgres(engine) and not dry_run and (
         report.referrals or report.expired_grant_keys
     ):
         await checkpoint_sqlite(engine)

@@ -47,12 +47,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, insert, select, text, tuple_, update
+from sqlalchemy import CursorResult, bindparam, delete, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.types import BigInteger, Integer
+from sqlmodel import col
 
 from app.config import Settings
 from app.crypto import checkpoint, keydir, merkle
@@ -66,6 +67,7 @@ from app.models.tables import (
     AuditPending,
     AuditTreeState,
     DirectoryEntry,
+    table_of,
 )
 from app.models.types import utcnow
 from app.services.leader import LeaderRunner
@@ -125,15 +127,15 @@ async def load_nodes(
     if not coords:
         return {}
     conn = await session.connection()  # Core: no ORM result layer (a proof's hot path)
-    if is_postgres(session):
+    if is_postgres(session, AuditNode):
         rows = await conn.execute(
             _PG_NODES,
             {"levels": [lv for lv, _ in coords], "idxs": [ix for _, ix in coords]},
         )
     else:
         rows = await conn.execute(
-            select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
-                tuple_(AuditNode.level, AuditNode.idx).in_(list(coords))
+            select(col(AuditNode.level), col(AuditNode.idx), col(AuditNode.hash)).where(
+                tuple_(col(AuditNode.level), col(AuditNode.idx)).in_(list(coords))
             )
         )
     return {(lv, ix): h for lv, ix, h in rows}
@@ -143,10 +145,10 @@ async def tree_head(session: AsyncSession) -> TreeHead:
     row = (
         await session.execute(
             select(
-                AuditTreeState.size,
-                AuditTreeState.root,
-                AuditTreeState.directory_size,
-                AuditTreeState.directory_root,
+                col(AuditTreeState.size),
+                col(AuditTreeState.root),
+                col(AuditTreeState.directory_size),
+                col(AuditTreeState.directory_root),
             )
         )
     ).one()
@@ -190,7 +192,8 @@ async def directory_state(session: AsyncSession, below: int) -> dict[str, dict[s
 
 async def requeue_lost(session: AsyncSession) -> int:
     """Put committed events found outside the tree and the queue back in the queue."""
-    result = await session.execute(_REQUEUE)
+    # an INSERT's result is a CursorResult (AsyncSession.execute is typed as Result)
+    result = cast(CursorResult[Any], await session.execute(_REQUEUE))
     lost = int(result.rowcount or 0)
     if lost:
         log.warning(
@@ -222,7 +225,7 @@ async def _fold_directory(
             )
     if not entries:
         return None
-    await session.execute(insert(DirectoryEntry.__table__), entries)
+    await session.execute(insert(table_of(DirectoryEntry)), entries)
     return keydir.root_of(keydir.sorted_leaves(state))
 
 
@@ -232,13 +235,13 @@ async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool
     locked = (
         await session.execute(
             update(AuditTreeState)
-            .where(AuditTreeState.id == 1)
+            .where(col(AuditTreeState.id) == 1)
             .values(updated_at=utcnow())
-            .returning(AuditTreeState.size)
+            .returning(col(AuditTreeState.size))
         )
     ).scalar_one()
     size = int(locked)
-    postgres = is_postgres(session)
+    postgres = is_postgres(session, AuditTreeState)
     if sweep:
         await requeue_lost(session)
     pending: Sequence[Any]
@@ -248,9 +251,9 @@ async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool
     else:
         pending = (
             await session.execute(
-                select(AuditPending.event_id, AuditEvent.canonical)
-                .join(AuditEvent, AuditEvent.id == AuditPending.event_id)
-                .order_by(AuditPending.event_id)
+                select(col(AuditPending.event_id), col(AuditEvent.canonical))
+                .join(AuditEvent, col(AuditEvent.id) == col(AuditPending.event_id))
+                .order_by(col(AuditPending.event_id))
                 .limit(batch_size)
             )
         ).all()
@@ -268,17 +271,17 @@ async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool
         await pg.fetchval(_PG_DEQUEUE, event_ids)
     else:
         await session.execute(
-            insert(AuditLeaf.__table__),
+            insert(table_of(AuditLeaf)),
             [
                 {"seq": size + i, "event_id": event_id, "leaf_hash": leaves[i]}
                 for i, event_id in enumerate(event_ids)
             ],
         )
         await session.execute(
-            insert(AuditNode.__table__),
+            insert(table_of(AuditNode)),
             [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes],
         )
-        await session.execute(delete(AuditPending).where(AuditPending.event_id.in_(event_ids)))
+        await session.execute(delete(AuditPending).where(col(AuditPending.event_id).in_(event_ids)))
     head: dict[str, Any] = {
         "size": size + len(pending),
         "root": merkle.root_from_frontier(new_frontier),
@@ -286,7 +289,7 @@ async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool
     directory = await _fold_directory(session, size, pending)
     if directory is not None:
         head["directory_size"], head["directory_root"] = directory
-    await session.execute(update(AuditTreeState).where(AuditTreeState.id == 1).values(**head))
+    await session.execute(update(AuditTreeState).where(col(AuditTreeState.id) == 1).values(**head))
     return len(pending)
 
 

@@ -49,13 +49,25 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import nacl.exceptions
 import nacl.secret
-from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    CursorResult,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from app import __version__, errors
 from app.authz import active_grant
@@ -230,20 +242,20 @@ def _payload(event: EventType, ts: str, data: Mapping[str, Any]) -> str:
 # The subscriptions an event goes to, built once with bind parameters (a
 # statement built per call costs more CPU than running it).
 _SUBSCRIBED = (
-    select(Webhook.id, Webhook.agency_id, Webhook.event_types)
-    .join(Agency, Agency.id == Webhook.agency_id)
+    select(col(Webhook.id), col(Webhook.agency_id), col(Webhook.event_types))
+    .join(Agency, col(Agency.id) == col(Webhook.agency_id))
     .where(
-        Webhook.agency_id.in_(bindparam("targets", expanding=True)),
-        Agency.status == AgencyStatus.ACTIVE,
+        col(Webhook.agency_id).in_(bindparam("targets", expanding=True)),
+        col(Agency.status) == AgencyStatus.ACTIVE,
     )
 )
 # ... of agencies that may see the referral: law enforcement only with an active grant
 _SUBSCRIBED_VISIBLE = _SUBSCRIBED.where(
     or_(
-        Agency.kind != AgencyKind.LAW_ENFORCEMENT,
+        col(Agency.kind) != AgencyKind.LAW_ENFORCEMENT,
         exists().where(
-            ReferralGrant.referral_id == bindparam("referral_id"),
-            active_grant(Webhook.agency_id, bindparam("now", type_=UTCDateTime())),
+            col(ReferralGrant.referral_id) == bindparam("referral_id"),
+            active_grant(col(Webhook.agency_id), bindparam("now", type_=UTCDateTime())),
         ),
     )
 )
@@ -297,9 +309,12 @@ async def enqueue(
 # Every active agency's subscriptions (directory events go to the whole task force);
 # the LIKE only narrows the rows, the JSON list decides.
 _SUBSCRIBED_ANYWHERE = (
-    select(Webhook.id, Webhook.agency_id, Webhook.event_types)
-    .join(Agency, Agency.id == Webhook.agency_id)
-    .where(Agency.status == AgencyStatus.ACTIVE, Webhook.event_types.like(bindparam("pattern")))
+    select(col(Webhook.id), col(Webhook.agency_id), col(Webhook.event_types))
+    .join(Agency, col(Agency.id) == col(Webhook.agency_id))
+    .where(
+        col(Agency.status) == AgencyStatus.ACTIVE,
+        col(Webhook.event_types).like(bindparam("pattern")),
+    )
 )
 
 
@@ -370,7 +385,7 @@ async def create(
     except TargetRefused as exc:
         raise errors.Unprocessable(str(exc), slug="webhook/target-refused") from None
     count = await db.scalar(
-        select(func.count()).select_from(Webhook).where(Webhook.agency_id == who.agency_id)
+        select(func.count()).select_from(Webhook).where(col(Webhook.agency_id) == who.agency_id)
     )
     if (count or 0) >= settings.webhooks.max_per_agency:
         raise errors.Conflict(
@@ -407,18 +422,20 @@ async def create(
 async def list_for(db: AsyncSession, who: Principal) -> list[WebhookOut]:
     hooks = await db.scalars(
         select(Webhook)
-        .where(Webhook.agency_id == who.agency_id)
-        .order_by(Webhook.created_at, Webhook.id)
+        .where(col(Webhook.agency_id) == who.agency_id)
+        .order_by(col(Webhook.created_at), col(Webhook.id))
     )
     return [_webhook_out(h) for h in hooks]
 
 
 async def remove(db: AsyncSession, who: Principal, webhook_id: str) -> None:
     hook = await _owned(db, who, webhook_id, Action.WEBHOOK_DELETE, lock=True)
-    dropped = (
-        await db.execute(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id))
+    # a DELETE's result is a CursorResult (AsyncSession.execute is typed as Result)
+    dropped = cast(
+        CursorResult[Any],
+        await db.execute(delete(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == hook.id)),
     ).rowcount
-    await db.execute(delete(Webhook).where(Webhook.id == hook.id))
+    await db.execute(delete(Webhook).where(col(Webhook.id) == hook.id))
     await audit.record(
         db,
         who.actor,
@@ -483,20 +500,20 @@ async def deliveries(
 ) -> tuple[list[DeliveryOut], str | None]:
     """A webhook's deliveries, newest first."""
     hook = await _owned(db, who, webhook_id, Action.WEBHOOK_READ)
-    stmt = select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id)
+    stmt = select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == hook.id)
     if status:
-        stmt = stmt.where(WebhookDelivery.status == status)
+        stmt = stmt.where(col(WebhookDelivery.status) == status)
     if cursor:
         ts, last_id = decode_time_id(cursor)
         stmt = stmt.where(
-            tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < tuple_(ts, last_id)
+            tuple_(col(WebhookDelivery.created_at), col(WebhookDelivery.id)) < tuple_(ts, last_id)
         )
     rows = list(
         (
             await db.scalars(
-                stmt.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(
-                    limit + 1
-                )
+                stmt.order_by(
+                    col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc()
+                ).limit(limit + 1)
             )
         ).all()
     )
@@ -541,7 +558,7 @@ async def replay(
 def backoff(attempt: int, settings: WebhookSettings) -> float:
     """Seconds before retry number ``attempt`` (1-based): exponential, capped, with
     "equal jitter" (a random point in the upper half) so that retries spread out."""
-    delay = min(settings.backoff_cap, settings.backoff_base * 2 ** max(attempt - 1, 0))
+    delay = min(settings.backoff_cap, settings.backoff_base * 2.0 ** max(attempt - 1, 0))
     return delay / 2 + _rng.uniform(0, delay / 2)
 
 
@@ -585,31 +602,31 @@ async def _claim(
     now = utcnow()
     async with maker() as db, db.begin():
         due = (
-            select(WebhookDelivery.id)
+            select(col(WebhookDelivery.id))
             .where(
-                WebhookDelivery.status == DeliveryStatus.PENDING,
-                WebhookDelivery.next_attempt_at <= now,
+                col(WebhookDelivery.status) == DeliveryStatus.PENDING,
+                col(WebhookDelivery.next_attempt_at) <= now,
             )
-            .order_by(WebhookDelivery.next_attempt_at)
+            .order_by(col(WebhookDelivery.next_attempt_at))
             .limit(settings.batch_size)
         )
-        if is_postgres(db):
+        if is_postgres(db, WebhookDelivery):
             due = due.with_for_update(skip_locked=True)
         ids = (
             (
                 await db.execute(
                     update(WebhookDelivery)
                     .where(
-                        WebhookDelivery.id.in_(due.scalar_subquery()),
-                        WebhookDelivery.status == DeliveryStatus.PENDING,
-                        WebhookDelivery.next_attempt_at <= now,
+                        col(WebhookDelivery.id).in_(due.scalar_subquery()),
+                        col(WebhookDelivery.status) == DeliveryStatus.PENDING,
+                        col(WebhookDelivery.next_attempt_at) <= now,
                     )
                     .values(
-                        attempts=WebhookDelivery.attempts + 1,
+                        attempts=col(WebhookDelivery.attempts) + 1,
                         last_attempt_at=now,
                         next_attempt_at=now + _lease(settings),
                     )
-                    .returning(WebhookDelivery.id)
+                    .returning(col(WebhookDelivery.id))
                     .execution_options(synchronize_session=False)
                 )
             )
@@ -620,19 +637,19 @@ async def _claim(
             return []
         rows = await db.execute(
             select(
-                WebhookDelivery.id,
-                WebhookDelivery.attempts,
-                WebhookDelivery.event_type,
-                WebhookDelivery.payload,
-                Webhook.url,
-                Webhook.secret,
-                Webhook.previous_secret,
-                Webhook.previous_secret_expires_at,
-                Webhook.id,
+                col(WebhookDelivery.id),
+                col(WebhookDelivery.attempts),
+                col(WebhookDelivery.event_type),
+                col(WebhookDelivery.payload),
+                col(Webhook.url),
+                col(Webhook.secret),
+                col(Webhook.previous_secret),
+                col(Webhook.previous_secret_expires_at),
+                col(Webhook.id),
             )
-            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-            .where(WebhookDelivery.id.in_(list(ids)))
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .join(Webhook, col(Webhook.id) == col(WebhookDelivery.webhook_id))
+            .where(col(WebhookDelivery.id).in_(list(ids)))
+            .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
         )
         return [_Claimed(*row) for row in rows]
 
@@ -709,9 +726,9 @@ async def _record(
             await db.execute(
                 update(WebhookDelivery)
                 .where(
-                    WebhookDelivery.id == r.claimed.id,
-                    WebhookDelivery.status == DeliveryStatus.PENDING,
-                    WebhookDelivery.attempts == r.claimed.attempts,
+                    col(WebhookDelivery.id) == r.claimed.id,
+                    col(WebhookDelivery.status) == DeliveryStatus.PENDING,
+                    col(WebhookDelivery.attempts) == r.claimed.attempts,
                 )
                 .values(**values)
                 .execution_options(synchronize_session=False)

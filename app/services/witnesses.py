@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from app import __version__, dialect, errors
 from app.config import AuditSettings, Settings, WitnessEndpoint
@@ -48,7 +49,7 @@ from app.crypto.cosignature import (
     parse_witness_vkey,
     verified_cosigners,
 )
-from app.models.tables import AuditCheckpoint
+from app.models.tables import AuditCheckpoint, table_of
 from app.models.types import utcnow
 from app.models.witness_tables import CheckpointCosignature, WitnessState
 from app.services.leader import LeaderRunner
@@ -78,11 +79,11 @@ async def cosigned_note(db: AsyncSession, settings: Settings, cosigned: int | No
     vkeys = [w.vkey for w in settings.audit.witnesses]
     if cosigned:
         size = await db.scalar(
-            select(CheckpointCosignature.tree_size)
-            .where(CheckpointCosignature.witness_vkey.in_(vkeys))
-            .group_by(CheckpointCosignature.tree_size)
+            select(col(CheckpointCosignature.tree_size))
+            .where(col(CheckpointCosignature.witness_vkey).in_(vkeys))
+            .group_by(col(CheckpointCosignature.tree_size))
             .having(func.count() >= cosigned)
-            .order_by(CheckpointCosignature.tree_size.desc())
+            .order_by(col(CheckpointCosignature.tree_size).desc())
             .limit(1)
         )
         if size is None:
@@ -95,7 +96,7 @@ async def cosigned_note(db: AsyncSession, settings: Settings, cosigned: int | No
         cp = await db.get(AuditCheckpoint, size)
     else:
         cp = await db.scalar(
-            select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+            select(AuditCheckpoint).order_by(col(AuditCheckpoint.tree_size).desc()).limit(1)
         )
     if cp is None:
         raise errors.ServiceUnavailable(
@@ -103,12 +104,12 @@ async def cosigned_note(db: AsyncSession, settings: Settings, cosigned: int | No
         )
     lines = (
         await db.scalars(
-            select(CheckpointCosignature.line)
+            select(col(CheckpointCosignature.line))
             .where(
-                CheckpointCosignature.tree_size == cp.tree_size,
-                CheckpointCosignature.witness_vkey.in_(vkeys),
+                col(CheckpointCosignature.tree_size) == cp.tree_size,
+                col(CheckpointCosignature.witness_vkey).in_(vkeys),
             )
-            .order_by(CheckpointCosignature.witness_vkey)
+            .order_by(col(CheckpointCosignature.witness_vkey))
         )
     ).all()
     return cp, append_signature_lines(cp.note, [line + "\n" for line in lines])
@@ -119,7 +120,10 @@ async def cosigned_note(db: AsyncSession, settings: Settings, cosigned: int | No
 
 def backoff(failures: int, audit: AuditSettings) -> float:
     """Seconds before the next try after ``failures`` consecutive failures ("equal jitter")."""
-    delay = min(audit.witness_retry_cap, audit.witness_retry_base * 2 ** max(failures - 1, 0))
+    # ``failures`` has no upper bound (a witness can be down for days): past 1024 the
+    # power overflowed a float; 2.0 ** 1000 still fits one and is far past any cap
+    exponent = min(max(failures - 1, 0), 1000)
+    delay = min(audit.witness_retry_cap, audit.witness_retry_base * 2.0**exponent)
     return delay / 2 + _rng.uniform(0, delay / 2)
 
 
@@ -211,7 +215,7 @@ async def _state(
         if row is None:  # two leaders overlapping for a moment may both get here
             now = utcnow()
             await db.execute(
-                dialect.insert(db, WitnessState.__table__)
+                dialect.insert(db, table_of(WitnessState))
                 .values(
                     witness_vkey=endpoint.vkey,
                     witness_name=parse_witness_vkey(endpoint.vkey).name,
@@ -246,7 +250,7 @@ async def _record(
             exists = await db.get(CheckpointCosignature, (cp.tree_size, client.key.vkey))
             if exists is None:
                 await db.execute(
-                    insert(CheckpointCosignature.__table__).values(
+                    insert(table_of(CheckpointCosignature)).values(
                         tree_size=cp.tree_size,
                         witness_vkey=client.key.vkey,
                         witness_name=client.key.name,
@@ -268,7 +272,7 @@ async def _record(
             )
         await db.execute(
             update(WitnessState)
-            .where(WitnessState.witness_vkey == client.key.vkey)
+            .where(col(WitnessState.witness_vkey) == client.key.vkey)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -298,15 +302,15 @@ async def witness_once(
         return 0
     async with maker() as db:
         cp = await db.scalar(
-            select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1)
+            select(AuditCheckpoint).order_by(col(AuditCheckpoint.tree_size).desc()).limit(1)
         )
         if cp is None:
             return 0
         have = set(
             (
                 await db.scalars(
-                    select(CheckpointCosignature.witness_vkey).where(
-                        CheckpointCosignature.tree_size == cp.tree_size
+                    select(col(CheckpointCosignature.witness_vkey)).where(
+                        col(CheckpointCosignature.tree_size) == cp.tree_size
                     )
                 )
             ).all()
@@ -372,11 +376,11 @@ async def gauges(conn: AsyncConnection) -> list[Gauge]:
     rows = (
         await conn.execute(
             select(
-                WitnessState.witness_name,
-                WitnessState.cosigned_size,
-                WitnessState.cosigned_at,
-                WitnessState.failures,
-                WitnessState.consecutive_failures,
+                col(WitnessState.witness_name),
+                col(WitnessState.cosigned_size),
+                col(WitnessState.cosigned_at),
+                col(WitnessState.failures),
+                col(WitnessState.consecutive_failures),
             )
         )
     ).all()
