@@ -8,62 +8,23 @@ close the loop, revoke, access report, and `audit verify --full`.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.demo_server import demo_server
 
 pytestmark = pytest.mark.slow  # the README walkthrough against a live server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    with socket.socket() as s:  # the witness listens on port + 100
-        s.bind(("127.0.0.1", port + 100))
-    return port
-
-
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
-    port = _free_port()
-    env = {**os.environ, "REFGATE_DATA_DIR": str(tmp_path / "data")}
-    env.pop("REFGATE_AUDIT__WITNESSES", None)
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.server_cli", "serve", "--demo", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "the demo server did not start"
-            time.sleep(0.5)
-        yield url, tmp_path / "data" / "demo", env
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+    with demo_server(tmp_path, timeout=90) as server:
+        yield server.url, server.keys, server.env
 
 
 def _refgate(env: dict[str, str], key: Path, *args: str) -> str:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
+
+from tests.demo_server import WITNESS_PORT_OFFSET, demo_server
 
 
 def test_serve_on_a_busy_port_says_which_and_how_to_choose_another(tmp_path: Path) -> None:
@@ -25,25 +30,8 @@ def test_serve_on_a_busy_port_says_which_and_how_to_choose_another(tmp_path: Pat
     assert not (tmp_path / "refgate.db").exists(), "nothing was set up before the refusal"
 
 
-def _free_port_pair() -> int:
-    """A port free for the gateway with port + 100 free for its demo witness."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port + 100 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 100))
-            except OSError:
-                continue
-        return port
-
 
 def _answers(url: str) -> bool:
-    import httpx
-
     try:
         httpx.get(url, timeout=1)
     except httpx.TransportError:
@@ -54,36 +42,15 @@ def _answers(url: str) -> bool:
 def test_a_killed_demo_gateway_takes_its_witness_with_it(tmp_path: Path) -> None:
     """``serve --demo`` starts a local witness as its child; a SIGKILL of the gateway (which
     skips its clean-up) must not leave that witness running and holding port + 100."""
-    import os
-    import signal
-    import time
-
-    port = _free_port_pair()
-    env = {**os.environ, "REFGATE_DATA_DIR": str(tmp_path / "data")}
-    env.pop("REFGATE_AUDIT__WITNESSES", None)
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.server_cli", "serve", "--demo", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    witness = f"http://127.0.0.1:{port + 100}/"
-    try:
-        deadline = time.monotonic() + 120
-        while not _answers(f"http://127.0.0.1:{port}/health/ready"):
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "the demo server did not start"
-            time.sleep(0.5)
-        assert _answers(witness), "the demo witness is not running"
-
-        server.kill()  # the gateway process only, not its process group
-        server.wait()
+    with demo_server(tmp_path) as server:
+        witness = f"http://127.0.0.1:{server.port + WITNESS_PORT_OFFSET}/"
+        deadline = time.monotonic() + 30  # the witness may still be binding its port
+        while not _answers(witness):
+            assert time.monotonic() < deadline, "the demo witness did not start"
+            time.sleep(0.2)
+        server.process.kill()  # the gateway process only, not its process group
+        server.process.wait()
         deadline = time.monotonic() + 30
         while _answers(witness):
             assert time.monotonic() < deadline, "the witness outlived its gateway"
             time.sleep(0.5)
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()

@@ -21,11 +21,8 @@ critical violation; screenshots go to ``console/screenshots/``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +31,9 @@ import pytest
 
 from app.client.keyfile import KeyFile
 from app.crypto.encoding import b64url_encode
-from tests.client.test_cli import free_port
 from tests.console import node
 from tests.console.test_console_route import EXPECTED_CSP
+from tests.demo_server import demo_server
 
 pytestmark = pytest.mark.slow  # headless Chromium against a live server
 
@@ -47,35 +44,8 @@ PASSPHRASE = "harbor house night shift 2026"
 
 @pytest.fixture
 def gateway(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFGATE_")}
-    env |= {"REFGATE_DATA_DIR": str(tmp_path / "data"), "REFGATE_DATABASE_URL": database_url}
-    log_path = tmp_path / "server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen([SERVER, "serve", "--demo", "--port", str(port)], env=env,
-                                  cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200 and (
-                        tmp_path / "data" / "demo" / "task-force.json"
-                    ).exists():
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("the gateway did not start:\n" + log_path.read_text())
-                time.sleep(0.2)
-            yield url, tmp_path / "data" / "demo"
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    with demo_server(tmp_path, database_url=database_url, clean_env=True, timeout=60) as server:
+        yield server.url, server.keys
 
 
 def test_caseworker_and_liaison_work_a_referral_in_the_browser(

@@ -10,55 +10,21 @@ request to another origin. The route's headers are checked here too.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.client.test_cli import free_port
 from tests.console import node
 from tests.console.test_console_route import EXPECTED_CSP
+from tests.demo_server import demo_server
 
 
 @pytest.fixture
 def gateway(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """``serve --demo`` in its own process group, so its local witness stops with it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFGATE_")}
-    env |= {"REFGATE_DATA_DIR": str(tmp_path / "data"), "REFGATE_DATABASE_URL": database_url}
-    log_path = tmp_path / "server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "app.server_cli", "serve", "--demo", "--port", str(port)],
-            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("the gateway did not start:\n" + log_path.read_text())
-                time.sleep(0.2)
-            yield url, tmp_path / "data" / "demo"
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+    with demo_server(tmp_path, database_url=database_url, clean_env=True, timeout=90) as server:
+        yield server.url, server.keys
 
 
 def test_docs_lists_every_operation_under_the_console_csp(

@@ -8,8 +8,6 @@ with a message that points to ``refgate find``. Runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,28 +15,14 @@ import pytest
 
 from app.client.cli import main
 from app.client.directory_cli import age
-from tests.client.test_cli import REFGATE, SERVER, free_port, ok_all, run_all, wait_ready
+from tests.client.test_cli import REFGATE, SERVER, ok_all, run_all
+from tests.demo_server import demo_server
 
 
 @pytest.fixture
 def demo(database_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFGATE_")}
-    env |= {"REFGATE_DATA_DIR": str(tmp_path / "data"), "REFGATE_DATABASE_URL": database_url}
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([SERVER, "serve", "--demo", "--port", str(port)], env=env,
-                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", tmp_path)
-        yield env, tmp_path / "data" / "demo"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+    with demo_server(tmp_path, database_url=database_url, clean_env=True) as server:
+        yield server.env, server.keys
 
 
 def test_find_then_send_by_name_then_post_capacity(
