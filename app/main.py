@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__, errors
@@ -76,6 +77,24 @@ def _install_error_handlers(app: FastAPI) -> None:
             request=request,
         )
 
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, sa_exc.DBAPIError) and not _lost_database(exc):
+            raise exc  # a statement the database refused: a bug, answered 500 by the middleware
+        # the class only: a driver's message can quote the statement and its parameters
+        log.error("database unavailable: %s", type(exc).__name__)
+        return _problem(
+            503,
+            "Service Unavailable",
+            "the gateway cannot reach its database right now; try again in a moment "
+            "(a referral re-sent with the same id is not created twice)",
+            errors.PROBLEM_BASE + "database-unavailable",
+            headers={"Retry-After": "2"},
+            request=request,
+        )
+
+    for kind in _DATABASE_UNAVAILABLE:
+        app.add_exception_handler(kind, database_unavailable)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
@@ -108,6 +127,30 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers=headers,
             request=request,
         )
+
+
+def _database_unavailable_errors() -> tuple[type[Exception], ...]:
+    """What a request meets when the database is down, restarting or out of connections:
+    SQLAlchemy's wrappers, and what asyncpg raises while connecting (SQLAlchemy passes
+    connection errors of the connect step through unwrapped)."""
+    kinds: list[type[Exception]] = [sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError]
+    try:
+        from asyncpg import exceptions as pg
+    except ImportError:  # pragma: no cover (asyncpg comes with the server extra)
+        return tuple(kinds)
+    kinds += [pg.PostgresConnectionError, pg.CannotConnectNowError, pg.InterfaceError]
+    return tuple(kinds)
+
+
+_DATABASE_UNAVAILABLE = _database_unavailable_errors()
+
+
+def _lost_database(exc: sa_exc.DBAPIError) -> bool:
+    """A DBAPI error that means the connection or the server went away (as opposed to a
+    statement refused: a constraint, a syntax error), which a retry may get past."""
+    return exc.connection_invalidated or isinstance(
+        exc, sa_exc.OperationalError | sa_exc.InterfaceError
+    )
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:

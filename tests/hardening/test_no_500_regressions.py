@@ -256,3 +256,37 @@ async def test_a_key_rotation_giving_one_key_for_both_uses_is_refused(
                           json={"enc_key": same, "sign_key": same}, headers=admin)
     assert_problem(r, 422)
     assert (await client.get(f"/v1/agencies/{legal}", headers=admin)).json()["keys"] == before
+
+
+async def test_a_database_that_went_away_is_a_503_to_retry_not_a_500(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """With the database unreachable (here: connection refused), a read and a send answer
+    503 problem+json with Retry-After, saying what happened, instead of an anonymous 500."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from app.db import read_sessionmaker, sessionmaker
+
+    headers = await tf.headers("shelter")  # the token is issued while the database is up
+    body = tf.seal("shelter", {"full_name": "Maria"}, {"full_name": {"legal": "service_provision"}})
+    gone = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/refgate")  # nothing listens
+    saved = app.state.sessionmaker, app.state.read_sessionmaker
+    app.state.sessionmaker, app.state.read_sessionmaker = sessionmaker(gone), read_sessionmaker(gone)
+    try:
+        answers = [
+            await client.get("/v1/referrals", headers=headers),
+            await client.post("/v1/referrals", json=body, headers=headers),
+        ]
+    finally:
+        app.state.sessionmaker, app.state.read_sessionmaker = saved
+        await gone.dispose()
+    for r in answers:
+        assert r.status_code == 503, (r.status_code, r.text[:300])
+        assert r.headers["content-type"].split(";")[0] == "application/problem+json"
+        assert r.headers["retry-after"] == "2"
+        problem = r.json()
+        assert problem["type"].endswith("/database-unavailable"), problem
+        assert "cannot reach its database" in problem["detail"], problem
+    # once the database is back, the same send goes through: nothing half-done was left
+    r = await client.post("/v1/referrals", json=body, headers=headers)
+    assert r.status_code == 201, r.text
