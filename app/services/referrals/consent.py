@@ -73,7 +73,13 @@ async def amend(
     *,
     settings: Settings,
 ) -> dict[str, Any]:
-    """Add consent with a new manifest version; the loser of a race gets 409, nothing lost."""
+    """Add consent with a new manifest version; the loser of a race gets 409, nothing lost.
+
+    The steps: the sender's referral, not withdrawn, amended under its own id; the
+    amendment checked against the stored manifest, the directory and the clock;
+    the version bumped (the race is decided there); the grants replaced and new
+    recipients added; the event recorded and the recipients told.
+    """
     body: Amendment = _validated(Amendment, raw)
     referral = await _require_sender(db, who, referral_id, Action.GRANT_ADD)
     if referral.withdrawn_at is not None:
@@ -84,6 +90,42 @@ async def amend(
             "manifest.referral_id is not this referral", slug="envelope/manifest-changed"
         )
     await _refuse_foreign_sender(db, who, Action.GRANT_ADD, body.manifest)
+    checked, grants, now = await _check_amendment(db, who, referral_id, current, body, settings)
+    await _bump_version(db, referral_id, current, body, checked)
+    new_rows = await _store_amendment(db, referral_id, body, checked, now)
+    new_recipients = sorted(checked.new_recipients)
+    await audit.record(
+        db,
+        who.actor,
+        Action.GRANT_ADD,
+        "referral",
+        referral_id,
+        subject_agency=who.agency_id,
+        detail={
+            "version": body.manifest.version,
+            "grants": _grant_detail(grants),
+            "new_recipients": new_recipients,
+        },
+    )
+    await _announce_amendment(db, who, referral_id, grants, new_rows)
+    return {
+        "referral_id": referral_id,
+        "version": body.manifest.version,
+        "grants": [d.disclosure for d in checked.grants.values()],
+        "new_recipients": new_recipients,
+    }
+
+
+async def _check_amendment(
+    db: AsyncSession,
+    who: Principal,
+    referral_id: str,
+    current: Manifest,
+    body: Amendment,
+    settings: Settings,
+) -> tuple[env.CheckedAmendment, list[GrantValue], datetime]:
+    """The amendment checked against the stored manifest (the next version), the stored
+    fields and recipients, the directory and the clock; with its grants and the time."""
     fids = list(await db.scalars(
         select(col(ReferralField.fid)).where(col(ReferralField.referral_id) == referral_id)
     ))
@@ -113,6 +155,17 @@ async def amend(
     _check_kids(grants, directory)
     now = utcnow()
     _check_expiry(grants, now, settings)
+    return checked, grants, now
+
+
+async def _bump_version(
+    db: AsyncSession,
+    referral_id: str,
+    current: Manifest,
+    body: Amendment,
+    checked: env.CheckedAmendment,
+) -> None:
+    """The new manifest, only over the version it amends: 409 when another came first."""
     bumped = await db.execute(_BUMP_VERSION, {
         "row_id": referral_id,
         "row_version": current.version,
@@ -126,6 +179,17 @@ async def amend(
             "the new version",
             slug="version-conflict",
         )
+
+
+async def _store_amendment(
+    db: AsyncSession,
+    referral_id: str,
+    body: Amendment,
+    checked: env.CheckedAmendment,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Replace the amended grants and their wrapped keys; add the new recipients' rows
+    (returned)."""
     pairs = list(checked.grants)
     await db.execute(delete(ReferralGrant).where(
         col(ReferralGrant.referral_id) == referral_id,
@@ -143,20 +207,17 @@ async def amend(
     new_rows = [_recipient_row(referral_id, d, now) for d in checked.requests.values()]
     if new_rows:
         await db.execute(insert(table_of(ReferralRecipient)), new_rows)
-    new_recipients = sorted(checked.new_recipients)
-    await audit.record(
-        db,
-        who.actor,
-        Action.GRANT_ADD,
-        "referral",
-        referral_id,
-        subject_agency=who.agency_id,
-        detail={
-            "version": body.manifest.version,
-            "grants": _grant_detail(grants),
-            "new_recipients": new_recipients,
-        },
-    )
+    return new_rows
+
+
+async def _announce_amendment(
+    db: AsyncSession,
+    who: Principal,
+    referral_id: str,
+    grants: list[GrantValue],
+    new_rows: list[dict[str, Any]],
+) -> None:
+    """``grant.added`` to each recipient of a new grant; ``referral.received`` to new ones."""
     await webhooks.enqueue(
         db,
         EventType.GRANT_ADDED,
@@ -176,12 +237,6 @@ async def amend(
                                 "request": json.loads(row["request_json"])}
              for row in new_rows},
         )
-    return {
-        "referral_id": referral_id,
-        "version": body.manifest.version,
-        "grants": [d.disclosure for d in checked.grants.values()],
-        "new_recipients": new_recipients,
-    }
 
 
 async def revoke(
@@ -195,20 +250,7 @@ async def revoke(
             "the sender's own copies cannot be revoked; withdraw the referral instead",
             slug="cannot-revoke-sender",
         )
-    found = {
-        (f, r)
-        for f, r in await db.execute(
-            select(col(ReferralGrant.fid), col(ReferralGrant.recipient)).where(
-                col(ReferralGrant.referral_id) == referral_id,
-                tuple_(col(ReferralGrant.fid), col(ReferralGrant.recipient)).in_(unique),
-            )
-        )
-    }
-    missing = [p for p in unique if p not in found]
-    if missing:
-        raise errors.Unprocessable(
-            f"no consent for field {missing[0][0]} to {missing[0][1]}", slug="unknown-grant"
-        )
+    await _check_grants_exist(db, referral_id, unique)
     now = utcnow()
     await db.execute(
         delete(WrappedKey).where(
@@ -245,3 +287,23 @@ async def revoke(
         visible_only=False,
     )
     return now
+
+
+async def _check_grants_exist(
+    db: AsyncSession, referral_id: str, unique: Sequence[tuple[str, str]]
+) -> None:
+    """Every (fid, recipient) to revoke is a consent of this referral, or 422."""
+    found = {
+        (f, r)
+        for f, r in await db.execute(
+            select(col(ReferralGrant.fid), col(ReferralGrant.recipient)).where(
+                col(ReferralGrant.referral_id) == referral_id,
+                tuple_(col(ReferralGrant.fid), col(ReferralGrant.recipient)).in_(unique),
+            )
+        )
+    }
+    missing = [p for p in unique if p not in found]
+    if missing:
+        raise errors.Unprocessable(
+            f"no consent for field {missing[0][0]} to {missing[0][1]}", slug="unknown-grant"
+        )

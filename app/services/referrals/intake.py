@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -72,14 +73,43 @@ async def create(
     settings: Settings,
     idempotency_key: str | None,
 ) -> tuple[int, dict[str, Any]]:
-    """Store a new referral; returns (status code, response body)."""
+    """Store a new referral; returns (status code, response body).
+
+    The steps: replay a known Idempotency-Key; check the envelope; store its rows
+    (or answer a concurrent twin like the first); record and announce it; keep
+    the response for the key.
+    """
     if idempotency_key is not None:
         replayed = await replay_idempotent(db, who, idempotency_key, raw)
         if replayed is not None:
             return replayed
     body: EnvelopeIn = _validated(EnvelopeIn, raw)
-    manifest = body.manifest
-    await _refuse_foreign_sender(db, who, Action.REFERRAL_CREATE, manifest)
+    checked, grants, now = await _check(db, who, body, settings)
+    rows = _rows(who, body, checked, now)
+    if not await _store(db, rows):
+        return await _replay_twin(db, who, idempotency_key, raw)
+    recipients = sorted(checked.recipients)
+    await _record(db, who, rows, checked, grants)
+    await _announce(db, who, rows, recipients)
+    response = ReferralSummary(
+        referral_id=body.manifest.referral_id,
+        sender_agency=who.agency_id,
+        created_at=body.manifest.created_at,
+        version=1,
+        statuses=[StatusOut(recipient=rid, status=vocab.TaskStatus.REQUESTED, updated_at=now)
+                  for rid in recipients],
+    ).model_dump(mode="json")
+    if idempotency_key is not None:
+        await _keep_response(db, who, idempotency_key, raw, response)
+    return 201, response
+
+
+async def _check(
+    db: AsyncSession, who: Principal, body: EnvelopeIn, settings: Settings
+) -> tuple[env.CheckedReferral, list[GrantValue], datetime]:
+    """The envelope checked in itself, against the directory (one read) and the clock;
+    with its grants and the time of receipt."""
+    await _refuse_foreign_sender(db, who, Action.REFERRAL_CREATE, body.manifest)
     directory = await _directory(db, {who.agency_id, *_named_agencies(body.disclosures)})
     r = settings.referrals
     try:
@@ -94,10 +124,18 @@ async def create(
     grants = [d.value for d in checked.grants.values() if isinstance(d.value, GrantValue)]
     _check_kids(grants, directory)
     now = utcnow()
-    _check_clock(manifest.created_at, now, settings)
+    _check_clock(body.manifest.created_at, now, settings)
     _check_expiry(grants, now, settings)
+    return checked, grants, now
+
+
+def _rows(
+    who: Principal, body: EnvelopeIn, checked: env.CheckedReferral, now: datetime
+) -> _Rows:
+    """The rows of the five tables for a checked envelope."""
+    manifest = body.manifest
     referral_id = manifest.referral_id
-    rows = _Rows(
+    return _Rows(
         referral={
             "id": referral_id,
             "sender_agency": who.agency_id,
@@ -116,55 +154,77 @@ async def create(
         grants=[_grant_row(referral_id, d, now) for d in checked.grants.values()],
         wrapped=_wrapped_rows(referral_id, body.wrapped_keys),
     )
-    if not await _store(db, rows):
-        # A concurrent re-post of the same envelope with the same key (a client retrying
-        # while its first request is still in flight) waited for the first to commit:
-        # it is answered like the first.
-        if idempotency_key is not None:
-            replayed = await replay_idempotent(db, who, idempotency_key, raw)
-            if replayed is not None:
-                return replayed
-        raise errors.Conflict("a referral with this referral_id exists", slug="referral-exists")
-    recipients = sorted(checked.recipients)
+
+
+async def _replay_twin(
+    db: AsyncSession, who: Principal, idempotency_key: str | None, raw: Mapping[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """The answer when the referral's id exists: 409, unless it is a twin.
+
+    A concurrent re-post of the same envelope with the same key (a client retrying
+    while its first request is still in flight) waited for the first to commit:
+    it is answered like the first.
+    """
+    if idempotency_key is not None:
+        replayed = await replay_idempotent(db, who, idempotency_key, raw)
+        if replayed is not None:
+            return replayed
+    raise errors.Conflict("a referral with this referral_id exists", slug="referral-exists")
+
+
+async def _record(
+    db: AsyncSession,
+    who: Principal,
+    rows: _Rows,
+    checked: env.CheckedReferral,
+    grants: list[GrantValue],
+) -> None:
+    """The audit event: recipients, field ids and the grants to others (never names)."""
     await audit.record(
         db,
         who.actor,
         Action.REFERRAL_CREATE,
         "referral",
-        referral_id,
+        rows.referral["id"],
         subject_agency=who.agency_id,
         detail={
-            "recipients": recipients,
+            "recipients": sorted(checked.recipients),
             "fids": sorted(checked.fields),
             "grants": _grant_detail(g for g in grants if g.recipient != who.agency_id),
         },
     )
+
+
+async def _announce(
+    db: AsyncSession, who: Principal, rows: _Rows, recipients: list[str]
+) -> None:
+    """``referral.received`` to each recipient, with its own request."""
     requests = {
         row["recipient"]: json.loads(row["request_json"]) for row in rows.recipients
     }
     await webhooks.enqueue(
         db,
         EventType.REFERRAL_RECEIVED,
-        referral_id,
+        rows.referral["id"],
         {rid: {"sender_agency": who.agency_id, "request": requests[rid]} for rid in recipients},
     )
-    response = ReferralSummary(
-        referral_id=referral_id,
-        sender_agency=who.agency_id,
-        created_at=manifest.created_at,
-        version=1,
-        statuses=[StatusOut(recipient=rid, status=vocab.TaskStatus.REQUESTED, updated_at=now)
-                  for rid in recipients],
-    ).model_dump(mode="json")
-    if idempotency_key is not None:
-        db.add(
-            IdempotencyRecord(
-                client_id=who.client_id,
-                key=idempotency_key,
-                request_sha256=_request_hash(raw),
-                status_code=201,
-                response_json=json.dumps(response),
-            )
+
+
+async def _keep_response(
+    db: AsyncSession,
+    who: Principal,
+    idempotency_key: str,
+    raw: Mapping[str, Any],
+    response: dict[str, Any],
+) -> None:
+    """Remember the 201 for this client's Idempotency-Key (replayed by ``replay_idempotent``)."""
+    db.add(
+        IdempotencyRecord(
+            client_id=who.client_id,
+            key=idempotency_key,
+            request_sha256=_request_hash(raw),
+            status_code=201,
+            response_json=json.dumps(response),
         )
-        await db.flush()
-    return 201, response
+    )
+    await db.flush()

@@ -4,6 +4,7 @@ sender's withdrawal."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app import errors, vocab
-from app.authz import Relation
+from app.authz import Access, OwnStatus, Relation
 from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto.encoding import EncodingError, b64url_decode
@@ -86,8 +87,47 @@ async def update_status(
     *,
     settings: Settings,
 ) -> StatusOut:
-    """Store a recipient's signed status change (verified with its current signing key)."""
+    """Store a recipient's signed status change (verified with its current signing key).
+
+    The steps: the caller must be a recipient (its row locked until the transaction
+    ends); the note, the signature and its time are checked; a new status must be a
+    transition (the same status again changes nothing, except a new note); the row
+    is written when something changed; the event is recorded and, for a new status,
+    the sender told.
+    """
     body: StatusIn = _validated(StatusIn, raw)
+    access = await _require_recipient(db, who, referral_id)
+    _check_note(body.note)
+    await _verify_signature(db, who, referral_id, body)
+    now = utcnow()
+    _check_signed_at(body.signed_at, now, settings)
+    row = access.own  # locked by relation(lock_own=True) until the transaction ends
+    if row is None:  # a recipient always has its row
+        raise await _not_found(db, who, Action.REFERRAL_STATUS, referral_id)
+    same = body.status == row.status and body.reason == row.reason
+    if not same:
+        _check_transition(row, body)
+    # Idempotent: the same status again changes nothing, except a new note.
+    changed = not same or (body.note is not None and body.note != row.note)
+    if changed:
+        await _write_status(db, who, referral_id, body, now)
+    sender = access.referral.sender_agency
+    await _record_status(db, who, referral_id, sender, row, body, changed=changed)
+    if not same:
+        await _tell_sender(db, who, referral_id, sender, row, body)
+    if not changed:
+        return StatusOut(
+            recipient=who.agency_id, status=row.status, reason=row.reason, note=row.note,
+            signed_at=row.signed_at, signature=row.signature, updated_at=row.updated_at,
+        )
+    return StatusOut(
+        recipient=who.agency_id, status=body.status, reason=body.reason, note=body.note,
+        signed_at=body.signed_at, signature=body.signature, updated_at=now,
+    )
+
+
+async def _require_recipient(db: AsyncSession, who: Principal, referral_id: str) -> Access:
+    """The caller's access as a recipient, its own row locked; 403 for the sender."""
     access = await _require(db, who, referral_id, Action.REFERRAL_STATUS, lock_own=True)
     if access.relation is not Relation.RECIPIENT:
         raise errors.Forbidden(
@@ -102,7 +142,13 @@ async def update_status(
                 subject_agency=access.referral.sender_agency,
             ),
         )
-    _check_note(body.note)
+    return access
+
+
+async def _verify_signature(
+    db: AsyncSession, who: Principal, referral_id: str, body: StatusIn
+) -> None:
+    """The status is signed with the caller's agency's current signing key, or 422."""
     directory = await _directory(db, [who.agency_id])
     try:
         env.verify_status(
@@ -115,47 +161,62 @@ async def update_status(
             f"{exc.message} with this agency's current signing key",
             slug="status/bad-signature",
         ) from None
-    now = utcnow()
+
+
+def _check_signed_at(signed_at: str, now: datetime, settings: Settings) -> None:
     skew = settings.referrals.max_clock_skew
-    if abs((parse_time(body.signed_at) - now).total_seconds()) > skew:
+    if abs((parse_time(signed_at) - now).total_seconds()) > skew:
         raise errors.Unprocessable(
             f"signed_at is more than {skew} seconds from the server's clock ({rfc3339(now)})",
             slug="status/clock-skew",
         )
-    row = access.own  # locked by relation(lock_own=True) until the transaction ends
-    if row is None:  # a recipient always has its row
-        raise await _not_found(db, who, Action.REFERRAL_STATUS, referral_id)
-    own_row = {"row_referral_id": referral_id, "row_recipient": who.agency_id}
-    same = body.status == row.status and body.reason == row.reason
-    if not same:
-        # a stored status is a TaskStatus value (a StrEnum: the str finds its key)
-        if body.status not in TRANSITIONS.get(cast(vocab.TaskStatus, row.status), frozenset()):
-            raise errors.Conflict(
-                f"a referral that is {row.status} cannot become {body.status}",
-                slug="invalid-transition",
-            )
-        if body.status == "rejected" and not body.reason:
-            raise errors.Unprocessable("rejected needs a reason code", slug="reason-required")
-    # Idempotent: the same status again changes nothing, except a new note.
-    changed = not same or (body.note is not None and body.note != row.note)
-    updated_at = now if changed else row.updated_at
-    if changed:
-        await (await core(db)).execute(_SET_STATUS, {
-            **own_row,
-            "new_status": body.status,
-            "new_reason": body.reason,
-            "new_note": body.note,
-            "new_signed_at": body.signed_at,
-            "new_signature": body.signature,
-            "new_updated_at": updated_at,
-        })
+
+
+def _check_transition(row: OwnStatus, body: StatusIn) -> None:
+    """A new status is one ``TRANSITIONS`` allows from the stored one; rejected has a reason."""
+    # a stored status is a TaskStatus value (a StrEnum: the str finds its key)
+    if body.status not in TRANSITIONS.get(cast(vocab.TaskStatus, row.status), frozenset()):
+        raise errors.Conflict(
+            f"a referral that is {row.status} cannot become {body.status}",
+            slug="invalid-transition",
+        )
+    if body.status == "rejected" and not body.reason:
+        raise errors.Unprocessable("rejected needs a reason code", slug="reason-required")
+
+
+async def _write_status(
+    db: AsyncSession, who: Principal, referral_id: str, body: StatusIn, now: datetime
+) -> None:
+    await (await core(db)).execute(_SET_STATUS, {
+        "row_referral_id": referral_id,
+        "row_recipient": who.agency_id,
+        "new_status": body.status,
+        "new_reason": body.reason,
+        "new_note": body.note,
+        "new_signed_at": body.signed_at,
+        "new_signature": body.signature,
+        "new_updated_at": now,
+    })
+
+
+async def _record_status(
+    db: AsyncSession,
+    who: Principal,
+    referral_id: str,
+    sender: str,
+    row: OwnStatus,
+    body: StatusIn,
+    *,
+    changed: bool,
+) -> None:
+    """The audit event: from, to, reason, whether a note came (never the note)."""
     await audit.record(
         db,
         who.actor,
         Action.REFERRAL_STATUS,
         "referral",
         referral_id,
-        subject_agency=access.referral.sender_agency,
+        subject_agency=sender,
         detail={
             "from": row.status,
             "to": body.status,
@@ -164,28 +225,29 @@ async def update_status(
             "unchanged": not changed,
         },
     )
-    if not same:
-        await webhooks.enqueue(
-            db,
-            EventType.REFERRAL_STATUS_CHANGED,
-            referral_id,
-            {
-                access.referral.sender_agency: {
-                    "recipient": who.agency_id,
-                    "status": body.status,
-                    "previous_status": row.status,
-                    "reason": body.reason,
-                }
-            },
-        )
-    if not changed:
-        return StatusOut(
-            recipient=who.agency_id, status=row.status, reason=row.reason, note=row.note,
-            signed_at=row.signed_at, signature=row.signature, updated_at=row.updated_at,
-        )
-    return StatusOut(
-        recipient=who.agency_id, status=body.status, reason=body.reason, note=body.note,
-        signed_at=body.signed_at, signature=body.signature, updated_at=updated_at,
+
+
+async def _tell_sender(
+    db: AsyncSession,
+    who: Principal,
+    referral_id: str,
+    sender: str,
+    row: OwnStatus,
+    body: StatusIn,
+) -> None:
+    """``referral.status_changed`` to the sender."""
+    await webhooks.enqueue(
+        db,
+        EventType.REFERRAL_STATUS_CHANGED,
+        referral_id,
+        {
+            sender: {
+                "recipient": who.agency_id,
+                "status": body.status,
+                "previous_status": row.status,
+                "reason": body.reason,
+            }
+        },
     )
 
 
