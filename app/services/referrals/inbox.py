@@ -7,12 +7,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    bindparam,
-    select,
-    tuple_,
-)
+from sqlalchemy import and_, bindparam, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from sqlmodel import col
@@ -22,10 +17,7 @@ from app.cursor import decode_time_id as _decode_cursor
 from app.cursor import encode_time_id as _encode_cursor
 from app.db import core
 from app.identity import Principal
-from app.models.tables import (
-    Referral,
-    ReferralRecipient,
-)
+from app.models.tables import Referral, ReferralRecipient
 from app.models.types import UTCDateTime, utcnow
 from app.services import audit
 from app.services.audit import Action

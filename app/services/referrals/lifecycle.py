@@ -7,12 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import (
-    and_,
-    bindparam,
-    delete,
-    update,
-)
+from sqlalchemy import and_, bindparam, delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -25,10 +20,7 @@ from app.crypto.wire import StatusIn
 from app.db import core
 from app.identity import Principal
 from app.models.schemas import StatusOut, rfc3339
-from app.models.tables import (
-    ReferralRecipient,
-    WrappedKey,
-)
+from app.models.tables import ReferralRecipient, WrappedKey
 from app.models.types import UTCDateTime, utcnow
 from app.models.webhook_schemas import EventType
 from app.services import audit, webhooks

@@ -9,16 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BindParameter,
-    DateTime,
-    Text,
-    and_,
-    bindparam,
-    insert,
-    select,
-    text,
-)
+from sqlalchemy import BindParameter, DateTime, Text, and_, bindparam, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col

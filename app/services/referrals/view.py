@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (
-    bindparam,
-    select,
-)
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -16,12 +13,7 @@ from app.authz import Access, Relation
 from app.db import core
 from app.identity import Principal
 from app.models.schemas import rfc3339
-from app.models.tables import (
-    ReferralField,
-    ReferralGrant,
-    ReferralRecipient,
-    WrappedKey,
-)
+from app.models.tables import ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
 from app.services import audit
 from app.services.audit import Action
 from app.services.referrals.common import _ENCODE, _require
