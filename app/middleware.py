@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from traceback import extract_tb
 from typing import Any
 
@@ -59,6 +60,39 @@ class _TooLarge(Exception):
     pass
 
 
+@dataclass
+class _Response:
+    """What the middleware saw of the answer: its status (500 until one starts)."""
+
+    status: int = 500
+    started: bool = False
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    """The caller's X-Request-ID when it is well formed (kept apart from ours)."""
+    incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+    return incoming if _REQUEST_ID.match(incoming) else None
+
+
+def _stamped(send: Send, request_id: str, response: _Response) -> Send:
+    """``send`` that records the status and stamps the request id and security headers."""
+
+    async def send_wrapper(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            response.status = message["status"]
+            response.started = True
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
+            headers.append((b"x-request-id", request_id.encode()))
+            # a route that sets its own policy (the console's pages) keeps it:
+            # two CSP headers would both be enforced, and the API's forbids scripts
+            own = {k.lower() for k, _ in headers}
+            headers.extend(h for h in SECURITY_HEADERS if h[0] not in own)
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_wrapper
+
+
 class RequestContextMiddleware:
     """Assigns a request id, enforces the body limit, adds security headers, logs one line.
 
@@ -78,121 +112,133 @@ class RequestContextMiddleware:
         self.observe = observe  # metrics hook: (method, route template, status, seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One HTTP exchange: bind the request's context, answer (or refuse), log it.
+
+        The request id is always the server's own; a caller's X-Request-ID is kept
+        apart as client_request_id (DESIGN.md "Audit log"), so no caller can make
+        two requests look like one in the log.
+        """
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # The request id is always the server's own; a caller's X-Request-ID is kept
-        # apart as client_request_id (DESIGN.md "Audit log"), so no caller can make
-        # two requests look like one in the log.
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        client_token = client_request_id_var.set(incoming if _REQUEST_ID.match(incoming) else None)
+        client_token = client_request_id_var.set(_client_request_id(scope))
         client_var.set(None)
         agency_var.set(None)
         problem_var.set(None)
         started = time.perf_counter()
-        status_holder = {"status": 500, "started": False}
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-                status_holder["started"] = True
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
-                headers.append((b"x-request-id", request_id.encode()))
-                # a route that sets its own policy (the console's pages) keeps it:
-                # two CSP headers would both be enforced, and the API's forbids scripts
-                own = {k.lower() for k, _ in headers}
-                headers.extend(h for h in SECURITY_HEADERS if h[0] not in own)
-                message = {**message, "headers": headers}
-            await send(message)
-
+        response = _Response()
         try:
-            declared = dict(scope["headers"]).get(b"content-length")
-            if declared is not None:
-                try:
-                    too_big = int(declared) > self.max_body_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._reject(send_wrapper, request_id)
-                    return
-            received = 0
-
-            async def limited_receive() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.max_body_bytes:
-                        raise _TooLarge
-                return message
-
-            if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
-                await self._problem(
-                    send_wrapper,
-                    400,
-                    "Bad Request",
-                    "NUL characters are not allowed in a URL",
-                    "bad-request",
-                    request_id,
-                )
-                return
-            try:
-                await self.app(scope, limited_receive, send_wrapper)
-            except _TooLarge:
-                if not status_holder["started"]:
-                    await self._reject(send_wrapper, request_id)
-            except ClientDisconnect:
-                status_holder["status"] = 499  # the client went away; nothing to answer
-            except Exception as exc:
-                # Rendered here rather than by Starlette's outermost handler, so the
-                # answer carries the request id and security headers like any other.
-                frames = [f"{f.filename}:{f.lineno}" for f in extract_tb(exc.__traceback__)]
-                log.error(
-                    "unhandled error",
-                    # where, not what: exception messages may quote SQL parameters
-                    extra={"exc_type": type(exc).__name__, "where": frames[-8:]},
-                )
-                if not status_holder["started"]:
-                    await self._problem(
-                        send_wrapper,
-                        500,
-                        "Internal Server Error",
-                        "an unexpected error occurred; it has been logged",
-                        "internal",
-                        request_id,
-                    )
+            await self._answer(scope, receive, _stamped(send, request_id, response), request_id,
+                               response)
         finally:
-            route_path = getattr(scope.get("route"), "path", None) or "unmatched"
-            seconds = time.perf_counter() - started
-            status = status_holder["status"]
-            # 4xx at warning and 5xx at error, so an operator sees which partner
-            # is failing and why (the problem type; never a token or key)
-            level = (
-                logging.ERROR if status >= 500
-                else logging.WARNING if status >= 400
-                else logging.INFO
-            )
-            log.log(
-                level,
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "client_request_id": client_request_id_var.get(),
-                    "method": scope.get("method"),
-                    "route": route_path,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 2),
-                    "client_id": client_var.get(),
-                    "agency_id": agency_var.get(),
-                    "problem": problem_var.get(),
-                },
-            )
-            if self.observe is not None:
-                self.observe(str(scope.get("method")), route_path, status_holder["status"], seconds)
+            self._log(scope, request_id, response, time.perf_counter() - started)
             request_id_var.reset(token)
             client_request_id_var.reset(client_token)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, response: _Response
+    ) -> None:
+        """Refuse a declared oversize body or a NUL in the URL; else run the app with the
+        body limit enforced while it reads."""
+        if self._declares_too_much(scope):
+            await self._reject(send, request_id)
+            return
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+            await self._problem(
+                send,
+                400,
+                "Bad Request",
+                "NUL characters are not allowed in a URL",
+                "bad-request",
+                request_id,
+            )
+            return
+        await self._run(scope, self._limited(receive), send, request_id, response)
+
+    def _declares_too_much(self, scope: Scope) -> bool:
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is None:
+            return False
+        try:
+            return int(declared) > self.max_body_bytes
+        except ValueError:
+            return False
+
+    def _limited(self, receive: Receive) -> Receive:
+        """``receive`` that raises ``_TooLarge`` once the body passes the limit."""
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _TooLarge
+            return message
+
+        return limited_receive
+
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, response: _Response
+    ) -> None:
+        """The app, with its failures answered here: 413, a client gone (499), or 500."""
+        try:
+            await self.app(scope, receive, send)
+        except _TooLarge:
+            if not response.started:
+                await self._reject(send, request_id)
+        except ClientDisconnect:
+            response.status = 499  # the client went away; nothing to answer
+        except Exception as exc:
+            # Rendered here rather than by Starlette's outermost handler, so the
+            # answer carries the request id and security headers like any other.
+            frames = [f"{f.filename}:{f.lineno}" for f in extract_tb(exc.__traceback__)]
+            log.error(
+                "unhandled error",
+                # where, not what: exception messages may quote SQL parameters
+                extra={"exc_type": type(exc).__name__, "where": frames[-8:]},
+            )
+            if not response.started:
+                await self._problem(
+                    send,
+                    500,
+                    "Internal Server Error",
+                    "an unexpected error occurred; it has been logged",
+                    "internal",
+                    request_id,
+                )
+
+    def _log(self, scope: Scope, request_id: str, response: _Response, seconds: float) -> None:
+        """The access log line and the metrics observation."""
+        route_path = getattr(scope.get("route"), "path", None) or "unmatched"
+        status = response.status
+        # 4xx at warning and 5xx at error, so an operator sees which partner
+        # is failing and why (the problem type; never a token or key)
+        level = (
+            logging.ERROR if status >= 500
+            else logging.WARNING if status >= 400
+            else logging.INFO
+        )
+        log.log(
+            level,
+            "request",
+            extra={
+                "request_id": request_id,
+                "client_request_id": client_request_id_var.get(),
+                "method": scope.get("method"),
+                "route": route_path,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+                "client_id": client_var.get(),
+                "agency_id": agency_var.get(),
+                "problem": problem_var.get(),
+            },
+        )
+        if self.observe is not None:
+            self.observe(str(scope.get("method")), route_path, status, seconds)
 
     async def _reject(self, send: Send, request_id: str) -> None:
         await self._problem(

@@ -1,6 +1,6 @@
 """The hot paths cost a few set-based statements, whatever the number of rows.
 
-Budgets are what Envelope v2 does (``app/services/referrals.py`` states them),
+Budgets are what Envelope v2 does (``app/services/referrals/__init__.py`` states them),
 counted per backend: PostgreSQL writes a new referral's five tables in one
 statement and the audit event with its pending entry in another; SQLite needs
 one executemany per table. Authentication (one read of the client) is counted.
