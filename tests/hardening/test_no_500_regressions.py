@@ -269,9 +269,10 @@ async def test_a_database_that_went_away_is_a_503_to_retry_not_a_500(
 
     headers = await tf.headers("shelter")  # the token is issued while the database is up
     body = tf.seal("shelter", {"full_name": "Maria"}, {"full_name": {"legal": "service_provision"}})
-    gone = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/refgate")  # nothing listens
+    gone = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/refgate")  # port 1
     saved = app.state.sessionmaker, app.state.read_sessionmaker
-    app.state.sessionmaker, app.state.read_sessionmaker = sessionmaker(gone), read_sessionmaker(gone)
+    app.state.sessionmaker = sessionmaker(gone)
+    app.state.read_sessionmaker = read_sessionmaker(gone)
     try:
         answers = [
             await client.get("/v1/referrals", headers=headers),

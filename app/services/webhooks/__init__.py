@@ -18,8 +18,8 @@ Guarantees:
   sign with it, so it is stored sealed (XChaCha20-Poly1305, bound to the
   webhook's id) under a key in the data directory (``webhook-secrets.key``,
   ``REFGATE_KEYS__WEBHOOK_KEY_FILE``), not in the database: a dump alone
-  cannot forge deliveries. A secret stored in clear by an earlier version is
-  still read and is sealed at its next rotation.
+  cannot forge deliveries. A row whose secret does not open (or was stored in
+  clear) fails its delivery; it is never used to sign.
 - **At least once.** The dispatcher claims due rows by pushing their
   ``next_attempt_at`` forward by a lease (``FOR UPDATE SKIP LOCKED`` on
   PostgreSQL), commits, sends outside any transaction, then records the result
