@@ -74,7 +74,7 @@ def test_caseworker_and_liaison_work_a_referral_in_the_browser(
                 names[name] = m["name"]
     # the demo's own witness (a separate process with its own key) cosigns the checkpoints
     witness = re.search(r"local witness at \S+, verifier key (\S+)",
-                        (tmp_path / "server.log").read_text())
+                        (tmp_path / "serve.log").read_text())
     assert witness is not None, "the demo gateway runs a local witness"
     config = {
         "url": url,
