@@ -436,17 +436,22 @@ async def replay_idempotent(
     return record.status_code, json.loads(record.response_json)
 
 
+def _parsed_disclosures(disclosures: Sequence[str]) -> list[env.Disclosed]:
+    """Every disclosure parsed once (422 on the first bad one)."""
+    try:
+        return [env.parse_disclosure(item) for item in disclosures]
+    except env.EnvelopeError as exc:
+        raise _invalid(exc) from None
+
+
+def _named_in(parsed: Iterable[env.Disclosed]) -> set[str]:
+    """Agencies named by grant and request disclosures (for the one directory read)."""
+    return {d.value.recipient for d in parsed if isinstance(d.value, GrantValue | RequestValue)}
+
+
 def _named_agencies(disclosures: Sequence[str]) -> set[str]:
     """Agencies named by grant and request disclosures (for the one directory read)."""
-    out: set[str] = set()
-    for item in disclosures:
-        try:
-            d = env.parse_disclosure(item)
-        except env.EnvelopeError as exc:
-            raise _invalid(exc) from None
-        if isinstance(d.value, GrantValue | RequestValue):
-            out.add(d.value.recipient)
-    return out
+    return _named_in(_parsed_disclosures(disclosures))
 
 
 async def _refuse_foreign_sender(
@@ -486,13 +491,15 @@ async def create(
     body: EnvelopeIn = _validated(EnvelopeIn, raw)
     manifest = body.manifest
     await _refuse_foreign_sender(db, who, Action.REFERRAL_CREATE, manifest)
-    directory = await _directory(db, {who.agency_id, *_named_agencies(body.disclosures)})
+    parsed = _parsed_disclosures(body.disclosures)
+    directory = await _directory(db, {who.agency_id, *_named_in(parsed)})
     r = settings.referrals
     try:
         checked = env.check_envelope(
             body,
             sender_sig_public=_sig_key(directory, who.agency_id),
             limits=env.Limits(r.max_fields, r.max_field_bytes, r.max_recipients),
+            parsed=parsed,
         )
     except env.EnvelopeError as exc:
         raise _invalid(exc) from None
