@@ -34,6 +34,7 @@ from sqlalchemy import (
     Integer,
     Text,
     and_,
+    any_,
     bindparam,
     delete,
     insert,
@@ -57,7 +58,7 @@ from app.crypto.wire import Amendment, EnvelopeIn, GrantValue, Manifest, Request
 from app.cursor import decode_time_id as _decode_cursor
 from app.cursor import encode_time_id as _encode_cursor
 from app.db import core
-from app.dialect import is_postgres
+from app.dialect import POSTGRESQL, is_postgres
 from app.identity import Principal
 from app.models.schemas import Limits, ReferralSummary, StatusOut, rfc3339
 from app.models.tables import (
@@ -152,7 +153,7 @@ class _Member:
     current: dict[str, tuple[str, str]]  # use -> (kid, public key) of its current keys
 
 
-_DIRECTORY = (
+_DIRECTORY_ROWS = (
     select(
         col(Agency.id),
         col(Agency.status),
@@ -167,13 +168,20 @@ _DIRECTORY = (
             col(AgencyKey.status) == vocab.KeyStatus.CURRENT,
         ),
     )
-    .where(col(Agency.id).in_(bindparam("agency_ids", expanding=True)))
 )
+# The agencies as one array parameter on PostgreSQL: one SQL text (and one prepared
+# statement) whatever their number, where an expanding IN is re-rendered per execution.
+_DIRECTORY_PG = _DIRECTORY_ROWS.where(
+    col(Agency.id) == any_(bindparam("agency_ids", type_=postgresql.ARRAY(Text)))
+)
+_DIRECTORY = _DIRECTORY_ROWS.where(col(Agency.id).in_(bindparam("agency_ids", expanding=True)))
 
 
 async def _directory(db: AsyncSession, agency_ids: Iterable[str]) -> dict[str, _Member]:
     """Status and current keys of the given agencies, in one statement."""
-    rows = await (await core(db)).execute(_DIRECTORY, {"agency_ids": sorted(set(agency_ids))})
+    conn = await core(db)
+    stmt = _DIRECTORY_PG if conn.dialect.name == POSTGRESQL else _DIRECTORY
+    rows = await conn.execute(stmt, {"agency_ids": sorted(set(agency_ids))})
     out: dict[str, _Member] = {}
     for agency_id, status, use, kid, public_key in rows:
         member = out.setdefault(agency_id, _Member(status, {}))
