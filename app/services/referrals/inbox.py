@@ -7,7 +7,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, tuple_
+from sqlalchemy import Integer, and_, bindparam, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from sqlmodel import col
@@ -31,8 +31,9 @@ def _page_query(
 ) -> Select[*tuple[Any, ...]]:
     """An inbox page statement for one combination of filters, built once.
 
-    Parameters: those of ``authz.visible_referrals`` and ``:urgency``, ``:since``,
-    ``:status_filter``, ``:after_ts`` and ``:after_id`` for the filters present.
+    Parameters: those of ``authz.visible_referrals``, ``:page_rows`` (the LIMIT) and
+    ``:urgency``, ``:since``, ``:status_filter``, ``:after_ts`` and ``:after_id`` for the
+    filters present.
     """
     stmt = authz.visible_referrals(box, law_enforcement)
     received_at = stmt.selected_columns.received_at
@@ -59,7 +60,10 @@ def _page_query(
     if cursor:
         after = tuple_(bindparam("after_ts", type_=UTCDateTime()), bindparam("after_id"))
         stmt = stmt.where(tuple_(received_at, key) < after)
-    return stmt.order_by(received_at.desc(), key.desc())
+    # the page size is a parameter too (``:page_rows``), so no statement is built per request
+    return stmt.order_by(received_at.desc(), key.desc()).limit(
+        bindparam("page_rows", type_=Integer())
+    )
 
 
 def _summary(r: Any, statuses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,6 +96,7 @@ async def list_page(
     request (decoded when it was stored) and its own status only.
     """
     values = authz.params(who, utcnow())
+    values["page_rows"] = limit + 1
     if cursor:
         values["after_ts"], values["after_id"] = _decode_cursor(cursor)
     if urgency:
@@ -108,7 +113,7 @@ async def list_page(
         bool(status),
         bool(cursor),
     )
-    rows = (await (await core(db)).execute(stmt.limit(limit + 1), values)).all()
+    rows = (await (await core(db)).execute(stmt, values)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     if box == "sent":

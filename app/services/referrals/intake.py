@@ -28,7 +28,8 @@ from app.services.referrals.checks import (
     _check_expiry,
     _check_kids,
     _check_recipients,
-    _named_agencies,
+    _named_in,
+    _parsed_disclosures,
     _sig_key,
 )
 from app.services.referrals.common import (
@@ -110,13 +111,15 @@ async def _check(
     """The envelope checked in itself, against the directory (one read) and the clock;
     with its grants and the time of receipt."""
     await _refuse_foreign_sender(db, who, Action.REFERRAL_CREATE, body.manifest)
-    directory = await _directory(db, {who.agency_id, *_named_agencies(body.disclosures)})
+    parsed = _parsed_disclosures(body.disclosures)
+    directory = await _directory(db, {who.agency_id, *_named_in(parsed)})
     r = settings.referrals
     try:
         checked = env.check_envelope(
             body,
             sender_sig_public=_sig_key(directory, who.agency_id),
             limits=env.Limits(r.max_fields, r.max_field_bytes, r.max_recipients),
+            parsed=parsed,
         )
     except env.EnvelopeError as exc:
         raise _invalid(exc) from None

@@ -9,7 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, DateTime, Text, and_, bindparam, insert, select, text
+from sqlalchemy import (
+    BindParameter,
+    DateTime,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -19,7 +29,7 @@ from app.crypto import envelope as env
 from app.crypto.canonical import canonical_json
 from app.crypto.wire import GrantValue, RequestValue
 from app.db import core
-from app.dialect import is_postgres
+from app.dialect import POSTGRESQL, is_postgres
 from app.models.schemas import rfc3339
 from app.models.tables import (
     Agency,
@@ -43,7 +53,7 @@ class _Member:
     current: dict[str, tuple[str, str]]  # use -> (kid, public key) of its current keys
 
 
-_DIRECTORY = (
+_DIRECTORY_ROWS = (
     select(
         col(Agency.id),
         col(Agency.status),
@@ -58,13 +68,20 @@ _DIRECTORY = (
             col(AgencyKey.status) == vocab.KeyStatus.CURRENT,
         ),
     )
-    .where(col(Agency.id).in_(bindparam("agency_ids", expanding=True)))
 )
+# The agencies as one array parameter on PostgreSQL: one SQL text (and one prepared
+# statement) whatever their number, where an expanding IN is re-rendered per execution.
+_DIRECTORY_PG = _DIRECTORY_ROWS.where(
+    col(Agency.id) == any_(bindparam("agency_ids", type_=postgresql.ARRAY(Text)))
+)
+_DIRECTORY = _DIRECTORY_ROWS.where(col(Agency.id).in_(bindparam("agency_ids", expanding=True)))
 
 
 async def _directory(db: AsyncSession, agency_ids: Iterable[str]) -> dict[str, _Member]:
     """Status and current keys of the given agencies, in one statement."""
-    rows = await (await core(db)).execute(_DIRECTORY, {"agency_ids": sorted(set(agency_ids))})
+    conn = await core(db)
+    stmt = _DIRECTORY_PG if conn.dialect.name == POSTGRESQL else _DIRECTORY
+    rows = await conn.execute(stmt, {"agency_ids": sorted(set(agency_ids))})
     out: dict[str, _Member] = {}
     for agency_id, status, use, kid, public_key in rows:
         member = out.setdefault(agency_id, _Member(status, {}))
