@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from app.main import create_app
 from app.services import audit
 from app.services.audit import Action, Actor, PendingEvent
 from tests.hardening import quiet_settings
-from tests.hardening.test_faults import Server, _free_port, _wait_ready
+from tests.hardening.test_faults import Server, _wait_ready, live_server
 from tests.taskforce import TaskForce
 
 FIELDS = {"name": "x" * 64, "phone": "y" * 32}
@@ -185,36 +184,15 @@ async def kill_seeded(kill_settings: Settings) -> AsyncIterator[tuple[TaskForce,
 async def one_worker(
     kill_settings: Settings, kill_seeded: Any, tmp_path: Path
 ) -> AsyncIterator[Server]:
-    port = _free_port()
-    log = tmp_path / "server.log"
     env = {
-        **os.environ,
-        "REFGATE_ENV": "test",
         "REFGATE_DATA_DIR": str(kill_settings.data_dir),
         "REFGATE_DATABASE_URL": str(kill_settings.database_url),
         "REFGATE_AUDIT__SEQUENCER_ENABLED": "false",
         "REFGATE_WEBHOOKS__DISPATCHER_ENABLED": "false",
         "REFGATE_RATELIMIT__ENABLED": "false",
     }
-    command = [
-        str(Path(sys.executable).parent / "refgate-server"),
-        "serve", "--workers", "2", "--port", str(port),
-    ]
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            *command, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
-        )
-    srv = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        await _wait_ready(srv, workers=2)
+    async with live_server(env, tmp_path / "server.log") as srv:
         yield srv
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 15)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 async def test_a_worker_killed_between_batch_and_response_serves_nothing_unrecorded(

@@ -44,6 +44,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,13 +119,36 @@ async def seeded(settings: Settings) -> AsyncIterator[TaskForce]:
             yield tf
 
 
+@asynccontextmanager
+async def live_server(env: dict[str, str], log: Path, *, workers: int = 2) -> AsyncIterator[Server]:
+    """``refgate-server serve --workers N`` with ``env`` over this process's environment
+    (``REFGATE_ENV=test``), ready once every worker answers; stopped with SIGTERM."""
+    port = _free_port()
+    command = [
+        str(Path(sys.executable).parent / "refgate-server"),
+        "serve", "--workers", str(workers), "--port", str(port),
+    ]
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            *command, env={**os.environ, "REFGATE_ENV": "test", **env}, stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    srv = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        await _wait_ready(srv, workers=workers)
+        yield srv
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 @pytest.fixture
 async def server(settings: Settings, seeded: TaskForce, tmp_path: Path) -> AsyncIterator[Server]:
-    port = _free_port()
-    log = tmp_path / "server.log"
     env = {
-        **os.environ,
-        "REFGATE_ENV": "test",
         "REFGATE_DATA_DIR": str(settings.data_dir),
         "REFGATE_DATABASE_URL": str(settings.database_url),
         "REFGATE_DB_POOL_SIZE": "5",
@@ -135,29 +159,8 @@ async def server(settings: Settings, seeded: TaskForce, tmp_path: Path) -> Async
         "REFGATE_RATELIMIT__API_BURST": "1000000",
         "REFGATE_METRICS__TOKEN": METRICS_TOKEN,
     }
-    command = [
-        str(Path(sys.executable).parent / "refgate-server"),
-        "serve",
-        "--workers",
-        "2",
-        "--port",
-        str(port),
-    ]
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            *command, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
-        )
-    srv = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        await _wait_ready(srv, workers=2)
+    async with live_server(env, tmp_path / "server.log") as srv:
         yield srv
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 15)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 async def _wait_ready(srv: Server, *, workers: int, within: float = 40.0) -> None:
