@@ -56,6 +56,29 @@ def ok_all(cmds: Sequence[Sequence[str]], env: dict[str, str], cwd: Path) -> lis
     return results
 
 
+def onboard_members(server_url: str, env: dict[str, str], cwd: Path) -> dict[str, str]:
+    """A shelter and a legal-aid agency onboarded as an administrator and a new member do
+    it (``refgate keygen``, ``refgate-server create-agency``/``create-client``, ``refgate
+    configure``), then one sequencer pass; key files ``shelter.json`` and ``legal.json`` in
+    ``cwd``. Returns the agency ids by member name."""
+    members = [("shelter", "shelter", "caseworker"), ("legal", "legal_aid", "caseworker")]
+    keygen = ok_all([[REFGATE, "--json", "--server", server_url, "keygen", "--out", f"{n}.json"]
+                     for n, _, _ in members], env, cwd)
+    public = {n: json.loads(r.out) for (n, _, _), r in zip(members, keygen, strict=True)}
+    created = ok_all([[SERVER, "create-agency", "--name", f"{n} agency", "--kind", kind,
+                       f"--enc-key={public[n]['enc_key']}", f"--sign-key={public[n]['sign_key']}"]
+                      for n, kind, _ in members], env, cwd)
+    ids = {n: json.loads(r.out)["id"] for (n, _, _), r in zip(members, created, strict=True)}
+    clients = ok_all([[SERVER, "create-client", "--agency", ids[n], "--role", role,
+                       f"--auth-key={public[n]['auth_key']}"] for n, _, role in members],
+                     env, cwd)
+    ok_all([[REFGATE, "--key-file", f"{n}.json", "configure", "--agency-id", ids[n],
+             "--client-id", json.loads(r.out)["client_id"], "--role", role]
+            for (n, _, role), r in zip(members, clients, strict=True)]
+           + [[SERVER, "sequence"]], env, cwd)
+    return ids
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,7 +27,15 @@ import pytest
 import uvicorn
 
 from app.client.outbox import outbox_path
-from tests.client.test_cli import REFGATE, SERVER, free_port, live, ok_all, run_all, wait_ready
+from tests.client.test_cli import (
+    REFGATE,
+    free_port,
+    live,
+    ok_all,
+    onboard_members,
+    run_all,
+    wait_ready,
+)
 
 __all__ = ["live"]
 
@@ -99,21 +107,7 @@ def proxy(live: tuple[str, dict[str, str]]) -> Iterator[tuple[str, HoldingProxy]
 
 
 def _onboard(proxy_url: str, env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    members = [("shelter", "shelter", "caseworker"), ("legal", "legal_aid", "caseworker")]
-    keygen = ok_all([[REFGATE, "--json", "--server", proxy_url, "keygen", "--out", f"{n}.json"]
-                     for n, _, _ in members], env, tmp_path)
-    public = {n: json.loads(r.out) for (n, _, _), r in zip(members, keygen, strict=True)}
-    created = ok_all([[SERVER, "create-agency", "--name", f"{n} agency", "--kind", kind,
-                       f"--enc-key={public[n]['enc_key']}", f"--sign-key={public[n]['sign_key']}"]
-                      for n, kind, _ in members], env, tmp_path)
-    ids = {n: json.loads(r.out)["id"] for (n, _, _), r in zip(members, created, strict=True)}
-    clients = ok_all([[SERVER, "create-client", "--agency", ids[n], "--role", role,
-                       f"--auth-key={public[n]['auth_key']}"] for n, _, role in members],
-                     env, tmp_path)
-    ok_all([[REFGATE, "--key-file", f"{n}.json", "configure", "--agency-id", ids[n],
-             "--client-id", json.loads(r.out)["client_id"], "--role", role]
-            for (n, _, role), r in zip(members, clients, strict=True)]
-           + [[SERVER, "sequence"]], env, tmp_path)
+    ids = onboard_members(proxy_url, env, tmp_path)
     # pin the log once (trust on first use) so the interrupted run does nothing else first
     ok_all([[REFGATE, "--key-file", "shelter.json", "agencies"]], env, tmp_path)
     return ids

@@ -22,7 +22,16 @@ import uvicorn
 
 from app.crypto import keys
 from app.crypto.checkpoint import open_checkpoint, sign_checkpoint, verifier_key
-from tests.client.test_cli import REFGATE, SERVER, free_port, live, ok_all, run_all, wait_ready
+from tests.client.test_cli import (
+    REFGATE,
+    SERVER,
+    free_port,
+    live,
+    ok_all,
+    onboard_members,
+    run_all,
+    wait_ready,
+)
 
 __all__ = ["live"]  # the live-server fixture, shared with the CLI tests
 
@@ -94,21 +103,7 @@ def test_cli_through_a_proxy_with_its_own_log_key_refuses_before_sending(
     url, env = live
     proxy_url, imposter = proxy
     wait_ready(url, tmp_path)
-    members = [("shelter", "shelter", "caseworker"), ("legal", "legal_aid", "caseworker")]
-    keygen = ok_all([[REFGATE, "--json", "--server", url, "keygen", "--out", f"{n}.json"]
-                     for n, _, _ in members], env, tmp_path)
-    public = {n: json.loads(r.out) for (n, _, _), r in zip(members, keygen, strict=True)}
-    created = ok_all([[SERVER, "create-agency", "--name", f"{n} agency", "--kind", kind,
-                       f"--enc-key={public[n]['enc_key']}", f"--sign-key={public[n]['sign_key']}"]
-                      for n, kind, _ in members], env, tmp_path)
-    ids = {n: json.loads(r.out)["id"] for (n, _, _), r in zip(members, created, strict=True)}
-    clients = ok_all([[SERVER, "create-client", "--agency", ids[n], "--role", role,
-                       f"--auth-key={public[n]['auth_key']}"] for n, _, role in members],
-                     env, tmp_path)
-    ok_all([[REFGATE, "--key-file", f"{n}.json", "configure", "--agency-id", ids[n],
-             "--client-id", json.loads(r.out)["client_id"], "--role", role]
-            for (n, _, role), r in zip(members, clients, strict=True)]
-           + [[SERVER, "sequence"]], env, tmp_path)
+    ids = onboard_members(url, env, tmp_path)
 
     # the first honest use pins the log key (trust on first use, announced)
     [first] = ok_all([[REFGATE, "--key-file", "shelter.json", "agencies"]], env, tmp_path)
