@@ -131,27 +131,43 @@ def check_envelope(
     already made it (not parsed again).
     """
     m = body.manifest
-    sender = m.sender_agency
     canonical = _verify_manifest(m, body.signature, sender_sig_public)
     _check_padding(m.digests)
-    s = _Set()
-    for d in _disclosed(body.disclosures, frozenset(m.digests), parsed=parsed):
-        s.add(d)
+    s = _Set.of(_disclosed(body.disclosures, frozenset(m.digests), parsed=parsed))
+    _check_fields(s, body.ciphertexts, limits)
+    _check_creation_grants(s, m.sender_agency, m.created_at)
+    recipients = _creation_recipients(s, m.sender_agency, limits.max_recipients)
+    _match_wrapped(body.wrapped_keys, s.grants)
+    return CheckedReferral(
+        m, canonical, s.fields, s.grants, s.requests, frozenset(recipients)
+    )
+
+
+def _check_fields(s: _Set, ciphertexts: Mapping[str, str], limits: Limits) -> None:
+    """At most ``max_fields``; ciphertexts and field disclosures one to one, hashes equal."""
     if len(s.fields) > limits.max_fields:
         raise EnvelopeError("too-many-fields", f"at most {limits.max_fields} fields")
-    if set(body.ciphertexts) != set(s.fields):
+    if set(ciphertexts) != set(s.fields):
         raise EnvelopeError(
             "field-mismatch", "ciphertexts and field disclosures must match one to one by fid"
         )
     for fid, d in s.fields.items():
-        _check_ciphertext(fid, body.ciphertexts[fid], d, limits.max_field_bytes)
+        _check_ciphertext(fid, ciphertexts[fid], d, limits.max_field_bytes)
+
+
+def _check_creation_grants(s: _Set, sender: str, created_at: str) -> None:
+    """Every grant names a field and is acceptable; every field has its sender copy."""
     for (fid, _recipient), d in s.grants.items():
         if fid not in s.fields:
             raise EnvelopeError("field-mismatch", f"a grant names field {fid}, which has none")
-        _check_grant(_grant_value(d), sender, m.created_at)
+        _check_grant(_grant_value(d), sender, created_at)
     for fid in s.fields:
         if (fid, sender) not in s.grants:
             raise EnvelopeError("missing-sender-copy", f"field {fid} has no copy for the sender")
+
+
+def _creation_recipients(s: _Set, sender: str, max_recipients: int) -> set[str]:
+    """The recipients, each with one request and a grant: at least one, at most the limit."""
     recipients = _check_recipients(s, sender)
     for recipient in recipients:
         if recipient not in s.requests:
@@ -160,12 +176,9 @@ def check_envelope(
             )
     if not recipients:
         raise EnvelopeError("missing-request", "a referral needs at least one recipient")
-    if len(recipients) > limits.max_recipients:
-        raise EnvelopeError("too-many-recipients", f"at most {limits.max_recipients} recipients")
-    _match_wrapped(body.wrapped_keys, s.grants)
-    return CheckedReferral(
-        m, canonical, s.fields, s.grants, s.requests, frozenset(recipients)
-    )
+    if len(recipients) > max_recipients:
+        raise EnvelopeError("too-many-recipients", f"at most {max_recipients} recipients")
+    return recipients
 
 
 @dataclass(frozen=True)
@@ -202,7 +215,22 @@ def check_amendment(
     (a conditional update), as are kids and clocks.
     """
     m = body.manifest
-    sender = m.sender_agency
+    _check_succession(current, m)
+    canonical = _verify_manifest(m, body.signature, sender_sig_public)
+    _check_padding(m.digests)
+    if not set(current.digests) <= set(m.digests):
+        raise EnvelopeError("manifest-changed", "manifest.digests must keep every current digest")
+    s = _Set.of(_disclosed(body.disclosures, frozenset(m.digests), seen=current.digests))
+    if s.fields:
+        raise EnvelopeError("malformed", "an amendment adds grants and requests, not fields")
+    _check_new_grants(s, set(fids), m.sender_agency, m.created_at)
+    new = _new_recipients(s, m.sender_agency, set(recipients), max_recipients)
+    _match_wrapped(body.wrapped_keys, s.grants)
+    return CheckedAmendment(m, canonical, s.grants, s.requests, frozenset(new))
+
+
+def _check_succession(current: Manifest, m: Manifest) -> None:
+    """``m`` is the next version of ``current``: the same referral, sender and creation time."""
     for member in ("referral_id", "sender_agency", "created_at"):
         if getattr(m, member) != getattr(current, member):
             raise EnvelopeError("manifest-changed", f"manifest.{member} cannot change")
@@ -211,23 +239,23 @@ def check_amendment(
             "manifest-changed",
             f"manifest.version must be {current.version + 1} (the current version plus one)",
         )
-    canonical = _verify_manifest(m, body.signature, sender_sig_public)
-    _check_padding(m.digests)
-    if not set(current.digests) <= set(m.digests):
-        raise EnvelopeError("manifest-changed", "manifest.digests must keep every current digest")
-    s = _Set()
-    for d in _disclosed(body.disclosures, frozenset(m.digests), seen=current.digests):
-        s.add(d)
-    if s.fields:
-        raise EnvelopeError("malformed", "an amendment adds grants and requests, not fields")
-    known = set(fids)
+
+
+def _check_new_grants(s: _Set, known: set[str], sender: str, created_at: str) -> None:
+    """Every new grant names a known field, is not a sender copy, and is acceptable."""
     for (fid, recipient), d in s.grants.items():
         if fid not in known:
             raise EnvelopeError("field-mismatch", f"a grant names field {fid}, which has none")
         if recipient == sender:
             raise EnvelopeError("malformed", "the sender's own copies cannot be amended")
-        _check_grant(_grant_value(d), sender, m.created_at)
-    existing = set(recipients)
+        _check_grant(_grant_value(d), sender, created_at)
+
+
+def _new_recipients(
+    s: _Set, sender: str, existing: set[str], max_recipients: int
+) -> set[str]:
+    """The recipients an amendment adds, each with its one request; an ``existing``
+    recipient gets no second request; at most ``max_recipients`` in all."""
     for recipient in s.requests:
         if recipient in existing:
             raise EnvelopeError(
@@ -242,5 +270,4 @@ def check_amendment(
             )
     if len(granted) > max_recipients:
         raise EnvelopeError("too-many-recipients", f"at most {max_recipients} recipients")
-    _match_wrapped(body.wrapped_keys, s.grants)
-    return CheckedAmendment(m, canonical, s.grants, s.requests, frozenset(new))
+    return new

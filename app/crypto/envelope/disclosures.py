@@ -103,6 +103,13 @@ class _Set:
     grants: dict[tuple[str, str], Disclosed] = field(default_factory=dict)  # (fid, recipient) ->
     requests: dict[str, Disclosed] = field(default_factory=dict)  # recipient ->
 
+    @classmethod
+    def of(cls, disclosed: Iterable[Disclosed]) -> _Set:
+        s = cls()
+        for d in disclosed:
+            s.add(d)
+        return s
+
     def add(self, d: Disclosed) -> None:
         if isinstance(d.value, FieldValue):
             self._put(self.fields, d.value.fid, d, f"field {d.value.fid}")

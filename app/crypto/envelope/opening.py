@@ -68,28 +68,56 @@ def open_envelope(
     with a valid name, no name twice. Returns everything or raises
     :class:`EnvelopeError`; never part of the fields.
     """
-    if not isinstance(document, Mapping):
-        raise EnvelopeError("malformed", "the referral must be a JSON object")
-    for member in ("manifest", "signature", "disclosures", "wrapped_keys"):
-        if member not in document:
-            raise EnvelopeError("malformed", f"the referral has no {member!r}")
-    manifest = _model(Manifest, document["manifest"])
-    signature = document["signature"]
-    if not isinstance(signature, str):
-        raise EnvelopeError("malformed", "signature must be a string")
-    _verify_manifest(manifest, signature, sender_sig_public)
+    manifest = _verified_manifest(document, sender_sig_public)
     disclosures = document["disclosures"]
     if not isinstance(disclosures, list):
         raise EnvelopeError("malformed", "disclosures must be a list")
-    s = _Set()
-    for d in _disclosed(disclosures, frozenset(manifest.digests)):
-        s.add(d)
+    s = _Set.of(_disclosed(disclosures, frozenset(manifest.digests)))
     ciphertexts = document.get("ciphertexts") or {}
     if not isinstance(ciphertexts, Mapping):
         raise EnvelopeError("malformed", "ciphertexts must be an object")
     wrapped = document["wrapped_keys"]
     if not isinstance(wrapped, list):
         raise EnvelopeError("malformed", "wrapped_keys must be a list")
+    fields, fids, field_keys = _open_fields(
+        wrapped, ciphertexts, s, manifest, agency_id=agency_id, enc_private=enc_private
+    )
+    return Opened(
+        manifest,
+        fields,
+        fids,
+        [_grant_value(d) for d in s.grants.values()],
+        {r: d.value for r, d in s.requests.items() if isinstance(d.value, RequestValue)},
+        field_keys,
+    )
+
+
+def _verified_manifest(document: Mapping[str, Any], sender_sig_public: bytes) -> Manifest:
+    """The document's manifest, its signature verified (the document has every member)."""
+    if not isinstance(document, Mapping):
+        raise EnvelopeError("malformed", "the referral must be a JSON object")
+    for member in ("manifest", "signature", "disclosures", "wrapped_keys"):
+        if member not in document:
+            raise EnvelopeError("malformed", f"the referral has no {member!r}")
+    manifest: Manifest = _model(Manifest, document["manifest"])
+    signature = document["signature"]
+    if not isinstance(signature, str):
+        raise EnvelopeError("malformed", "signature must be a string")
+    _verify_manifest(manifest, signature, sender_sig_public)
+    return manifest
+
+
+def _open_fields(
+    wrapped: list[Any],
+    ciphertexts: Mapping[str, Any],
+    s: _Set,
+    manifest: Manifest,
+    *,
+    agency_id: str,
+    enc_private: bytes,
+) -> tuple[dict[str, str], dict[str, str], dict[str, bytes]]:
+    """Unwrap each key addressed to ``agency_id`` and decrypt its field: (values by
+    name, fids by name, field keys by fid); no name twice."""
     own_kid = keys.kid(keys.enc_public_from_private(enc_private))
     fields: dict[str, str] = {}
     fids: dict[str, str] = {}
@@ -104,14 +132,7 @@ def open_envelope(
         if name in fields:
             raise EnvelopeError("invalid-field", f"two fields are named {name!r}")
         fields[name], fids[name], field_keys[fid] = value, fid, field_key
-    return Opened(
-        manifest,
-        fields,
-        fids,
-        [_grant_value(d) for d in s.grants.values()],
-        {r: d.value for r, d in s.requests.items() if isinstance(d.value, RequestValue)},
-        field_keys,
-    )
+    return fields, fids, field_keys
 
 
 def _unwrap(w: Any, s: _Set, manifest: Manifest, enc_private: bytes, own_kid: str) -> bytes:

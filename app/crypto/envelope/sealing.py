@@ -32,7 +32,7 @@ from app.crypto.envelope.common import (
 )
 from app.crypto.envelope.disclosures import disclosure_digest, make_disclosure
 from app.crypto.envelope.manifest import _padded, _sign_manifest
-from app.crypto.envelope.opening import open_envelope
+from app.crypto.envelope.opening import Opened, open_envelope
 from app.crypto.wire import FIELD_NAME_RE, Amendment, EnvelopeIn
 
 
@@ -142,42 +142,10 @@ def seal_envelope(
     nonces and decoys: for test vectors only (sealed boxes stay random).
     """
     random = unsafe_random or os.urandom
-    if not fields:
-        raise EnvelopeError("malformed", "a referral needs at least one field")
-    names = set(fields)
-    for g in grants:
-        if g.field not in names:
-            raise EnvelopeError("field-mismatch", f"consent names unknown field {g.field!r}")
-    fids: dict[str, str] = {}
-    disclosures: list[str] = []
-    ciphertexts: dict[str, str] = {}
-    wrapped_keys: list[dict[str, str]] = []
-    for name, value in fields.items():
-        plaintext = _field_plaintext(name, value)
-        fid = b64url_encode(random(FID_SIZE))
-        fids[name] = fid
-        field_key = random(FIELD_KEY_SIZE)
-        nonce = random(NONCE_SIZE)
-        box = nacl.secret.Aead(field_key)
-        blob = bytes(box.encrypt(plaintext, _aad(referral_id, fid), nonce))
-        ciphertexts[fid] = b64url_encode(blob)
-        disclosures.append(make_disclosure(random(SALT_SIZE), "field", {
-            "fid": fid,
-            "ciphertext_sha256": b64url_encode(_sha256(blob)),
-            "commitment": b64url_encode(commitment(field_key, referral_id, fid)),
-        }))
-        copies: list[tuple[str, bytes, str, str | None, str | None]] = [
-            (sender_agency, sender_enc_public, SENDER_PURPOSE, None, None)
-        ]
-        copies += [
-            (g.recipient, g.enc_public, g.purpose, g.expires_at, g.release_ref)
-            for g in grants if g.field == name
-        ]
-        for recipient, public, purpose, expires, ref in copies:
-            d, entry = _wrap(random, fid, recipient, public, field_key, purpose, expires, ref)
-            disclosures.append(d)
-            wrapped_keys.append(entry)
-    disclosures += [_request_disclosure(random, r) for r in requests]
+    _check_field_names(fields, grants)
+    sender_copy: _Copy = (sender_agency, sender_enc_public, SENDER_PURPOSE, None, None)
+    sealed = _seal_fields(random, referral_id, fields, grants, sender_copy)
+    disclosures = [*sealed.disclosures, *(_request_disclosure(random, r) for r in requests)]
     sig_public = keys.sig_public_from_seed(sender_sig_seed)
     manifest = {
         "v": VERSION,
@@ -192,12 +160,76 @@ def seal_envelope(
         "manifest": manifest,
         "signature": _sign_manifest(manifest, sender_sig_seed),
         "disclosures": disclosures,
-        "ciphertexts": ciphertexts,
-        "wrapped_keys": wrapped_keys,
+        "ciphertexts": sealed.ciphertexts,
+        "wrapped_keys": sealed.wrapped_keys,
     }
     check_envelope(_model(EnvelopeIn, body), sender_sig_public=sig_public,
                    limits=Limits(2**31, 2**31, 2**31))
-    return Sealed(body, fids)
+    return Sealed(body, sealed.fids)
+
+
+def _check_field_names(fields: Mapping[str, str], grants: Sequence[Grant]) -> None:
+    """At least one field, and every grant names one of them."""
+    if not fields:
+        raise EnvelopeError("malformed", "a referral needs at least one field")
+    names = set(fields)
+    for g in grants:
+        if g.field not in names:
+            raise EnvelopeError("field-mismatch", f"consent names unknown field {g.field!r}")
+
+
+_Copy = tuple[str, bytes, str, str | None, str | None]
+"""A field key's copy: recipient, its X25519 key, purpose, ``expires_at``, ``release_ref``."""
+
+
+@dataclass(frozen=True)
+class _SealedFields:
+    """The fields as a creation body carries them."""
+
+    fids: dict[str, str]  # field name -> fid
+    ciphertexts: dict[str, str]  # fid -> base64url
+    disclosures: list[str]  # each field's disclosure, then its grants', field by field
+    wrapped_keys: list[dict[str, str]]
+
+
+def _seal_fields(
+    random: RandomSource, referral_id: str, fields: Mapping[str, str],
+    grants: Sequence[Grant], sender_copy: _Copy,
+) -> _SealedFields:
+    """Encrypt each field and wrap its key for the sender and for each grant naming it."""
+    out = _SealedFields({}, {}, [], [])
+    for name, value in fields.items():
+        fid, blob, field_key = _encrypt_field(random, referral_id, name, value)
+        out.fids[name] = fid
+        out.ciphertexts[fid] = b64url_encode(blob)
+        out.disclosures.append(make_disclosure(random(SALT_SIZE), "field", {
+            "fid": fid,
+            "ciphertext_sha256": b64url_encode(_sha256(blob)),
+            "commitment": b64url_encode(commitment(field_key, referral_id, fid)),
+        }))
+        copies = [sender_copy] + [
+            (g.recipient, g.enc_public, g.purpose, g.expires_at, g.release_ref)
+            for g in grants if g.field == name
+        ]
+        for recipient, public, purpose, expires, ref in copies:
+            d, entry = _wrap(random, fid, recipient, public, field_key, purpose, expires, ref)
+            out.disclosures.append(d)
+            out.wrapped_keys.append(entry)
+    return out
+
+
+def _encrypt_field(
+    random: RandomSource, referral_id: str, name: str, value: str
+) -> tuple[str, bytes, bytes]:
+    """(fid, ciphertext, field key): a fresh fid, 32-byte key and 24-byte nonce, under AAD
+    ``refgate/v2|<referral_id>|<fid>``."""
+    plaintext = _field_plaintext(name, value)
+    fid = b64url_encode(random(FID_SIZE))
+    field_key = random(FIELD_KEY_SIZE)
+    nonce = random(NONCE_SIZE)
+    box = nacl.secret.Aead(field_key)
+    blob = bytes(box.encrypt(plaintext, _aad(referral_id, fid), nonce))
+    return fid, blob, field_key
 
 
 def amend(
@@ -229,16 +261,7 @@ def amend(
         raise EnvelopeError("malformed", "this referral was sent by another agency")
     if not grants:
         raise EnvelopeError("malformed", "no consent to add")
-    disclosures: list[str] = []
-    wrapped_keys: list[dict[str, str]] = []
-    for g in grants:
-        if g.field not in opened.fids:
-            raise EnvelopeError("field-mismatch", f"the referral has no field {g.field!r}")
-        fid = opened.fids[g.field]
-        d, entry = _wrap(random, fid, g.recipient, g.enc_public, opened.field_keys[fid],
-                         g.purpose, g.expires_at, g.release_ref)
-        disclosures.append(d)
-        wrapped_keys.append(entry)
+    disclosures, wrapped_keys = _wrap_grants(random, opened, grants)
     disclosures += [_request_disclosure(random, r) for r in requests]
     old = opened.manifest
     manifest = {
@@ -258,3 +281,20 @@ def amend(
         max_recipients=2**31,
     )
     return body
+
+
+def _wrap_grants(
+    random: RandomSource, opened: Opened, grants: Sequence[Grant]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Each grant's disclosure and wrapped key, with the field key ``opened`` verified."""
+    disclosures: list[str] = []
+    wrapped_keys: list[dict[str, str]] = []
+    for g in grants:
+        if g.field not in opened.fids:
+            raise EnvelopeError("field-mismatch", f"the referral has no field {g.field!r}")
+        fid = opened.fids[g.field]
+        d, entry = _wrap(random, fid, g.recipient, g.enc_public, opened.field_keys[fid],
+                         g.purpose, g.expires_at, g.release_ref)
+        disclosures.append(d)
+        wrapped_keys.append(entry)
+    return disclosures, wrapped_keys
