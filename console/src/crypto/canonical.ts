@@ -1,7 +1,7 @@
 /**
  * RFC 8785 (JCS) bytes, from the `canonicalize` package (the reference
  * implementation by one of the RFC's authors), and strict JSON parsing that
- * refuses duplicate object keys, as app/crypto/envelope.py does for
+ * refuses duplicate object keys, as app/crypto/envelope/ does for
  * disclosures and decrypted fields (JSON.parse alone keeps the last one).
  */
 import canonicalize from "canonicalize";

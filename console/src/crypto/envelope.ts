@@ -1,5 +1,5 @@
 /**
- * Envelope v2 for the browser: a port of app/crypto/envelope.py (DESIGN.md,
+ * Envelope v2 for the browser: a port of app/crypto/envelope/ (DESIGN.md,
  * "Envelope v2"; bytes fixed by tests/vectors/README.md).
  *
  * The sender builds with {@link sealEnvelope} and {@link amend}; a recipient
@@ -373,7 +373,7 @@ export interface Opened {
 
 /**
  * Verify and decrypt a `GET /v1/referrals/{id}` answer for `agencyId`, in the
- * order of app/crypto/envelope.py's open_envelope; returns everything or throws.
+ * order of app/crypto/envelope/opening.py's open_envelope; returns everything or throws.
  */
 export function openEnvelope(
   document: unknown, agencyId: string, encPrivate: Uint8Array, senderSigPublic: Uint8Array,
