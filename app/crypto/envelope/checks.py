@@ -28,8 +28,7 @@ def _check_grant(g: GrantValue, sender: str, created_at: str) -> None:
         if g.purpose != SENDER_PURPOSE or g.expires_at is not None or g.release_ref is not None:
             raise EnvelopeError(
                 "invalid-consent",
-                f"{where}: the sender's copy has purpose 'sender', expires_at and "
-                "release_ref null",
+                f"{where}: the sender's copy has purpose 'sender', expires_at and release_ref null",
             )
         return
     if g.purpose == SENDER_PURPOSE:
@@ -138,9 +137,7 @@ def check_envelope(
     _check_creation_grants(s, m.sender_agency, m.created_at)
     recipients = _creation_recipients(s, m.sender_agency, limits.max_recipients)
     _match_wrapped(body.wrapped_keys, s.grants)
-    return CheckedReferral(
-        m, canonical, s.fields, s.grants, s.requests, frozenset(recipients)
-    )
+    return CheckedReferral(m, canonical, s.fields, s.grants, s.requests, frozenset(recipients))
 
 
 def _check_fields(s: _Set, ciphertexts: Mapping[str, str], limits: Limits) -> None:
@@ -251,9 +248,7 @@ def _check_new_grants(s: _Set, known: set[str], sender: str, created_at: str) ->
         _check_grant(_grant_value(d), sender, created_at)
 
 
-def _new_recipients(
-    s: _Set, sender: str, existing: set[str], max_recipients: int
-) -> set[str]:
+def _new_recipients(s: _Set, sender: str, existing: set[str], max_recipients: int) -> set[str]:
     """The recipients an amendment adds, each with its one request; an ``existing``
     recipient gets no second request; at most ``max_recipients`` in all."""
     for recipient in s.requests:

@@ -85,9 +85,7 @@ def parse_disclosure(disclosure: object) -> Disclosed:
         ) from None
     model = _VALUE_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise EnvelopeError(
-            "bad-disclosure", "a disclosure's type must be field, grant or request"
-        )
+        raise EnvelopeError("bad-disclosure", "a disclosure's type must be field, grant or request")
     try:
         parsed = model.model_validate(value, strict=True)
     except pydantic.ValidationError as exc:

@@ -175,17 +175,20 @@ def _decrypt_field(
         raise EnvelopeError("decrypt-failed", f"field {fid} does not decrypt") from None
     try:
         value = json.loads(
-            plaintext.decode("utf-8"), object_pairs_hook=_no_duplicates,
+            plaintext.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
             parse_constant=_refuse_constant,
         )
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise EnvelopeError("invalid-field", f"field {fid} is not JSON") from None
     if not (
-        isinstance(value, dict) and set(value) == {"name", "value"}
-        and isinstance(value["name"], str) and _valid_name(value["name"])
+        isinstance(value, dict)
+        and set(value) == {"name", "value"}
+        and isinstance(value["name"], str)
+        and _valid_name(value["name"])
         and isinstance(value["value"], str)
     ):
         raise EnvelopeError(
-            "invalid-field", f"field {fid} is not {{\"name\", \"value\"}} with a valid name"
+            "invalid-field", f'field {fid} is not {{"name", "value"}} with a valid name'
         )
     return value["name"], value["value"]

@@ -71,32 +71,52 @@ class Sealed:
 
 
 def _grant_disclosure(
-    random: RandomSource, fid: str, recipient: str, kid: str, wrapped: bytes,
-    purpose: str, expires_at: str | None, release_ref: str | None,
+    random: RandomSource,
+    fid: str,
+    recipient: str,
+    kid: str,
+    wrapped: bytes,
+    purpose: str,
+    expires_at: str | None,
+    release_ref: str | None,
 ) -> str:
-    return make_disclosure(random(SALT_SIZE), "grant", {
-        "fid": fid,
-        "recipient": recipient,
-        "kid": kid,
-        "wrapped_key_sha256": b64url_encode(_sha256(wrapped)),
-        "purpose": purpose,
-        "expires_at": expires_at,
-        "release_ref": release_ref,
-    })
+    return make_disclosure(
+        random(SALT_SIZE),
+        "grant",
+        {
+            "fid": fid,
+            "recipient": recipient,
+            "kid": kid,
+            "wrapped_key_sha256": b64url_encode(_sha256(wrapped)),
+            "purpose": purpose,
+            "expires_at": expires_at,
+            "release_ref": release_ref,
+        },
+    )
 
 
 def _request_disclosure(random: RandomSource, r: Request) -> str:
-    return make_disclosure(random(SALT_SIZE), "request", {
-        "recipient": r.recipient,
-        "services": list(r.services),
-        "urgency": r.urgency,
-        "case_ref": r.case_ref,
-    })
+    return make_disclosure(
+        random(SALT_SIZE),
+        "request",
+        {
+            "recipient": r.recipient,
+            "services": list(r.services),
+            "urgency": r.urgency,
+            "case_ref": r.case_ref,
+        },
+    )
 
 
 def _wrap(
-    random: RandomSource, fid: str, recipient: str, public: bytes, field_key: bytes,
-    purpose: str, expires_at: str | None, release_ref: str | None,
+    random: RandomSource,
+    fid: str,
+    recipient: str,
+    public: bytes,
+    field_key: bytes,
+    purpose: str,
+    expires_at: str | None,
+    release_ref: str | None,
 ) -> tuple[str, dict[str, str]]:
     try:
         kid = keys.kid(public)
@@ -163,8 +183,9 @@ def seal_envelope(
         "ciphertexts": sealed.ciphertexts,
         "wrapped_keys": sealed.wrapped_keys,
     }
-    check_envelope(_model(EnvelopeIn, body), sender_sig_public=sig_public,
-                   limits=Limits(2**31, 2**31, 2**31))
+    check_envelope(
+        _model(EnvelopeIn, body), sender_sig_public=sig_public, limits=Limits(2**31, 2**31, 2**31)
+    )
     return Sealed(body, sealed.fids)
 
 
@@ -193,8 +214,11 @@ class _SealedFields:
 
 
 def _seal_fields(
-    random: RandomSource, referral_id: str, fields: Mapping[str, str],
-    grants: Sequence[Grant], sender_copy: _Copy,
+    random: RandomSource,
+    referral_id: str,
+    fields: Mapping[str, str],
+    grants: Sequence[Grant],
+    sender_copy: _Copy,
 ) -> _SealedFields:
     """Encrypt each field and wrap its key for the sender and for each grant naming it."""
     out = _SealedFields({}, {}, [], [])
@@ -202,14 +226,21 @@ def _seal_fields(
         fid, blob, field_key = _encrypt_field(random, referral_id, name, value)
         out.fids[name] = fid
         out.ciphertexts[fid] = b64url_encode(blob)
-        out.disclosures.append(make_disclosure(random(SALT_SIZE), "field", {
-            "fid": fid,
-            "ciphertext_sha256": b64url_encode(_sha256(blob)),
-            "commitment": b64url_encode(commitment(field_key, referral_id, fid)),
-        }))
+        out.disclosures.append(
+            make_disclosure(
+                random(SALT_SIZE),
+                "field",
+                {
+                    "fid": fid,
+                    "ciphertext_sha256": b64url_encode(_sha256(blob)),
+                    "commitment": b64url_encode(commitment(field_key, referral_id, fid)),
+                },
+            )
+        )
         copies = [sender_copy] + [
             (g.recipient, g.enc_public, g.purpose, g.expires_at, g.release_ref)
-            for g in grants if g.field == name
+            for g in grants
+            if g.field == name
         ]
         for recipient, public, purpose, expires, ref in copies:
             d, entry = _wrap(random, fid, recipient, public, field_key, purpose, expires, ref)
@@ -254,7 +285,9 @@ def amend(
     random = unsafe_random or os.urandom
     sig_public = keys.sig_public_from_seed(sender_sig_seed)
     opened = open_envelope(
-        document, agency_id=sender_agency, enc_private=sender_enc_private,
+        document,
+        agency_id=sender_agency,
+        enc_private=sender_enc_private,
         sender_sig_public=sig_public,
     )
     if opened.manifest.sender_agency != sender_agency:
@@ -276,8 +309,11 @@ def amend(
         "wrapped_keys": wrapped_keys,
     }
     check_amendment(
-        old, _model(Amendment, body), sender_sig_public=sig_public,
-        fids=opened.fids.values(), recipients=opened.requests,
+        old,
+        _model(Amendment, body),
+        sender_sig_public=sig_public,
+        fids=opened.fids.values(),
+        recipients=opened.requests,
         max_recipients=2**31,
     )
     return body
@@ -293,8 +329,16 @@ def _wrap_grants(
         if g.field not in opened.fids:
             raise EnvelopeError("field-mismatch", f"the referral has no field {g.field!r}")
         fid = opened.fids[g.field]
-        d, entry = _wrap(random, fid, g.recipient, g.enc_public, opened.field_keys[fid],
-                         g.purpose, g.expires_at, g.release_ref)
+        d, entry = _wrap(
+            random,
+            fid,
+            g.recipient,
+            g.enc_public,
+            opened.field_keys[fid],
+            g.purpose,
+            g.expires_at,
+            g.release_ref,
+        )
         disclosures.append(d)
         wrapped_keys.append(entry)
     return disclosures, wrapped_keys

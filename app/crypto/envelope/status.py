@@ -16,18 +16,25 @@ from app.crypto.wire import StatusSigned
 
 
 def status_signing_input(
-    *, referral_id: str, recipient: str, status: str, reason: str | None,
-    note_sha256: str | None, signed_at: str,
+    *,
+    referral_id: str,
+    recipient: str,
+    status: str,
+    reason: str | None,
+    note_sha256: str | None,
+    signed_at: str,
 ) -> bytes:
     """``refgate/v2/status\\n`` + RFC 8785 bytes of the signed status object."""
-    return STATUS_PREFIX + _canonical({
-        "referral_id": referral_id,
-        "recipient": recipient,
-        "status": status,
-        "reason": reason,
-        "note_sha256": note_sha256,
-        "signed_at": signed_at,
-    })
+    return STATUS_PREFIX + _canonical(
+        {
+            "referral_id": referral_id,
+            "recipient": recipient,
+            "status": status,
+            "reason": reason,
+            "note_sha256": note_sha256,
+            "signed_at": signed_at,
+        }
+    )
 
 
 def note_sha256(note: str | None) -> str | None:
@@ -41,13 +48,23 @@ def note_sha256(note: str | None) -> str | None:
 
 
 def sign_status(
-    *, referral_id: str, recipient: str, status: str, reason: str | None, note: str | None,
-    signed_at: str, sig_seed: bytes,
+    *,
+    referral_id: str,
+    recipient: str,
+    status: str,
+    reason: str | None,
+    note: str | None,
+    signed_at: str,
+    sig_seed: bytes,
 ) -> dict[str, Any]:
     """The ``POST /v1/referrals/{id}/status`` body, signed by the recipient."""
     message = status_signing_input(
-        referral_id=referral_id, recipient=recipient, status=status, reason=reason,
-        note_sha256=note_sha256(note), signed_at=signed_at,
+        referral_id=referral_id,
+        recipient=recipient,
+        status=status,
+        reason=reason,
+        note_sha256=note_sha256(note),
+        signed_at=signed_at,
     )
     return {
         "status": status,
@@ -58,9 +75,7 @@ def sign_status(
     }
 
 
-def verify_status(
-    item: Mapping[str, Any], *, referral_id: str, sig_public: bytes
-) -> None:
+def verify_status(item: Mapping[str, Any], *, referral_id: str, sig_public: bytes) -> None:
     """Return only if a status (posted, or a ``statuses`` item) is signed by ``sig_public``.
 
     ``item`` needs ``recipient`` (or the caller adds it), ``status``,
@@ -73,17 +88,27 @@ def verify_status(
         raise EnvelopeError("bad-signature", "the status is not signed")
     try:
         note_hash = note_sha256(item.get("note"))
-        StatusSigned.model_validate({
-            "referral_id": referral_id, "recipient": item.get("recipient"),
-            "status": item.get("status"), "reason": item.get("reason"),
-            "note_sha256": note_hash, "signed_at": signed_at,
-        }, strict=True)
+        StatusSigned.model_validate(
+            {
+                "referral_id": referral_id,
+                "recipient": item.get("recipient"),
+                "status": item.get("status"),
+                "reason": item.get("reason"),
+                "note_sha256": note_hash,
+                "signed_at": signed_at,
+            },
+            strict=True,
+        )
         raw = b64url_decode(signature, length=keys.SIGNATURE_SIZE)
     except (pydantic.ValidationError, EncodingError, EnvelopeError):
         raise EnvelopeError("bad-signature", "the status signature does not verify") from None
     message = status_signing_input(
-        referral_id=referral_id, recipient=str(item["recipient"]), status=str(item["status"]),
-        reason=item.get("reason"), note_sha256=note_hash, signed_at=signed_at,
+        referral_id=referral_id,
+        recipient=str(item["recipient"]),
+        status=str(item["status"]),
+        reason=item.get("reason"),
+        note_sha256=note_hash,
+        signed_at=signed_at,
     )
     if not keys.verify(sig_public, message, raw):
         raise EnvelopeError("bad-signature", "the status signature does not verify")
