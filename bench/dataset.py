@@ -119,6 +119,17 @@ def recreate_database(admin_url: str, name: str) -> None:
     )
 
 
+def copy_database(admin_url: str, template: str, name: str) -> None:
+    """``name`` as a file copy of ``template`` (which nobody may be connected to)."""
+    asyncio.run(
+        _admin(
+            admin_url,
+            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+            f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY",
+        )
+    )
+
+
 def drop_database(admin_url: str, name: str) -> None:
     asyncio.run(_admin(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
@@ -373,7 +384,9 @@ class AuditPools:
     size: int
 
 
-def make_pools(n_events: int, seed: int = 5) -> AuditPools:
+def make_pools(n_events: int, seed: int = 5, last: datetime | None = None) -> AuditPools:
+    """The synthetic population behind ``n_events`` events, ending at ``last`` (default
+    an hour ago); the same ``seed`` and ``last`` give the same pools (a template's)."""
     rng = random.Random(seed)
     agency_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(60)]
     roles = ["caseworker", "caseworker", "liaison", "auditor"]
@@ -385,7 +398,8 @@ def make_pools(n_events: int, seed: int = 5) -> AuditPools:
         (str(uuid.UUID(int=rng.getrandbits(128), version=4)), rng.choice(agency_ids))
         for _ in range(max(100, n_events // 20))
     ]
-    last = datetime.now(UTC) - timedelta(hours=1)
+    if last is None:
+        last = datetime.now(UTC) - timedelta(hours=1)
     return AuditPools(agency_ids, actors, refs, last - timedelta(days=365), last, n_events)
 
 
@@ -415,9 +429,7 @@ def _event_rows(
     span_us = int((pools.last_ts - pools.first_ts).total_seconds() * 1_000_000)
     first_naive = pools.first_ts.replace(tzinfo=None)
     # Audit events name fields by their opaque fid (base64url of 16 bytes), never by name.
-    fids = [
-        base64.urlsafe_b64encode(rng.randbytes(16)).decode().rstrip("=") for _ in range(256)
-    ]
+    fids = [base64.urlsafe_b64encode(rng.randbytes(16)).decode().rstrip("=") for _ in range(256)]
     field_sets = [sorted(rng.sample(fids, k=3)) for _ in range(32)]
     reads = [
         (

@@ -317,6 +317,19 @@ class Runner:
     # ---------------------------------------------------------------- phases
 
     def prepare(self) -> None:
+        if self.args.events_from:
+            self.copy_events_template(self.args.events_from)
+        else:
+            self.load_events()
+        self.tf = asyncio.run(dataset.seed_task_force(self.settings))
+        self.sql(TABLE_SQL)
+        # The baseline cycles through its bodies (it gives each row its own id).
+        self.baseline_bodies = self.seal(min(1000, self.plan.envelopes))
+        sizes = [len(e.body) for e in self.baseline_bodies[:50]]
+        self.body_bytes = sum(sizes) // len(sizes)
+
+    def load_events(self) -> None:
+        """A fresh, migrated database with ``--events`` sequenced audit events."""
         log(f"database {self.db_name}: create and migrate")
         dataset.recreate_database(self.admin_url, self.db_name)
         dataset.migrate(self.sa_url, self.data_dir)
@@ -328,12 +341,49 @@ class Runner:
         )
         log(f"audit log loaded in {secs:.0f} s")
         self.load_seconds = secs
-        self.tf = asyncio.run(dataset.seed_task_force(self.settings))
-        self.sql(TABLE_SQL)
-        # The baseline cycles through its bodies (it gives each row its own id).
-        self.baseline_bodies = self.seal(min(1000, self.plan.envelopes))
-        sizes = [len(e.body) for e in self.baseline_bodies[:50]]
-        self.body_bytes = sum(sizes) // len(sizes)
+
+    def save_events_template(self) -> Path:
+        """``--save-events-template``: load the events, keep the database as a template.
+
+        Beside it, under ``--out``, go the server keys that signed its checkpoint and
+        the end of its synthetic population, which ``--events-from`` needs to reuse it.
+        """
+        self.load_events()
+        keep = Path(self.args.out).resolve() / f"template-{self.db_name}"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(self.data_dir, keep / "data")
+        (keep / "template.json").write_text(
+            json.dumps(
+                {
+                    "database": self.db_name,
+                    "events": self.plan.events,
+                    "last_ts": self.pools.last_ts.isoformat(),
+                    "events_load_s": round(self.load_seconds, 1),
+                    "events_from": self.args.events_from,
+                    "commit": _git("rev-parse", "HEAD"),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        return keep
+
+    def copy_events_template(self, template: str) -> None:
+        """``--events-from``: this run's database as a file copy of a saved template."""
+        keep = Path(self.args.out).resolve() / f"template-{template}"
+        meta = json.loads((keep / "template.json").read_text())
+        if meta["events"] != self.plan.events:
+            n = meta["events"]
+            raise SystemExit(f"{template} holds {n:,} events: pass --events {n}")
+        log(f"database {self.db_name}: a copy of {template} ({meta['events']:,} events)")
+        started = time.monotonic()
+        dataset.copy_database(self.admin_url, template, self.db_name)
+        shutil.copytree(keep / "data", self.data_dir, dirs_exist_ok=True)
+        load_server_keys(self.settings)
+        last = datetime.fromisoformat(meta["last_ts"])
+        self.pools = dataset.make_pools(self.plan.events, last=last)
+        self.load_seconds = float(meta["events_load_s"])
+        log(f"copied in {time.monotonic() - started:.0f} s (loaded in {self.load_seconds:.0f} s)")
 
     def seal(self, count: int) -> list[dataset.Envelope]:
         log(f"sealing {count:,} envelopes")
@@ -638,6 +688,7 @@ class Runner:
                 "rate_limiter": "off" if self.args.no_rate_limit else "on, limits raised",
                 "events": self.plan.events,
                 "events_load_s": round(self.load_seconds, 1),
+                "events_from": self.args.events_from,
                 "rate_fraction": self.plan.rate_fraction,
                 "backlog": self.plan.backlog,
                 "envelopes": len(self.envelopes),
@@ -703,6 +754,17 @@ def parser() -> argparse.ArgumentParser:
         help="sequenced audit events preloaded for the audit query and inclusion proof "
         "(full: 1,000,000; 10,000,000 for the reference run, see README)",
     )
+    p.add_argument(
+        "--save-events-template",
+        action="store_true",
+        help="only load the --events into --database and keep it, with its keys under --out, "
+        "for --events-from (the 10M reference run: load once, measure when the machine is idle)",
+    )
+    p.add_argument(
+        "--events-from",
+        metavar="DATABASE",
+        help="start from a copy of a database saved by --save-events-template instead of loading",
+    )
     p.add_argument("--backlog", type=int, help="pending events for the sequencer (full: 200,000)")
     p.add_argument("--envelopes", type=int, help="envelopes to pre-build (full: 8,000)")
     p.add_argument(
@@ -729,7 +791,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.save_events_template and not args.database:
+        raise SystemExit("--save-events-template needs --database NAME")
     runner = Runner(args)
+    if args.save_events_template:
+        keep = runner.save_events_template()
+        log(f"database {runner.db_name} kept as a template; its keys in {keep}")
+        return 0
     log(f"driver {runner.driver}, results in {runner.out}")
     try:
         results = runner.run()

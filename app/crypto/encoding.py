@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
+# the last character of an unpadded encoding carries 4 (2 chars over a group) or
+# 2 (3 chars over) bits that are not data; canonical encodings have them zero
+_SPARE_BITS = {2: 0x0F, 3: 0x03}
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_VALUE = {c: i for i, c in enumerate(_ALPHABET)}
 
 
 class EncodingError(ValueError):
@@ -25,14 +29,28 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str, *, length: int | None = None) -> bytes:
-    """Decode unpadded base64url strictly; optionally require an exact byte length."""
-    if not isinstance(text, str) or not _B64URL.match(text) or len(text) % 4 == 1:
+    """Decode unpadded base64url strictly; optionally require an exact byte length.
+
+    Strict: only the 64 URL-safe characters, no padding, no whitespace, and the
+    unused bits of the last character zero, so that each byte string has exactly
+    one accepted spelling (``tests/crypto/test_encoding.py`` checks this against
+    decode-then-re-encode). Every ciphertext, key, salt and disclosure of a
+    referral goes through here, hence no regular expression and no re-encoding.
+    """
+    if not isinstance(text, str) or not text.isascii():
+        raise EncodingError("not base64url without padding")
+    spare = len(text) % 4
+    raw = text.encode("ascii")
+    # "-" and "_" become "+" and "/" below, so those two (and "=") must not be in the input
+    if spare == 1 or b"+" in raw or b"/" in raw or b"=" in raw:
         raise EncodingError("not base64url without padding")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise EncodingError("not base64url without padding") from exc
-    if b64url_encode(data) != text:
+        data = binascii.a2b_base64(
+            raw.translate(_URL_TO_STD) + b"=" * (-spare % 4), strict_mode=True
+        )
+    except binascii.Error:
+        raise EncodingError("not base64url without padding") from None
+    if spare and _VALUE[raw[-1]] & _SPARE_BITS[spare]:
         raise EncodingError("non-canonical base64url")
     if length is not None and len(data) != length:
         raise EncodingError(f"expected {length} bytes, got {len(data)}")
