@@ -38,6 +38,7 @@ from sqlmodel import col
 
 from app import errors
 from app.context import agency_var, client_var
+from app.db import database_key
 from app.deps import Db, open_transaction
 from app.identity import ROLE_SCOPES, Actor, Principal, Role, Scope
 from app.models.tables import Agency, ApiClient
@@ -66,7 +67,7 @@ __all__ = [
 
 STATUS_TTL = 2.0
 _MAX_CACHED = 10_000
-_status_cache: dict[tuple[int, str], tuple[float, tuple[str, str, str]]] = {}
+_status_cache: dict[tuple[str, str], tuple[float, tuple[str, str, str]]] = {}
 _generation = 0  # bumped by every forget_principals()
 
 
@@ -82,7 +83,9 @@ agencies.on_status_change(forget_principals)
 
 async def _active_client(db: Db, client_id: str) -> tuple[str, str, str] | None:
     """(agency id, agency kind, role) of an active client of an active agency, or None."""
-    key = (id(db.bind), client_id)  # one cache per database (tests run several in a process)
+    # one cache per database (tests run several in a process); the bind of the table read,
+    # as a session bound table by table has no ``db.bind``
+    key = (database_key(db.get_bind(ApiClient)), client_id)
     now = time.monotonic()
     hit = _status_cache.get(key)
     if hit is not None and hit[0] > now:

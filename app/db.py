@@ -29,9 +29,11 @@ event (a failed batch fails its reads with 503).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -91,6 +93,30 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+
+
+_DATABASE_KEYS: WeakKeyDictionary[Engine, str] = WeakKeyDictionary()
+
+
+def database_key(bind: Engine | Connection) -> str:
+    """A stable name of the database ``bind`` (an engine or a connection) talks to.
+
+    For a per-process cache of database answers (several databases in one process:
+    the tests). It is the engine's URL without its password, so two engines on one
+    database share it and engines on different databases never do; ``id()`` of an
+    engine would not do (a later engine may reuse it once this one is gone). An
+    in-memory SQLite database is its engine's alone, so its name adds a random
+    suffix. Rendered once per engine.
+    """
+    engine = bind.engine
+    key = _DATABASE_KEYS.get(engine)
+    if key is None:
+        url = engine.url
+        key = url.render_as_string(hide_password=True)
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            key += "#" + uuid.uuid4().hex
+        _DATABASE_KEYS[engine] = key
+    return key
 
 
 # the key of a read session's ``info`` that holds the worker's GroupCommit

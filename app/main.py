@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -60,73 +60,78 @@ def _problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=errors.PROBLEM_JSON)
 
 
+async def _app_error(request: Request, exc: errors.AppError) -> JSONResponse:
+    status = errors.status_of(exc)
+    extra = dict(exc.extra)
+    if isinstance(exc, errors.OAuthError):
+        extra.update(error=exc.error, error_description=exc.detail)
+    return _problem(
+        status,
+        errors.title_for(status) if isinstance(exc, errors.OAuthError) else exc.title,
+        exc.detail,
+        exc.type,
+        headers=exc.headers,
+        extra=extra,
+        request=request,
+    )
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, sa_exc.DBAPIError) and not _lost_database(exc):
+        raise exc  # a statement the database refused: a bug, answered 500 by the middleware
+    # the class only: a driver's message can quote the statement and its parameters
+    log.error("database unavailable: %s", type(exc).__name__)
+    return _problem(
+        503,
+        "Service Unavailable",
+        "the gateway cannot reach its database right now; try again in a moment "
+        "(a referral re-sent with the same id is not created twice)",
+        errors.PROBLEM_BASE + "database-unavailable",
+        headers={"Retry-After": "2"},
+        request=request,
+    )
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
+        for e in exc.errors()[:50]
+    ]
+    first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+    return _problem(
+        422,
+        "Unprocessable Content",
+        f"{'.'.join(first['loc'])}: {first['msg']}",
+        errors.PROBLEM_BASE + "validation",
+        extra={"errors": problems},
+        request=request,
+    )
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route that matched the
+        # path; a path served by several routes allows all of theirs.
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request.app, request))}
+    return _problem(
+        exc.status_code,
+        errors.title_for(exc.status_code),
+        str(exc.detail),
+        errors.PROBLEM_BASE + slug,
+        headers=headers,
+        request=request,
+    )
+
+
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(errors.AppError)
-    async def app_error(request: Request, exc: errors.AppError) -> JSONResponse:
-        status = errors.status_of(exc)
-        extra = dict(exc.extra)
-        if isinstance(exc, errors.OAuthError):
-            extra.update(error=exc.error, error_description=exc.detail)
-        return _problem(
-            status,
-            errors.title_for(status) if isinstance(exc, errors.OAuthError) else exc.title,
-            exc.detail,
-            exc.type,
-            headers=exc.headers,
-            extra=extra,
-            request=request,
-        )
-
-    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, sa_exc.DBAPIError) and not _lost_database(exc):
-            raise exc  # a statement the database refused: a bug, answered 500 by the middleware
-        # the class only: a driver's message can quote the statement and its parameters
-        log.error("database unavailable: %s", type(exc).__name__)
-        return _problem(
-            503,
-            "Service Unavailable",
-            "the gateway cannot reach its database right now; try again in a moment "
-            "(a referral re-sent with the same id is not created twice)",
-            errors.PROBLEM_BASE + "database-unavailable",
-            headers={"Retry-After": "2"},
-            request=request,
-        )
-
+    """Every error answered as problem+json (OAuth errors keep their RFC 6749 members)."""
+    app.exception_handler(errors.AppError)(_app_error)
     for kind in _DATABASE_UNAVAILABLE:
-        app.add_exception_handler(kind, database_unavailable)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
-            for e in exc.errors()[:50]
-        ]
-        first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
-        return _problem(
-            422,
-            "Unprocessable Content",
-            f"{'.'.join(first['loc'])}: {first['msg']}",
-            errors.PROBLEM_BASE + "validation",
-            extra={"errors": problems},
-            request=request,
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
-        headers = getattr(exc, "headers", None)
-        if exc.status_code == 405:
-            # Starlette names the methods of the first route that matched the
-            # path; a path served by several routes allows all of theirs.
-            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(app, request))}
-        return _problem(
-            exc.status_code,
-            errors.title_for(exc.status_code),
-            str(exc.detail),
-            errors.PROBLEM_BASE + slug,
-            headers=headers,
-            request=request,
-        )
+        app.add_exception_handler(kind, _database_unavailable)
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
 
 
 def _database_unavailable_errors() -> tuple[type[Exception], ...]:
@@ -213,69 +218,66 @@ def log_risks(settings: Settings) -> None:
         logging.getLogger("refgate.config").warning("risky configuration: %s", risk)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    configure_logging()
+def _open_state(app: FastAPI, settings: Settings) -> None:
+    """What the process shares: the engine, its sessions, the server keys, the audit
+    group commit (on a connection of its own)."""
+    engine = create_engine(settings)
+    server_keys = load_server_keys(settings)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = sessionmaker(engine)
+    # its own connection: reads waiting for their batch hold the main pool's
+    app.state.audit_group_commit = group_commit = GroupCommit(create_engine(settings, pool_size=1))
+    app.state.read_sessionmaker = read_sessionmaker(engine, group_commit)
+    app.state.server_keys = server_keys
+    app.state.token_verify_key = token_key_set(server_keys)
+    app.state.issuer = settings.public_url or "refgate"
 
+
+def _start_runners(app: FastAPI, settings: Settings) -> None:
+    """The background runners (sequencer, webhook dispatcher, witness cosigner), each
+    started only when enabled; all on ``app.state`` so that shutdown stops them."""
+    engine, maker = app.state.engine, app.state.sessionmaker
+    app.state.sequencer = SequencerRunner(engine, maker, settings, app.state.server_keys)
+    if settings.audit.sequencer_enabled:
+        app.state.sequencer.start()
+    app.state.webhook_dispatcher = WebhookRunner(engine, maker, settings)
+    if settings.webhooks.dispatcher_enabled:
+        app.state.webhook_dispatcher.start()
+    app.state.witness_runner = WitnessRunner(engine, maker, settings)
+    if settings.audit.sequencer_enabled and settings.audit.witnesses:
+        app.state.witness_runner.start()
+
+
+async def _close_state(app: FastAPI) -> None:
+    """Stop the runners, then close the limiter, the group commit and the engine."""
+    await app.state.witness_runner.stop()
+    await app.state.webhook_dispatcher.stop()
+    await app.state.sequencer.stop()
+    await app.state.rate_limiter.close()
+    await app.state.audit_group_commit.close()
+    await app.state.engine.dispose()
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_risks(settings)
-        engine = create_engine(settings)
-        server_keys = load_server_keys(settings)
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.sessionmaker = sessionmaker(engine)
-        # its own connection: reads waiting for their batch hold the main pool's
-        app.state.audit_group_commit = group_commit = GroupCommit(
-            create_engine(settings, pool_size=1)
-        )
-        app.state.read_sessionmaker = read_sessionmaker(engine, group_commit)
-        app.state.server_keys = server_keys
-        app.state.token_verify_key = token_key_set(server_keys)
-        app.state.issuer = settings.public_url or "refgate"
-        runner = SequencerRunner(engine, app.state.sessionmaker, settings, server_keys)
-        app.state.sequencer = runner
-        if settings.audit.sequencer_enabled:
-            runner.start()
-        dispatcher = WebhookRunner(engine, app.state.sessionmaker, settings)
-        app.state.webhook_dispatcher = dispatcher
-        if settings.webhooks.dispatcher_enabled:
-            dispatcher.start()
-        cosigner = WitnessRunner(engine, app.state.sessionmaker, settings)
-        app.state.witness_runner = cosigner
-        if settings.audit.sequencer_enabled and settings.audit.witnesses:
-            cosigner.start()
+        _open_state(app, settings)
+        _start_runners(app, settings)
         try:
             yield
         finally:
-            await cosigner.stop()
-            await dispatcher.stop()
-            await runner.stop()
-            await app.state.rate_limiter.close()
-            await group_commit.close()
-            await engine.dispose()
+            await _close_state(app)
 
-    app = FastAPI(
-        title="refgate",
-        version=__version__,
-        summary="End-to-end encrypted interagency referrals with per-field consent "
-        "and a tamper-evident audit log",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-    )
-    _install_error_handlers(app)
-    _install_openapi(app)
-    for module in (health, oauth, agencies, directory, referrals, audit, webhooks):
-        app.include_router(module.router)
-    app.include_router(referrals.limits_router)
-    app.include_router(metrics_route.router)
-    app.include_router(console_route.router)
-    registry = Metrics()
+    return lifespan
+
+
+def _install_middleware(app: FastAPI, settings: Settings, registry: Metrics) -> None:
+    """Outermost last: request id, headers and access log wrap CORS, which wraps the
+    rate limiter."""
     limiter = RateLimiter(settings, on_refused=registry.rate_limited)
-    app.state.metrics = registry
     app.state.rate_limiter = limiter
-    # outermost last: request id, headers and access log wrap CORS, which wraps the limiter
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
     if settings.cors.allow_origins:
         app.add_middleware(
@@ -292,6 +294,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         observe=registry.observe,
     )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging()
+    app = FastAPI(
+        title="refgate",
+        version=__version__,
+        summary="End-to-end encrypted interagency referrals with per-field consent "
+        "and a tamper-evident audit log",
+        lifespan=_lifespan(settings),
+        docs_url=None,
+        redoc_url=None,
+    )
+    _install_error_handlers(app)
+    _install_openapi(app)
+    for module in (health, oauth, agencies, directory, referrals, audit, webhooks):
+        app.include_router(module.router)
+    app.include_router(referrals.limits_router)
+    app.include_router(metrics_route.router)
+    app.include_router(console_route.router)
+    app.state.metrics = registry = Metrics()
+    _install_middleware(app, settings, registry)
     return app
 
 

@@ -50,7 +50,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import BigInteger, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import __version__
 from app.models.types import UTCDateTime, utcnow
@@ -75,6 +75,28 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created serie
 def multiprocess_dir() -> str | None:
     """The directory of multiprocess mode, when this process runs in it."""
     return os.environ.get(MULTIPROC_ENV) or None
+
+
+async def _audit_gauges(conn: AsyncConnection) -> list[Gauge]:
+    """Sequencer lag, tree size and the latest checkpoint's size and age."""
+    pending = (await conn.execute(text("SELECT count(*) FROM audit_pending"))).scalar()
+    size = (await conn.execute(text("SELECT size FROM audit_tree_state"))).scalar()
+    cp = (await conn.execute(_LATEST_CHECKPOINT)).first()
+    out: list[Gauge] = [
+        ("refgate_audit_pending_events",
+         "Committed audit events not yet sequenced into the log (sequencer lag).",
+         (), float(pending or 0)),
+        ("refgate_audit_tree_size", "Events in the Merkle log.", (), float(size or 0)),
+    ]
+    if cp is not None:
+        age = (utcnow() - cp[1]).total_seconds()
+        out += [
+            ("refgate_audit_checkpoint_tree_size",
+             "Tree size of the latest signed checkpoint.", (), float(cp[0])),
+            ("refgate_audit_checkpoint_age_seconds",
+             "Seconds since the latest checkpoint was signed.", (), max(age, 0.0)),
+        ]
+    return out
 
 
 class _Gauges(Collector):
@@ -141,52 +163,9 @@ class Metrics:
         ]
         try:
             async with engine.connect() as conn:
-                pending = (await conn.execute(text("SELECT count(*) FROM audit_pending"))).scalar()
-                size = (await conn.execute(text("SELECT size FROM audit_tree_state"))).scalar()
-                cp = (await conn.execute(_LATEST_CHECKPOINT)).first()
-                out += [
-                    ("refgate_audit_pending_events",
-                     "Committed audit events not yet sequenced into the log (sequencer lag).",
-                     (), float(pending or 0)),
-                    ("refgate_audit_tree_size", "Events in the Merkle log.", (), float(size or 0)),
-                ]
-                if cp is not None:
-                    age = (utcnow() - cp[1]).total_seconds()
-                    out += [
-                        ("refgate_audit_checkpoint_tree_size",
-                         "Tree size of the latest signed checkpoint.", (), float(cp[0])),
-                        ("refgate_audit_checkpoint_age_seconds",
-                         "Seconds since the latest checkpoint was signed.", (), max(age, 0.0)),
-                    ]
-                if not self._has_witnesses:
-                    self._has_witnesses = await conn.run_sync(
-                        lambda sync: inspect(sync).has_table("witness_state")
-                    )
-                if self._has_witnesses:
-                    from app.services.witnesses import gauges as witness_gauges
-
-                    out += await witness_gauges(conn)
-                if not self._has_webhooks:
-                    self._has_webhooks = await conn.run_sync(
-                        lambda sync: inspect(sync).has_table("webhook_delivery")
-                    )
-                if self._has_webhooks:
-                    rows = (
-                        await conn.execute(
-                            text("SELECT status, count(*) FROM webhook_delivery GROUP BY status")
-                        )
-                    ).all()
-                    by_status = {str(s): float(n) for s, n in rows}
-                    out.append(
-                        ("refgate_webhook_queue_depth",
-                         "Webhook deliveries waiting to be sent (pending).",
-                         (), by_status.get(DeliveryStatus.PENDING, 0.0))
-                    )
-                    out += [
-                        ("refgate_webhook_deliveries", "Webhook deliveries by status.",
-                         (("status", s),), n)
-                        for s, n in sorted(by_status.items())
-                    ]
+                out += await _audit_gauges(conn)
+                out += await self._witness_gauges(conn)
+                out += await self._webhook_gauges(conn)
             up = 1.0
         except Exception as exc:  # the scrape must still answer when the database does not
             log.warning(  # the type only: a driver error quotes the statement
@@ -195,6 +174,43 @@ class Metrics:
             up = 0.0
         out.append(("refgate_database_up", "1 when the database answered this scrape.", (), up))
         return out
+
+    async def _witness_gauges(self, conn: AsyncConnection) -> list[Gauge]:
+        """The witnesses' gauges, once the ``witness_state`` table exists."""
+        if not self._has_witnesses:
+            self._has_witnesses = await conn.run_sync(
+                lambda sync: inspect(sync).has_table("witness_state")
+            )
+        if not self._has_witnesses:
+            return []
+        from app.services.witnesses import gauges as witness_gauges
+
+        return await witness_gauges(conn)
+
+    async def _webhook_gauges(self, conn: AsyncConnection) -> list[Gauge]:
+        """Queue depth and deliveries by status, once the ``webhook_delivery`` table exists."""
+        if not self._has_webhooks:
+            self._has_webhooks = await conn.run_sync(
+                lambda sync: inspect(sync).has_table("webhook_delivery")
+            )
+        if not self._has_webhooks:
+            return []
+        rows = (
+            await conn.execute(
+                text("SELECT status, count(*) FROM webhook_delivery GROUP BY status")
+            )
+        ).all()
+        by_status = {str(s): float(n) for s, n in rows}
+        return [
+            ("refgate_webhook_queue_depth",
+             "Webhook deliveries waiting to be sent (pending).",
+             (), by_status.get(DeliveryStatus.PENDING, 0.0)),
+            *[
+                ("refgate_webhook_deliveries", "Webhook deliveries by status.",
+                 (("status", s),), n)
+                for s, n in sorted(by_status.items())
+            ],
+        ]
 
     def _counters(self) -> CollectorRegistry:
         """This process's registry, or in multiprocess mode every worker's files added up."""

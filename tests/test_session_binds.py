@@ -7,24 +7,33 @@ AttributeError: mypy found it once the persistence modules were type-checked.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlmodel import SQLModel, col
 
+from app import auth
 from app.config import Settings, WitnessEndpoint
 from app.crypto import keys
 from app.crypto.cosignature import witness_vkey
-from app.db import create_engine, sessionmaker
+from app.db import create_engine, database_key, sessionmaker
 from app.identity import Principal, Role, Scope
-from app.models.tables import AuditEvent, AuditPending, UsedAssertion
+from app.models.tables import Agency, ApiClient, AuditEvent, AuditPending, UsedAssertion
 from app.models.witness_tables import WitnessState
 from app.services import audit, audit_log, witnesses
 from app.services.dbutil import insert_ignore
+from app.vocab import AgencyKind
 
 
 @pytest.fixture
@@ -112,3 +121,53 @@ async def test_audit_export_on_a_session_bound_per_table(engine: AsyncEngine) ->
     per_table = await export(_per_table(engine))
     assert per_table.count(b'"resource_id":"binds-') == 3
     assert per_table == await export(sessionmaker(engine))
+
+
+async def test_client_status_cache_is_per_database_on_a_session_bound_per_table(
+    engine: AsyncEngine, sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Such a session has no ``db.bind``: the status cache must still tell databases
+    apart (it once keyed on ``id(db.bind)``, the same ``id(None)`` for every one)."""
+    client_id = f"binds-{uuid.uuid4().hex[:12]}"
+    async with sessionmaker(engine)() as db, db.begin():
+        db.add(Agency(id=client_id, name="Binds shelter", kind=AgencyKind.SHELTER))
+        await db.flush()
+        db.add(
+            ApiClient(
+                client_id=client_id,
+                agency_id=client_id,
+                role=Role.CASEWORKER,
+                auth_public_key="k" * 43,
+                auth_kid="kid",
+            )
+        )
+    async with _per_table(engine)() as db:
+        assert db.bind is None
+        found = await auth._active_client(db, client_id)
+    assert found == (client_id, "shelter", "caseworker")
+    assert (database_key(engine.sync_engine), client_id) in auth._status_cache
+    # another database (migrated, without that client) is not answered from the cache
+    other_file = tmp_path / "other.db"
+    shutil.copyfile(sqlite_template, other_file)
+    other = create_async_engine(f"sqlite+aiosqlite:///{other_file}")
+    try:
+        async with _per_table(other)() as db:
+            assert await auth._active_client(db, client_id) is None
+    finally:
+        await other.dispose()
+        auth.forget_principals()
+
+
+def test_database_key_names_the_database_without_its_password() -> None:
+    a = create_async_engine("postgresql+asyncpg://refgate:s3cret@db.example/one")
+    again = create_async_engine("postgresql+asyncpg://refgate:s3cret@db.example/one")
+    two = create_async_engine("postgresql+asyncpg://refgate:s3cret@db.example/two")
+    autocommit = a.execution_options(isolation_level="AUTOCOMMIT")
+    key = database_key(a.sync_engine)
+    assert "s3cret" not in key
+    assert key == database_key(again.sync_engine) == database_key(autocommit.sync_engine)
+    assert key != database_key(two.sync_engine)
+    # each in-memory SQLite database is its own engine's
+    memory = [create_async_engine("sqlite+aiosqlite://") for _ in range(2)]
+    first = database_key(memory[0].sync_engine)
+    assert first == database_key(memory[0].sync_engine) != database_key(memory[1].sync_engine)

@@ -140,6 +140,27 @@ async def test_signed_status_change_is_a_few_statements(
     assert len(seen) <= (6 if _pg(app) else 7), _short(seen)
 
 
+async def test_webhook_subscriptions_are_one_sql_text_whatever_the_number_of_recipients(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """On PostgreSQL a new referral's recipients go to the webhook subscriptions read as
+    one array parameter: one SQL text (one prepared statement) for any number of them.
+    SQLite expands an IN list, one text per number of recipients."""
+    await tf.add("clinic", "medical", ["caseworker"])
+    texts: list[str] = []
+    for recipients in (["legal"], ["legal", "clinic", "ngo"]):
+        consent = {f: dict.fromkeys(recipients, "service_provision") for f in FIELDS}
+        body = tf.seal("shelter", FIELDS, consent)
+        headers = await tf.headers("shelter")
+        with count_statements(app) as seen:
+            r = await client.post("/v1/referrals", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        subscriptions = [s for s in seen if " FROM WEBHOOK " in s]
+        assert len(subscriptions) == 1, _short(seen)
+        texts += subscriptions
+    assert (len(set(texts)) == 1) == _pg(app), texts
+
+
 async def test_every_get_route_writes_nothing_but_its_audit_event(
     app: Any, client: httpx.AsyncClient, tf: TaskForce
 ) -> None:

@@ -58,6 +58,14 @@ class Relation(StrEnum):
     RECIPIENT = "recipient"
 
 
+# The statements below are built once per shape with bind parameters (``:me``,
+# ``:now``, ``:referral_id``): building SQLAlchemy expressions costs more than
+# running them on the hot paths. ``params(who, now)`` gives the values.
+ME: BindParameter[str] = bindparam("me")
+NOW = bindparam("now", type_=UTCDateTime())
+REFERRAL_ID: BindParameter[str] = bindparam("referral_id")
+
+
 def active_grant(recipient: Any, now: Any) -> Any:
     """SQL condition: ``referral_grant`` row is an active grant to ``recipient``."""
     return and_(
@@ -67,17 +75,21 @@ def active_grant(recipient: Any, now: Any) -> Any:
     )
 
 
-def _holds_a_grant(referral_id: Any) -> Any:
-    """SQL condition: the caller (``:me``) holds an active grant (at ``:now``) on it."""
-    return exists().where(col(ReferralGrant.referral_id) == referral_id, active_grant(ME, NOW))
+def _holds_a_grant(referral_id: Any, agency: Any = ME, now: Any = NOW) -> Any:
+    """SQL condition: ``agency`` (by default the caller, ``:me``) holds an active grant
+    (at ``now``, by default ``:now``) on the referral."""
+    return exists().where(col(ReferralGrant.referral_id) == referral_id, active_grant(agency, now))
 
 
-# The statements below are built once per shape with bind parameters (``:me``,
-# ``:now``, ``:referral_id``): building SQLAlchemy expressions costs more than
-# running them on the hot paths. ``params(who, now)`` gives the values.
-ME: BindParameter[str] = bindparam("me")
-NOW = bindparam("now", type_=UTCDateTime())
-REFERRAL_ID: BindParameter[str] = bindparam("referral_id")
+def listed_agency_sees(referral_id: Any, agency: Any, kind: Any, now: Any) -> Any:
+    """SQL condition: ``agency`` (of ``kind``), listed as a recipient of the referral, may
+    see it at ``now``: any agency but law enforcement, which needs an active grant.
+
+    The rule of ``visible_referrals`` and ``relation`` (which know the caller's kind
+    and so add the grant check only for law enforcement), for a statement about
+    several agencies at once (``app.authz.webhooks``: whom a referral event reaches).
+    """
+    return or_(kind != LAW_ENFORCEMENT, _holds_a_grant(referral_id, agency, now))
 
 
 def params(who: Principal, now: datetime, **more: Any) -> dict[str, Any]:

@@ -154,6 +154,36 @@ def _fresh_pins(key_file: Path, log_key: str | None, witnesses: list[str]) -> No
         )
 
 
+def _write_key_file(
+    path: Path, server_url: str, onboarded: Onboarded, role: str, client_id: str,
+    auth_key: keys.SigningKeys,
+) -> None:
+    """A demo member's key file (mode 0600), as ``refgate keygen`` and ``configure`` leave it."""
+    _write_private(
+        path,
+        {
+            "v": 1,
+            "server": server_url,
+            "agency_id": onboarded.agency_id,
+            "client_id": client_id,
+            "role": role,
+            "enc_private": b64url_encode(onboarded.agency_keys.enc_private),
+            "sig_seed": b64url_encode(onboarded.agency_keys.sig_seed),
+            "auth_seed": b64url_encode(auth_key.seed),
+        },
+    )
+
+
+async def _still_seeded(maker: async_sessionmaker[AsyncSession], summary: dict[str, Any]) -> bool:
+    """Whether the demo of ``summary`` (its marker file) is in this database; if so its
+    services are published too (a demo seeded before the directory existed)."""
+    async with maker() as db:
+        if await db.get(Agency, summary["members"][0]["agency_id"]) is None:
+            return False
+    await _publish_services(maker, summary)
+    return True
+
+
 async def seed(
     maker: async_sessionmaker[AsyncSession],
     data_dir: Path,
@@ -163,12 +193,9 @@ async def seed(
 ) -> dict[str, Any]:
     marker = data_dir / MARKER
     if marker.exists():
-        summary: dict[str, Any] = json.loads(marker.read_text())
-        async with maker() as db:
-            first = summary["members"][0]["agency_id"]
-            if await db.get(Agency, first) is not None:
-                await _publish_services(maker, summary)  # a demo seeded before the directory
-                return summary
+        before: dict[str, Any] = json.loads(marker.read_text())
+        if await _still_seeded(maker, before):
+            return before
     system = Actor(client_id=None, agency_id=None, role="system")
     members: list[dict[str, Any]] = []
     async with maker() as db, db.begin():
@@ -177,26 +204,10 @@ async def seed(
             onboarded = await unsafe_onboard_generated(
                 db, system, name=name, kind=kind, roles=roles
             )
-            agency_keys = onboarded.agency_keys
             for client_role, (client_id, auth_key) in onboarded.clients.items():
-                path = (
-                    data_dir
-                    / "demo"
-                    / (f"{file_name}.key.json" if client_role != Role.ADMIN else "admin.key.json")
-                )
-                _write_private(
-                    path,
-                    {
-                        "v": 1,
-                        "server": server_url,
-                        "agency_id": onboarded.agency_id,
-                        "client_id": client_id,
-                        "role": client_role,
-                        "enc_private": b64url_encode(agency_keys.enc_private),
-                        "sig_seed": b64url_encode(agency_keys.sig_seed),
-                        "auth_seed": b64url_encode(auth_key.seed),
-                    },
-                )
+                owner = "admin" if client_role == Role.ADMIN else file_name
+                path = data_dir / "demo" / f"{owner}.key.json"
+                _write_key_file(path, server_url, onboarded, client_role, client_id, auth_key)
                 _fresh_pins(path, log_key, list(witnesses or []))
                 members.append(
                     {

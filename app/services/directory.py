@@ -419,6 +419,26 @@ def _item_json(row: Any) -> str:
     )
 
 
+def _filter_terms(
+    category: str | None, language: str | None, population: str | None
+) -> tuple[list[str], str | None]:
+    """The search terms of the filters given, and the language tag normalized (422 when
+    it is not a language tag)."""
+    terms: list[str] = []
+    if category:
+        terms.append(_term(CATEGORY, category))
+    if population:
+        terms.append(_term(POPULATION, population))
+    normalized: str | None = None
+    if language:
+        try:
+            normalized = langtags.normalize(language).lower()
+        except langtags.LanguageTagError as exc:
+            raise errors.Unprocessable(f"language: {exc}", slug="directory/language") from None
+        terms.append(_term(LANGUAGE, normalized))
+    return terms, normalized
+
+
 async def search(
     db: AsyncSession,
     who: Principal,
@@ -432,18 +452,7 @@ async def search(
     cursor: str | None,
 ) -> str:
     """One page of the directory as ``ServiceList`` JSON text."""
-    terms: list[str] = []
-    if category:
-        terms.append(_term(CATEGORY, category))
-    if population:
-        terms.append(_term(POPULATION, population))
-    normalized: str | None = None
-    if language:
-        try:
-            normalized = langtags.normalize(language).lower()
-        except langtags.LanguageTagError as exc:
-            raise errors.Unprocessable(f"language: {exc}", slug="directory/language") from None
-        terms.append(_term(LANGUAGE, normalized))
+    terms, normalized = _filter_terms(category, language, population)
     postgres = is_postgres(db, DirectoryService)
     values: dict[str, Any] = {"limit": limit + 1}
     if postgres:

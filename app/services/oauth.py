@@ -104,16 +104,9 @@ def _check_claims(
     return jti, exp
 
 
-async def issue_token(
-    db: AsyncSession,
-    form: Mapping[str, str],
-    *,
-    audience: str,
-    issuer: str,
-    settings: Settings,
-    server_keys: ServerKeys,
-) -> tuple[dict[str, Any], Actor]:
-    """The token response body, and who it was issued to (for the per-client limit)."""
+async def _asserting_client(db: AsyncSession, form: Mapping[str, str]) -> tuple[ApiClient, str]:
+    """The registered client the form's assertion claims to come from, and the
+    assertion (not yet verified)."""
     if form.get("grant_type") != "client_credentials":
         raise errors.OAuthError(
             "unsupported_grant_type", "only client_credentials is supported", status=400
@@ -131,9 +124,14 @@ async def issue_token(
         )
     client_var.set(client.client_id)  # claimed, not yet proven: for the access log only
     agency_var.set(client.agency_id)
+    return client, assertion
+
+
+def _signed_claims(client: ApiClient, assertion: str) -> Mapping[str, Any]:
+    """The assertion's claims, once its signature verifies with the client's key."""
     try:
         public = b64url_decode(client.auth_public_key, length=32)
-        claims = decode_jws(assertion, okp_public(public)).claims
+        return decode_jws(assertion, okp_public(public)).claims
     except (JoseError, ValueError, EncodingError):
         raise _refuse(
             "bad_signature",
@@ -142,7 +140,13 @@ async def issue_token(
             " from an earlier keygen, or another agency's, signs with another key)",
             client,
         ) from None
-    jti, exp = _check_claims(claims, audience=audience, settings=settings, client=client)
+
+
+async def _refuse_inactive_or_replayed(
+    db: AsyncSession, client: ApiClient, jti: str, exp: int
+) -> None:
+    """Refuse a client (or agency) no longer active, then spend the assertion's ``jti``
+    (refused if already spent)."""
     agency = await db.get(Agency, client.agency_id)
     if (
         client.status != ClientStatus.ACTIVE
@@ -153,10 +157,26 @@ async def issue_token(
     fresh = await insert_ignore(
         db,
         UsedAssertion,
-        {"client_id": client_id, "jti": jti, "expires_at": datetime.fromtimestamp(exp, UTC)},
+        {"client_id": client.client_id, "jti": jti, "expires_at": datetime.fromtimestamp(exp, UTC)},
     )
     if not fresh:
         raise _refuse("replay", "this assertion was already used", client)
+
+
+async def issue_token(
+    db: AsyncSession,
+    form: Mapping[str, str],
+    *,
+    audience: str,
+    issuer: str,
+    settings: Settings,
+    server_keys: ServerKeys,
+) -> tuple[dict[str, Any], Actor]:
+    """The token response body, and who it was issued to (for the per-client limit)."""
+    client, assertion = await _asserting_client(db, form)
+    claims = _signed_claims(client, assertion)
+    jti, exp = _check_claims(claims, audience=audience, settings=settings, client=client)
+    await _refuse_inactive_or_replayed(db, client, jti, exp)
     ttl = settings.auth.access_token_ttl
     token, scopes = issue_access_token(server_keys, issuer=issuer, client=client, ttl=ttl)
     issued_to = Actor(client_id=client.client_id, agency_id=client.agency_id, role=client.role)

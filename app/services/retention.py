@@ -128,18 +128,10 @@ async def _count(db: AsyncSession, table: Any, condition: Any) -> int:
     return int(await db.scalar(select(func.count()).select_from(table).where(condition)) or 0)
 
 
-async def purge(
-    db: AsyncSession,
-    settings: Settings,
-    now: datetime | None = None,
-    *,
-    dry_run: bool = False,
-    actor: Actor | None = None,
-) -> PurgeReport:
-    """Purge in the caller's transaction (flush only); ``dry_run`` changes nothing."""
-    now = now or utcnow()
+async def _choose(db: AsyncSession, settings: Settings, now: datetime, report: PurgeReport) -> None:
+    """Pick at most ``batch_size`` referrals due for purge (withdrawn, closed, consent
+    expired: the first reason found counts), into ``report``."""
     cfg = settings.retention
-    report = PurgeReport(dry_run=dry_run)
     chosen: dict[str, str] = {}
     limit = cfg.batch_size
     for reason, ids in (
@@ -150,22 +142,27 @@ async def purge(
         for rid in ids:
             if len(chosen) < limit:
                 chosen.setdefault(rid, reason)
-    ids = sorted(chosen)
-    report.referral_ids = ids
-    report.referrals = len(ids)
+    report.referral_ids = sorted(chosen)
+    report.referrals = len(chosen)
     for reason in chosen.values():
         setattr(report, reason, getattr(report, reason) + 1)
-    if not is_postgres(db, Referral) and not dry_run:
-        await db.execute(text("PRAGMA secure_delete = ON"))
-    stale_keys = _expired_key_condition(now)
-    if dry_run:
-        if ids:
-            report.fields = await _count(db, ReferralField, col(ReferralField.referral_id).in_(ids))
-            report.wrapped_keys = await _count(db, WrappedKey, col(WrappedKey.referral_id).in_(ids))
-        report.expired_grant_keys = await _count(
-            db, WrappedKey, and_(stale_keys, col(WrappedKey.referral_id).not_in(ids))
-        )
-        return report
+
+
+async def _count_what_would_go(db: AsyncSession, report: PurgeReport, stale_keys: Any) -> None:
+    """The dry run: count the rows a purge would delete, change nothing."""
+    ids = report.referral_ids
+    if ids:
+        report.fields = await _count(db, ReferralField, col(ReferralField.referral_id).in_(ids))
+        report.wrapped_keys = await _count(db, WrappedKey, col(WrappedKey.referral_id).in_(ids))
+    report.expired_grant_keys = await _count(
+        db, WrappedKey, and_(stale_keys, col(WrappedKey.referral_id).not_in(ids))
+    )
+
+
+async def _delete(db: AsyncSession, report: PurgeReport, stale_keys: Any, now: datetime) -> None:
+    """Delete the chosen referrals' fields and wrapped keys (marking them purged) and every
+    wrapped key whose grant ended, counting the rows into ``report``."""
+    ids = report.referral_ids
     if ids:
         # a DELETE's result is a CursorResult (AsyncSession.execute is typed as Result)
         report.fields = cast(
@@ -185,6 +182,27 @@ async def purge(
     report.expired_grant_keys = cast(
         CursorResult[Any], await db.execute(delete(WrappedKey).where(stale_keys))
     ).rowcount
+
+
+async def purge(
+    db: AsyncSession,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    dry_run: bool = False,
+    actor: Actor | None = None,
+) -> PurgeReport:
+    """Purge in the caller's transaction (flush only); ``dry_run`` changes nothing."""
+    now = now or utcnow()
+    report = PurgeReport(dry_run=dry_run)
+    await _choose(db, settings, now, report)
+    stale_keys = _expired_key_condition(now)
+    if dry_run:
+        await _count_what_would_go(db, report, stale_keys)
+        return report
+    if not is_postgres(db, Referral):
+        await db.execute(text("PRAGMA secure_delete = ON"))
+    await _delete(db, report, stale_keys, now)
     if report.referrals or report.expired_grant_keys:
         detail = report.as_dict()
         detail.pop("dry_run")

@@ -229,9 +229,8 @@ async def _fold_directory(
     return keydir.root_of(keydir.sorted_leaves(state))
 
 
-async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool = False) -> int:
-    """Integrate up to ``batch_size`` pending events in the caller's transaction
-    (after putting lost events back in the queue when ``sweep``)."""
+async def _lock_tree(session: AsyncSession) -> int:
+    """Lock the tree state row (one sequencer at a time) and return the tree size."""
     locked = (
         await session.execute(
             update(AuditTreeState)
@@ -240,23 +239,61 @@ async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool
             .returning(col(AuditTreeState.size))
         )
     ).scalar_one()
-    size = int(locked)
-    postgres = is_postgres(session, AuditTreeState)
+    return int(locked)
+
+
+async def _pending(session: AsyncSession, pg: Any, batch_size: int) -> Sequence[Any]:
+    """Up to ``batch_size`` queued (event id, canonical event), oldest first; through
+    the asyncpg connection ``pg`` on PostgreSQL (None on SQLite)."""
+    if pg is not None:
+        rows: Sequence[Any] = await pg.fetch(_PG_PENDING, batch_size)
+        return rows
+    return (
+        await session.execute(
+            select(col(AuditPending.event_id), col(AuditEvent.canonical))
+            .join(AuditEvent, col(AuditEvent.id) == col(AuditPending.event_id))
+            .order_by(col(AuditPending.event_id))
+            .limit(batch_size)
+        )
+    ).all()
+
+
+async def _store_leaves(
+    session: AsyncSession,
+    pg: Any,
+    size: int,
+    event_ids: Sequence[int],
+    leaves: Sequence[bytes],
+    new_nodes: Sequence[tuple[int, int, bytes]],
+) -> None:
+    """Write the new leaves and nodes and dequeue their events (by COPY on PostgreSQL,
+    through ``pg``; by executemany on SQLite)."""
+    if pg is not None:
+        await copy_tree_rows(pg, size, event_ids, leaves, new_nodes)
+        await pg.fetchval(_PG_DEQUEUE, event_ids)
+        return
+    await session.execute(
+        insert(table_of(AuditLeaf)),
+        [
+            {"seq": size + i, "event_id": event_id, "leaf_hash": leaves[i]}
+            for i, event_id in enumerate(event_ids)
+        ],
+    )
+    await session.execute(
+        insert(table_of(AuditNode)),
+        [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes],
+    )
+    await session.execute(delete(AuditPending).where(col(AuditPending.event_id).in_(event_ids)))
+
+
+async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool = False) -> int:
+    """Integrate up to ``batch_size`` pending events in the caller's transaction
+    (after putting lost events back in the queue when ``sweep``)."""
+    size = await _lock_tree(session)
     if sweep:
         await requeue_lost(session)
-    pending: Sequence[Any]
-    if postgres:
-        pg = await _driver_connection(session)
-        pending = await pg.fetch(_PG_PENDING, batch_size)
-    else:
-        pending = (
-            await session.execute(
-                select(col(AuditPending.event_id), col(AuditEvent.canonical))
-                .join(AuditEvent, col(AuditEvent.id) == col(AuditPending.event_id))
-                .order_by(col(AuditPending.event_id))
-                .limit(batch_size)
-            )
-        ).all()
+    pg = await _driver_connection(session) if is_postgres(session, AuditTreeState) else None
+    pending = await _pending(session, pg, batch_size)
     if not pending:
         return 0
     coords = merkle.frontier_coords(size)
@@ -265,23 +302,7 @@ async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool
     leaf_hash = merkle.leaf_hash
     leaves = [leaf_hash(canonical.encode("utf-8")) for _, canonical in pending]
     new_nodes, new_frontier = merkle.append_leaves(size, frontier, leaves)
-    event_ids = [row[0] for row in pending]
-    if postgres:
-        await copy_tree_rows(pg, size, event_ids, leaves, new_nodes)
-        await pg.fetchval(_PG_DEQUEUE, event_ids)
-    else:
-        await session.execute(
-            insert(table_of(AuditLeaf)),
-            [
-                {"seq": size + i, "event_id": event_id, "leaf_hash": leaves[i]}
-                for i, event_id in enumerate(event_ids)
-            ],
-        )
-        await session.execute(
-            insert(table_of(AuditNode)),
-            [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in new_nodes],
-        )
-        await session.execute(delete(AuditPending).where(col(AuditPending.event_id).in_(event_ids)))
+    await _store_leaves(session, pg, size, [row[0] for row in pending], leaves, new_nodes)
     head: dict[str, Any] = {
         "size": size + len(pending),
         "root": merkle.root_from_frontier(new_frontier),

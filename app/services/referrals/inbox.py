@@ -3,6 +3,7 @@ the sent box), items built directly as JSON text."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from sqlmodel import col
 
-from app import authz, vocab
+from app import authz
 from app.cursor import decode_time_id as _decode_cursor
 from app.cursor import encode_time_id as _encode_cursor
 from app.db import core
@@ -78,6 +79,22 @@ def _summary(r: Any, statuses: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+async def _items(db: AsyncSession, who: Principal, box: str, rows: Sequence[Any]) -> list[str]:
+    """A page's rows as ``ReferralSummary`` JSON text: a sent item with every recipient's
+    status (one more statement), a received one with the caller's own status and request."""
+    if box == "sent":
+        statuses = await _status_dicts(db, [r.id for r in rows])
+        return [_ENCODE({**_summary(r, statuses[r.id]), "request": None}) for r in rows]
+    return [
+        # the stored request is canonical JSON we wrote: spliced in, not re-encoded
+        _ENCODE(_summary(r, [_status_dict(
+            who.agency_id, r.status, r.reason, r.note, r.signed_at, r.status_signature,
+            r.updated_at,
+        )]))[:-1] + ',"request":' + r.request_json + "}"
+        for r in rows
+    ]
+
+
 async def list_page(
     db: AsyncSession,
     who: Principal,
@@ -106,28 +123,12 @@ async def list_page(
     if status:
         values["status_filter"] = status
     stmt = _page_query(
-        box,
-        who.agency_kind == vocab.AgencyKind.LAW_ENFORCEMENT,
-        bool(urgency),
-        bool(since),
-        bool(status),
-        bool(cursor),
+        box, who.law_enforcement, bool(urgency), bool(since), bool(status), bool(cursor)
     )
     rows = (await (await core(db)).execute(stmt, values)).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    if box == "sent":
-        statuses = await _status_dicts(db, [r.id for r in rows])
-        items = [_ENCODE({**_summary(r, statuses[r.id]), "request": None}) for r in rows]
-    else:
-        items = [
-            # the stored request is canonical JSON we wrote: spliced in, not re-encoded
-            _ENCODE(_summary(r, [_status_dict(
-                who.agency_id, r.status, r.reason, r.note, r.signed_at, r.status_signature,
-                r.updated_at,
-            )]))[:-1] + ',"request":' + r.request_json + "}"
-            for r in rows
-        ]
+    items = await _items(db, who, box, rows)
     await audit.record(
         db,
         who.actor,

@@ -76,43 +76,45 @@ class DispatchReport:
     dead: int = 0
 
 
+async def _lease_due(db: AsyncSession, settings: WebhookSettings, now: datetime) -> list[str]:
+    """Push the due pending deliveries' ``next_attempt_at`` forward by a lease (counting
+    the attempt) and return their ids; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL."""
+    due = (
+        select(col(WebhookDelivery.id))
+        .where(
+            col(WebhookDelivery.status) == DeliveryStatus.PENDING,
+            col(WebhookDelivery.next_attempt_at) <= now,
+        )
+        .order_by(col(WebhookDelivery.next_attempt_at))
+        .limit(settings.batch_size)
+    )
+    if is_postgres(db, WebhookDelivery):
+        due = due.with_for_update(skip_locked=True)
+    leased = await db.execute(
+        update(WebhookDelivery)
+        .where(
+            col(WebhookDelivery.id).in_(due.scalar_subquery()),
+            col(WebhookDelivery.status) == DeliveryStatus.PENDING,
+            col(WebhookDelivery.next_attempt_at) <= now,
+        )
+        .values(
+            attempts=col(WebhookDelivery.attempts) + 1,
+            last_attempt_at=now,
+            next_attempt_at=now + _lease(settings),
+        )
+        .returning(col(WebhookDelivery.id))
+        .execution_options(synchronize_session=False)
+    )
+    return list(leased.scalars().all())
+
+
 async def _claim(
     maker: async_sessionmaker[AsyncSession], settings: WebhookSettings
 ) -> list[_Claimed]:
+    """Lease the due deliveries (in a transaction of their own) with what sending needs."""
     now = utcnow()
     async with maker() as db, db.begin():
-        due = (
-            select(col(WebhookDelivery.id))
-            .where(
-                col(WebhookDelivery.status) == DeliveryStatus.PENDING,
-                col(WebhookDelivery.next_attempt_at) <= now,
-            )
-            .order_by(col(WebhookDelivery.next_attempt_at))
-            .limit(settings.batch_size)
-        )
-        if is_postgres(db, WebhookDelivery):
-            due = due.with_for_update(skip_locked=True)
-        ids = (
-            (
-                await db.execute(
-                    update(WebhookDelivery)
-                    .where(
-                        col(WebhookDelivery.id).in_(due.scalar_subquery()),
-                        col(WebhookDelivery.status) == DeliveryStatus.PENDING,
-                        col(WebhookDelivery.next_attempt_at) <= now,
-                    )
-                    .values(
-                        attempts=col(WebhookDelivery.attempts) + 1,
-                        last_attempt_at=now,
-                        next_attempt_at=now + _lease(settings),
-                    )
-                    .returning(col(WebhookDelivery.id))
-                    .execution_options(synchronize_session=False)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        ids = await _lease_due(db, settings, now)
         if not ids:
             return []
         rows = await db.execute(
@@ -128,7 +130,7 @@ async def _claim(
                 col(Webhook.id),
             )
             .join(Webhook, col(Webhook.id) == col(WebhookDelivery.webhook_id))
-            .where(col(WebhookDelivery.id).in_(list(ids)))
+            .where(col(WebhookDelivery.id).in_(ids))
             .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
         )
         return [_Claimed(*row) for row in rows]

@@ -1,6 +1,6 @@
 """The transactional outbox: delivery rows inserted in the caller's transaction, for the
-subscribed webhooks of agencies that may see the referral (``enqueue``) or of the whole
-task force (``broadcast``)."""
+subscribed webhooks of agencies that may see the referral (``enqueue``; who may see it is
+``app.authz.webhooks``'s rule) or of the whole task force (``broadcast``)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import bindparam, exists, insert, or_, select
+from sqlalchemy import Text, any_, bindparam, insert, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.authz import active_grant
+from app.authz import webhooks as webhook_policy
+from app.dialect import is_postgres
 from app.models.schemas import rfc3339
-from app.models.tables import Agency, ReferralGrant
+from app.models.tables import Agency
 from app.models.types import UTCDateTime, utcnow
 from app.models.webhook_schemas import EventType
 from app.models.webhook_tables import Webhook, WebhookDelivery
-from app.vocab import AgencyKind, AgencyStatus, DeliveryStatus
+from app.vocab import AgencyStatus, DeliveryStatus
 
 
 def _message_id() -> str:
@@ -34,26 +36,30 @@ def _payload(event: EventType, ts: str, data: Mapping[str, Any]) -> str:
     )
 
 
-# The subscriptions an event goes to, built once with bind parameters (a
-# statement built per call costs more CPU than running it).
-_SUBSCRIBED = (
-    select(col(Webhook.id), col(Webhook.agency_id), col(Webhook.event_types))
+# The subscriptions of the active ``targets`` agencies (``_SUBSCRIBED``), of those that
+# may see the referral (``_SUBSCRIBED_VISIBLE``, by ``app.authz.webhooks``), each
+# built once with bind parameters (a statement built per call costs more CPU than
+# running it). On PostgreSQL the agencies are one array parameter (``= ANY``): one
+# SQL text, and one prepared statement, whatever their number, where an expanding
+# IN is rendered anew for each length. SQLite keeps the expanding IN.
+_TARGETS = {
+    True: col(Webhook.agency_id) == any_(bindparam("targets", type_=postgresql.ARRAY(Text))),
+    False: col(Webhook.agency_id).in_(bindparam("targets", expanding=True)),
+}
+_SUBSCRIBED = {
+    pg: select(col(Webhook.id), col(Webhook.agency_id), col(Webhook.event_types))
     .join(Agency, col(Agency.id) == col(Webhook.agency_id))
-    .where(
-        col(Webhook.agency_id).in_(bindparam("targets", expanding=True)),
-        col(Agency.status) == AgencyStatus.ACTIVE,
+    .where(targets, col(Agency.status) == AgencyStatus.ACTIVE)
+    for pg, targets in _TARGETS.items()
+}
+_SUBSCRIBED_VISIBLE = {
+    pg: stmt.where(
+        webhook_policy.sees_the_referral(
+            bindparam("referral_id"), bindparam("now", type_=UTCDateTime())
+        )
     )
-)
-# ... of agencies that may see the referral: law enforcement only with an active grant
-_SUBSCRIBED_VISIBLE = _SUBSCRIBED.where(
-    or_(
-        col(Agency.kind) != AgencyKind.LAW_ENFORCEMENT,
-        exists().where(
-            col(ReferralGrant.referral_id) == bindparam("referral_id"),
-            active_grant(col(Webhook.agency_id), bindparam("now", type_=UTCDateTime())),
-        ),
-    )
-)
+    for pg, stmt in _SUBSCRIBED.items()
+}
 
 
 async def enqueue(
@@ -72,7 +78,7 @@ async def enqueue(
     if not targets:
         return 0
     now = utcnow()
-    stmt = _SUBSCRIBED_VISIBLE if visible_only else _SUBSCRIBED
+    stmt = (_SUBSCRIBED_VISIBLE if visible_only else _SUBSCRIBED)[is_postgres(db, Webhook)]
     params = {"targets": list(targets), "referral_id": referral_id, "now": now}
     hooks = [
         (hook_id, agency_id)

@@ -1,5 +1,6 @@
 """Subscriptions as their agency manages them: create, list, remove, rotate the secret,
-list deliveries and replay a dead-lettered one. Another agency's webhook is as missing."""
+list deliveries and replay a dead-lettered one. Another agency's webhook is as missing
+(the rule lives in ``app.authz.webhooks``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app import errors
+from app.authz import webhooks as webhook_policy
 from app.config import Settings
 from app.crypto.webhook_signature import new_secret
 from app.cursor import decode_time_id, encode_time_id
@@ -45,21 +47,12 @@ def _webhook_out(w: Webhook) -> WebhookOut:
     )
 
 
-def _not_found(who: Principal, action: Action, webhook_id: str, what: str) -> errors.NotFound:
-    return errors.NotFound(
-        f"no such {what}",
-        audit=audit.denied(who.actor, action, "webhook", webhook_id, {"reason": "not visible"}),
-    )
-
-
 async def _owned(
     db: AsyncSession, who: Principal, webhook_id: str, action: Action, *, lock: bool = False
 ) -> Webhook:
-    """The caller's agency's webhook, or 404 (another agency's is as missing)."""
+    """The caller's agency's webhook, or 404 (``app.authz.webhooks.owned``)."""
     hook = await db.get(Webhook, webhook_id, with_for_update=lock)
-    if hook is None or hook.agency_id != who.agency_id:
-        raise _not_found(who, action, webhook_id, "webhook")
-    return hook
+    return webhook_policy.owned(who, hook, webhook_id, action)
 
 
 async def create(
@@ -70,7 +63,7 @@ async def create(
     except TargetRefused as exc:
         raise errors.Unprocessable(str(exc), slug="webhook/target-refused") from None
     count = await db.scalar(
-        select(func.count()).select_from(Webhook).where(col(Webhook.agency_id) == who.agency_id)
+        select(func.count()).select_from(Webhook).where(webhook_policy.of_own_agency(who))
     )
     if (count or 0) >= settings.webhooks.max_per_agency:
         raise errors.Conflict(
@@ -107,7 +100,7 @@ async def create(
 async def list_for(db: AsyncSession, who: Principal) -> list[WebhookOut]:
     hooks = await db.scalars(
         select(Webhook)
-        .where(col(Webhook.agency_id) == who.agency_id)
+        .where(webhook_policy.of_own_agency(who))
         .order_by(col(Webhook.created_at), col(Webhook.id))
     )
     return [_webhook_out(h) for h in hooks]
@@ -215,7 +208,7 @@ async def replay(
     hook = await _owned(db, who, webhook_id, Action.WEBHOOK_REPLAY)
     row = await db.get(WebhookDelivery, delivery_id, with_for_update=True)
     if row is None or row.webhook_id != hook.id:
-        raise _not_found(who, Action.WEBHOOK_REPLAY, webhook_id, "delivery")
+        raise webhook_policy.not_found(who, Action.WEBHOOK_REPLAY, webhook_id, "delivery")
     if row.status != DeliveryStatus.DEAD:
         raise errors.Conflict(
             f"only a dead-lettered delivery can be replayed; this one is {row.status}",
