@@ -783,3 +783,25 @@ async def test_webhook_listen_verifies_and_prints_each_delivery(
     assert ok[2] == "referral.received"
     assert json.loads(ok[3])["referral_id"] == body["manifest"]["referral_id"]
     assert lines[1].startswith("FAIL msg_forged")
+
+
+async def test_a_law_enforcement_sender_hears_of_its_own_referrals_status(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce, http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """The law-enforcement rule (an active grant needed) is about referrals an agency
+    receives; a law-enforcement sender hears of its referral's status like any sender
+    (its own grants, which let it open what it sent, are active)."""
+    hook = await _subscribe(client, tf, "police", receiver.url + "/police")
+    consent = {"full_name": {"legal": "service_provision"}}
+    body = tf.seal("police", {"full_name": "secret full_name"}, consent)
+    r = await client.post("/v1/referrals", json=body, headers=await tf.headers("police"))
+    assert r.status_code == 201, r.text
+    rid = body["manifest"]["referral_id"]
+    r = await _post_status(client, tf, "legal", rid, "accepted", "caseworker")
+    assert r.status_code == 200, r.text
+    await _dispatch(app, http)
+    (delivery,) = [q for q in receiver.requests if q.path == "/police"]
+    payload = verify_webhook(hook["secret"], delivery.headers, delivery.body)
+    assert payload["type"] == "referral.status_changed"
+    assert payload["data"]["status"] == "accepted"
+    assert payload["data"]["recipient"] == tf["legal"].agency_id
