@@ -322,88 +322,129 @@ def _check_directory(run: _Run, cp: Checkpoint, state: dict[str, dict[str, Any]]
     )
 
 
-async def _check_events(run: _Run, cp: Checkpoint) -> None:
-    now = run.started
-    directory: dict[str, dict[str, Any]] = {}
-    builder = merkle.RootBuilder()
-    leaves = _LeafStore()
-    root_at_size = merkle.EMPTY_ROOT if cp.size == 0 else None
-    expected = 0
+@dataclass
+class _Scan:
+    """What reading the export gathered, position by position, for the verdict."""
+
+    cp: Checkpoint
+    leaves: _LeafStore
+    builder: merkle.RootBuilder = field(default_factory=merkle.RootBuilder)
+    # the key directory replayed from the key events of the first ``cp.size`` positions
+    directory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    root_at_size: bytes | None = None
+    expected: int = 0
     first_leaf_mismatch: int | None = None
-    order_broken = False
+    order_broken: bool = False
+
+
+async def _check_events(run: _Run, cp: Checkpoint) -> None:
+    """Full check (module docstring, 3 and 4): read the whole export, then judge the tree."""
+    scan = _Scan(cp=cp, leaves=_LeafStore())
+    if cp.size == 0:
+        scan.root_at_size = merkle.EMPTY_ROOT
     try:
-        async with run.http.stream(
-            "GET", "/v1/audit/export", params={"format": "ndjson"}
-        ) as r:
-            if r.status_code != 200:
-                await r.aread()
-                raise run.abort(f"/v1/audit/export answered {r.status_code}: {_problem_detail(r)}")
-            async for line in r.aiter_lines():
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                    seq, event, served = item["seq"], item["event"], item["leaf_hash"]
-                except (ValueError, KeyError, TypeError):
-                    raise run.abort("export line is not a log item", expected) from None
-                if seq is None:  # not sequenced yet: no position to check, but not for long
-                    _held_out(run, event, now)
-                    continue
-                if not isinstance(seq, int) or isinstance(seq, bool):
-                    raise run.abort("export line has a non-integer seq", expected)
-                if seq != expected:
-                    if seq > expected:
-                        run.fail(f"gap in the log: seq {expected} missing (next served is {seq})",
-                                 expected)
-                    else:
-                        run.fail(f"log out of order: seq {seq} served after seq {expected - 1}",
-                                 seq)
-                    order_broken = True
-                    break
-                try:
-                    leaf = merkle.leaf_hash(canonical_json(event))
-                except CanonicalizationError as exc:
-                    raise run.abort(f"event has no canonical form ({exc})", seq) from None
-                try:
-                    served_leaf = b64_decode(served, length=merkle.HASH_SIZE)
-                except (EncodingError, TypeError):
-                    served_leaf = b""
-                if not hmac.compare_digest(served_leaf, leaf) and first_leaf_mismatch is None:
-                    first_leaf_mismatch = seq
-                    run.fail("event does not match its served leaf hash (event rewritten)", seq)
-                if seq < cp.size:
-                    builder.append(leaf)
-                    leaves.append(leaf)
-                    keydir.apply_event(directory, seq, event)
-                    if builder.size == cp.size:
-                        root_at_size = builder.root()
-                expected += 1
-        run.report.events_checked = expected
-        if order_broken:
-            return
-        if expected < cp.size:
-            run.fail(
-                f"missing events: the checkpoint covers {cp.size} events but the export "
-                f"serves {expected}; first missing",
-                expected,
-            )
-            return
-        if root_at_size is not None and hmac.compare_digest(root_at_size, cp.root):
-            run.say(f"ok: {cp.size} events rebuild the signed root; {expected} events checked")
-            _check_directory(run, cp, directory)
-            return
-        if first_leaf_mismatch is not None:
-            run.fail(f"root of the first {cp.size} events differs from the signed root")
-            return
-        bad = await _bisect(run, cp, leaves)
-        run.fail(
-            "event is not the one the signed tree holds (event and leaf hash both rewritten)",
-            bad,
-        )
+        await _read_export(run, scan)
+        run.report.events_checked = scan.expected
+        if not scan.order_broken:
+            await _judge_tree(run, scan)
     except httpx.HTTPError as exc:
-        run.fail(f"export failed: {type(exc).__name__}: {exc}", expected)
+        run.fail(f"export failed: {type(exc).__name__}: {exc}", scan.expected)
     finally:
-        leaves.close()
+        scan.leaves.close()
+
+
+async def _read_export(run: _Run, scan: _Scan) -> None:
+    """Stream the NDJSON export, checking and recording each position in turn; stops at
+    the first gap or out-of-order position (``order_broken``)."""
+    async with run.http.stream("GET", "/v1/audit/export", params={"format": "ndjson"}) as r:
+        if r.status_code != 200:
+            await r.aread()
+            raise run.abort(f"/v1/audit/export answered {r.status_code}: {_problem_detail(r)}")
+        async for line in r.aiter_lines():
+            if not line.strip():
+                continue
+            seq, event, served = _log_item(run, line, scan.expected)
+            if seq is None:  # not sequenced yet: no position to check, but not for long
+                _held_out(run, event, run.started)
+                continue
+            if not _in_order(run, scan, seq):
+                scan.order_broken = True
+                return
+            _record(run, scan, seq, event, served)
+            scan.expected += 1
+
+
+def _log_item(run: _Run, line: str, expected: int) -> tuple[int | None, Any, Any]:
+    """(seq, event, served leaf hash) of one export line; seq is None for an event the
+    sequencer has not placed yet."""
+    try:
+        item = json.loads(line)
+        seq, event, served = item["seq"], item["event"], item["leaf_hash"]
+    except (ValueError, KeyError, TypeError):
+        raise run.abort("export line is not a log item", expected) from None
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise run.abort("export line has a non-integer seq", expected)
+    return seq, event, served
+
+
+def _in_order(run: _Run, scan: _Scan, seq: int) -> bool:
+    """Whether ``seq`` is the next position; a gap or a step back FAILs."""
+    expected = scan.expected
+    if seq == expected:
+        return True
+    if seq > expected:
+        run.fail(f"gap in the log: seq {expected} missing (next served is {seq})", expected)
+    else:
+        run.fail(f"log out of order: seq {seq} served after seq {expected - 1}", seq)
+    return False
+
+
+def _record(run: _Run, scan: _Scan, seq: int, event: Any, served: Any) -> None:
+    """Recompute the leaf hash of the event at ``seq``, compare it with the served one
+    (the first mismatch FAILs) and, inside the checkpoint, add it to the tree and replay
+    it into the key directory."""
+    try:
+        leaf = merkle.leaf_hash(canonical_json(event))
+    except CanonicalizationError as exc:
+        raise run.abort(f"event has no canonical form ({exc})", seq) from None
+    try:
+        served_leaf = b64_decode(served, length=merkle.HASH_SIZE)
+    except (EncodingError, TypeError):
+        served_leaf = b""
+    if not hmac.compare_digest(served_leaf, leaf) and scan.first_leaf_mismatch is None:
+        scan.first_leaf_mismatch = seq
+        run.fail("event does not match its served leaf hash (event rewritten)", seq)
+    if seq < scan.cp.size:
+        scan.builder.append(leaf)
+        scan.leaves.append(leaf)
+        keydir.apply_event(scan.directory, seq, event)
+        if scan.builder.size == scan.cp.size:
+            scan.root_at_size = scan.builder.root()
+
+
+async def _judge_tree(run: _Run, scan: _Scan) -> None:
+    """After a complete, ordered export: every position present, the rebuilt root the
+    signed one (then the key directory), else name the first event not in the tree."""
+    cp = scan.cp
+    if scan.expected < cp.size:
+        run.fail(
+            f"missing events: the checkpoint covers {cp.size} events but the export "
+            f"serves {scan.expected}; first missing",
+            scan.expected,
+        )
+        return
+    if scan.root_at_size is not None and hmac.compare_digest(scan.root_at_size, cp.root):
+        run.say(f"ok: {cp.size} events rebuild the signed root; {scan.expected} events checked")
+        _check_directory(run, cp, scan.directory)
+        return
+    if scan.first_leaf_mismatch is not None:
+        run.fail(f"root of the first {cp.size} events differs from the signed root")
+        return
+    bad = await _bisect(run, cp, scan.leaves)
+    run.fail(
+        "event is not the one the signed tree holds (event and leaf hash both rewritten)",
+        bad,
+    )
 
 
 def _check_witnesses(run: _Run, note: str, witnesses: Sequence[str], quorum: int) -> None:

@@ -565,8 +565,25 @@ async def cmd_audit_report(rc: RefgateClient, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``refgate`` parser: global flags, then one builder per command group (in the
+    order ``refgate --help`` lists them)."""
     p = _Parser(prog="refgate", description="Client of a refgate referral gateway.",
                 epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_global_flags(p)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_setup_commands(sub)
+    directory_cli.add_commands(sub)
+    _add_send_command(sub)
+    _add_recipient_commands(sub)
+    _add_sender_commands(sub)
+    _add_audit_commands(sub)
+    _add_webhook_commands(sub)
+    describe_options(p)
+    return p
+
+
+def _add_global_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that come before the command."""
     p.add_argument("--key-file", help="agency key file (default: $REFGATE_KEY_FILE)")
     p.add_argument("--server", help="gateway URL (overrides the key file's)")
     p.add_argument("--json", action="store_true",
@@ -577,8 +594,10 @@ def parser() -> argparse.ArgumentParser:
                    help="environment variable holding the key file passphrase")
     p.add_argument("--log-key", help="audit log verifier key to pin (default: $REFGATE_LOG_KEY, "
                                      "else trust the server's on first use)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+
+def _add_setup_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """keygen, configure, roles, token and agencies: the key file and who is who."""
     sp = sub.add_parser("keygen", help="create a key file with fresh agency and client keys")
     sp.add_argument("--out", help="where to write it (default: --key-file)")
     sp.add_argument("--passphrase", action="store_true", help="seal it with a passphrase")
@@ -604,8 +623,10 @@ def parser() -> argparse.ArgumentParser:
                    "may do").set_defaults(local=cmd_roles)
     sub.add_parser("token", help="print an access token").set_defaults(remote=cmd_token)
     sub.add_parser("agencies", help="list the directory").set_defaults(remote=cmd_agencies)
-    directory_cli.add_commands(sub)
 
+
+def _add_send_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """send: encrypt and send a referral, or re-send one saved in the outbox."""
     sp = sub.add_parser("send", help="encrypt and send a referral")
     sp.add_argument("--to", action="append", metavar="AGENCY",
                     help="recipient: its id or the start of its name, as refgate find shows it "
@@ -631,6 +652,9 @@ def parser() -> argparse.ArgumentParser:
                          "interrupted or failed send; never creates a second referral")
     sp.set_defaults(remote=cmd_send)
 
+
+def _add_recipient_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """inbox, show and status: what was sent to (or by) this agency, and answering it."""
     sp = sub.add_parser("inbox", help="list received (or --sent) referrals")
     sp.add_argument("--sent", action="store_true")
     sp.add_argument("--status")
@@ -652,6 +676,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--note", help="note for the sender (encrypted to the sender)")
     sp.set_defaults(remote=cmd_status)
 
+
+def _add_sender_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """grant, revoke and withdraw: the sender changing a referral it sent."""
     sp = sub.add_parser("grant", help="widen consent on a referral you sent")
     sp.add_argument("referral_id")
     sp.add_argument("--consent", action="append", metavar="FIELD:AGENCY_ID:PURPOSE")
@@ -675,6 +702,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("referral_id")
     sp.set_defaults(remote=cmd_withdraw)
 
+
+def _add_audit_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """audit verify and audit report: the audit log checked from outside the server."""
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     sp = audit_sub.add_parser("verify", help="verify checkpoints, proofs and (--full) every event")
@@ -699,6 +729,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("referral_id")
     sp.add_argument("--csv", action="store_true", help="CSV instead of a table")
     sp.set_defaults(remote=cmd_audit_report)
+
+
+def _add_webhook_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """webhook listen: receive and verify webhooks locally."""
     wh = sub.add_parser("webhook", help="webhook tools").add_subparsers(
         dest="webhook_command", required=True, parser_class=_Parser
     )
@@ -706,8 +740,6 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8787)
     sp.add_argument("--secret", required=True, help="the whsec_ secret shown when subscribing")
     sp.set_defaults(local=lambda a: webhook_listen.listen(a.port, a.secret, sys.stdout))
-    describe_options(p)
-    return p
 
 
 async def _run_remote(

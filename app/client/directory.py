@@ -16,12 +16,10 @@ still verified against the audit log when a referral is sealed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from app.client.agencies import AgencyMethods
 from app.client.results import Agency, Page
-
-if TYPE_CHECKING:
-    import httpx
 
 UNSET: Any = object()
 """``set_capacity(available=UNSET)`` leaves ``available`` as it is (None sets it unknown)."""
@@ -83,21 +81,8 @@ def match_agency(reference: str, agencies: Sequence[A]) -> A:
     return found[0]
 
 
-class DirectoryMethods:
-    """The directory half of ``RefgateClient`` (which supplies the plumbing below)."""
-
-    agency_id: str
-
-    if TYPE_CHECKING:
-
-        async def _request(
-            self, method: str, path: str, *, json: Any = None,
-            params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-        ) -> httpx.Response: ...
-
-        async def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any: ...
-
-        async def agencies(self) -> list[Agency]: ...
+class DirectoryMethods(AgencyMethods):
+    """The service directory half of ``RefgateClient`` (its requests: ``app.client.http``)."""
 
     async def find_services(
         self,

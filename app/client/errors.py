@@ -3,7 +3,7 @@
 ::
 
     RefgateSDKError
-    ├── RefgateError (app.client.sdk)   the server refused (problem+json)
+    ├── RefgateError                    the server refused (problem+json): .status, .problem
     ├── ServerUnreachable               no answer from the server (also an httpx.TransportError)
     └── VerificationError               something served does not verify
         ├── KeyTransparencyError        an agency's key or status is not what the log states
@@ -18,6 +18,9 @@ reads them at midnight.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import httpx
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "KeyTransparencyError",
     "LogConsistencyError",
     "PinMismatchError",
+    "RefgateError",
     "RefgateSDKError",
     "ServerUnreachable",
     "VerificationError",
@@ -39,6 +43,28 @@ _REPORT = (
 
 class RefgateSDKError(Exception):
     """Base class of every error the SDK raises on purpose."""
+
+
+class RefgateError(RefgateSDKError):
+    """The server answered with an error; ``problem`` is its RFC 9457 body."""
+
+    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+        self.status = status
+        self.problem = dict(problem)
+        super().__init__(f"{status} {self.title}: {self.detail}")
+
+    @property
+    def title(self) -> str:
+        return str(self.problem.get("title") or "error")
+
+    @property
+    def detail(self) -> str:
+        return str(self.problem.get("detail") or self.problem.get("error_description") or "")
+
+    @property
+    def type(self) -> str | None:
+        value = self.problem.get("type")
+        return value if isinstance(value, str) else None
 
 
 class ServerUnreachable(RefgateSDKError, httpx.TransportError):
