@@ -1,69 +1,5 @@
-"""Rate limits: fixed-window counters, shared by every worker through the database.
-
-What is counted (defaults from ``RateLimitSettings``, ``REFGATE_RATELIMIT__*``):
-
-=============  ==============  ======================  ==========================================
-where          per             default                 what counts
-=============  ==============  ======================  ==========================================
-/oauth/token   source address  120 / minute            every request, before the body is read
-/oauth/token   client          30 / minute             tokens issued: only an assertion that
-                                                       verified counts, so a stranger cannot
-                                                       spend a client's quota
-/v1/*          client          600 / minute and        requests with a valid access token
-                               100 / 10 s (burst)      (keyed on the token's ``sub``)
-/v1/*          source address  120 / minute            requests without a valid token (each
-                                                       one writes a denial event)
-=============  ==============  ======================  ==========================================
-
-Why these numbers: access tokens live 10 minutes and a machine client fetches
-one every few minutes, so 30 a minute covers a restart storm of many worker
-processes sharing one client; a burst of hundreds is a bug or an attack. 120
-per address leaves room for several clients behind one NAT. 600 API requests a
-minute sustains 10/s per client (an inbox sync), and the 10-second window caps
-a burst at 100 (up to 200 across a window edge: fixed windows trade that slack
-for one counter row per window).
-
-Over a limit: 429 problem+json with ``Retry-After`` (seconds to the end of the
-window). A refused token is also an audit event (a refused log-on); API 429s
-are not, or a flood would write the audit log on the attacker's behalf.
-
-Storage, ``backend = "database"``: table ``rate_limit(key, window_start,
-count)``, shared by every worker. Each worker counts in memory and, every
-``share_every`` seconds (0.5 by default) while it has traffic, adds what it
-counted to the table in one statement and reads back the totals::
-
-    INSERT INTO rate_limit (key, window_start, count) VALUES (:k1, :w1, :n1), …
-    ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limit.count + excluded.count
-    RETURNING key, window_start, count
-
-A request is judged on the last totals plus what this worker counted since, so
-no request waits for a statement. The price: a worker sees the others' requests
-up to ``share_every`` seconds late, so N workers can let through at most
-N × (rate × ``share_every``) more than a limit before all of them refuse. With
-the defaults and 2 to 4 workers that is a few requests per window; a flood is
-stopped within a second. (The first version ran that upsert in a transaction of
-its own before every request: a third of a read request's CPU, measured in
-``bench/``.) ``share_every = 0`` restores one upsert per request, exact.
-
-The per-client token count runs in the token request's transaction instead, so
-it counts tokens actually issued, exactly (tokens are rare). PostgreSQL
-serializes the upserts of one key on that row's lock. Once a minute a worker
-deletes windows that have ended. Redis was not chosen: PostgreSQL is already
-the one shared dependency. ``backend = "memory"`` keeps the counters in the
-process (limits per worker); ``auto`` (the default) uses the database on
-PostgreSQL and memory on SQLite, where a laptop runs one process and a second
-writer would only contend for SQLite's single write lock.
-
-Source addresses are ``scope["client"]``: behind a reverse proxy uvicorn's
-``--proxy-headers`` (on in ``refgate-server serve``) takes them from
-``X-Forwarded-For`` when the proxy is trusted (``--forwarded-allow-ips``).
-
-Failure: when sharing fails (database unreachable), the worker keeps counting
-in memory, logs a warning and retries at the next interval; with
-``share_every = 0`` the request passes with a warning. It meets the same
-database next and fails or succeeds on its own; a limiter must not turn a
-database blip into a refusal of everything.
-"""
+"""The rate limiter's counters: fixed windows, counted in memory and shared by every
+worker through the ``rate_limit`` table (the package docstring says how and why)."""
 
 from __future__ import annotations
 
@@ -74,24 +10,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from joserfc.errors import JoseError
 from sqlalchemy import BigInteger, Column, Integer, String, Table, delete
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlmodel import SQLModel
-from starlette.datastructures import Headers
-from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import dialect, errors
+from app import dialect
 from app.config import RateLimitSettings, Settings
-from app.context import request_id_var
 from app.dialect import url_is_postgres
-from app.identity import Actor
-from app.middleware import send_problem
-from app.services.audit import Action, Outcome, PendingEvent
-from app.tokens import bearer_token, verified_tokens
 
 log = logging.getLogger("refgate.ratelimit")
 
@@ -301,106 +227,3 @@ class RateLimiter:
 
     def api_hits(self, client_id: str) -> list[tuple[Limit, str]]:
         return [(self.api_client, client_id), (self.api_burst, client_id)]
-
-
-def client_address(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
-
-
-def _subject(token: str, state: Any) -> str | None:
-    """The client id of a valid, unexpired access token of this server, else None.
-
-    Uses the process's one cache of verified tokens (``app.tokens``): a client
-    reuses one token for minutes, so most requests skip the signature check
-    (``app.auth.require`` validates every request independently).
-    """
-    server_keys = getattr(state, "server_keys", None)
-    key_set = getattr(state, "token_verify_key", None)
-    if server_keys is None or key_set is None:
-        return None
-    try:
-        claims = verified_tokens.claims(token, server_keys.token_verify_keys, key_set)
-    except (JoseError, ValueError):
-        return None
-    exp, sub = claims.get("exp"), claims.get("sub")
-    if not isinstance(exp, int | float) or exp <= time.time() or not isinstance(sub, str):
-        return None
-    if claims.get("iss") != getattr(state, "issuer", None):
-        return None
-    return sub
-
-
-async def send_too_many(send: Send, path: str, exceeded: Exceeded) -> None:
-    body = errors.problem_bytes(
-        429,
-        f"rate limit {exceeded.limit.name} ({exceeded.limit.limit} per "
-        f"{exceeded.limit.window} s) exceeded; retry after {exceeded.retry_after} s",
-        errors.PROBLEM_BASE + "rate-limited",
-        request_id=request_id_var.get(),
-        instance=path,
-    )
-    retry = [(b"retry-after", str(exceeded.retry_after).encode())]
-    await send_problem(send, 429, body, headers=retry)
-
-
-class RateLimitMiddleware:
-    """Pure ASGI: per-address limit on ``/oauth/token``, per-client limits on ``/v1``."""
-
-    def __init__(self, app: ASGIApp, *, limiter: RateLimiter) -> None:
-        self.app = app
-        self.limiter = limiter
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.limiter.enabled:
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        limiter = self.limiter
-        if path == "/oauth/token":
-            hits = [(limiter.token_address, client_address(scope))]
-        elif path.startswith("/v1/") or path == "/v1":
-            state = scope["app"].state
-            token = bearer_token(Headers(scope=scope).get("authorization"))
-            subject = _subject(token, state) if token else None
-            if subject is not None:
-                hits = limiter.api_hits(subject)
-            else:
-                hits = [(limiter.anonymous, client_address(scope))]
-        else:
-            await self.app(scope, receive, send)
-            return
-        engine = getattr(scope["app"].state, "engine", None)
-        exceeded = await limiter.hit(hits, engine=engine)
-        if exceeded is not None:
-            await send_too_many(send, path, exceeded)
-            return
-        await self.app(scope, receive, send)
-
-
-async def limit_token_issue(request: Request, db: AsyncSession, issued_to: Actor) -> None:
-    """Count a token about to be issued against its client's limit; 429 if over.
-
-    Runs in the token request's transaction: a refusal rolls the issue back (the
-    assertion's ``jti`` stays unused) and leaves a ``token:issue`` denied event.
-    """
-    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
-    if limiter is None or not limiter.enabled:
-        return
-    client_id = issued_to.client_id or ""
-    exceeded = await limiter.hit([(limiter.token_client, client_id)], session=db)
-    if exceeded is None:
-        return
-    raise errors.TooManyRequests(
-        f"this client may obtain {exceeded.limit.limit} tokens per minute; reuse the token "
-        f"until it expires; retry after {exceeded.retry_after} s",
-        headers={"Retry-After": str(exceeded.retry_after)},
-        audit=PendingEvent(
-            actor=issued_to,
-            action=Action.TOKEN_ISSUE,
-            resource_type="client",
-            resource_id=client_id,
-            outcome=Outcome.DENIED,
-            detail={"reason": "rate_limited", "limit": exceeded.limit.name},
-        ),
-    )
