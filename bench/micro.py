@@ -4,10 +4,13 @@
 PostgreSQL database and task force as the full harness does, runs the app in
 this process (no HTTP server, no wrk) and drives each hot route through the
 ASGI interface directly with a few concurrent tasks, reporting the process CPU
-time per request. It measures the application's own work (FastAPI, refgate,
-SQLAlchemy, asyncpg), not PostgreSQL's and not the network stack: the number
-to watch while changing a hot path, minutes faster than ``bench.run``. The
-ratios to the baseline come only from ``bench.run``.
+time per request and the CPU time the PostgreSQL backends serving it spent per
+request (read from ``/proc``; the WAL writer and checkpointer are not counted).
+The first number is the application's own work (FastAPI, refgate, SQLAlchemy,
+asyncpg), the second PostgreSQL's for its statements; neither counts the
+network stack: the numbers to watch while changing a hot path, minutes faster
+than ``bench.run``. The ratios to the baseline come
+only from ``bench.run``.
 
 ``--profile create`` (or inbox, open, status, proof, audit) prints a cProfile
 of that scenario sorted by internal time.
@@ -105,6 +108,31 @@ async def _drive(app: Any, calls: Sequence[Call], concurrency: int) -> tuple[flo
     return time.process_time() - cpu, time.perf_counter() - wall, failures
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _backend_cpu(admin: str, database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to ``database``.
+
+    Only the backends serving the app's connections: not the WAL writer, the
+    checkpointer or autovacuum, whose work a statement also causes.
+    """
+    import asyncpg
+
+    conn = await asyncpg.connect(dataset.plain_url(admin))
+    try:
+        pids = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    return {r["pid"]: _proc_cpu(r["pid"]) for r in pids}
+
+
 async def run(args: argparse.Namespace) -> None:
     admin = os.environ.get(
         "REFGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -199,7 +227,10 @@ async def run(args: argparse.Namespace) -> None:
             spy = _start_py_spy(args.py_spy, key) if args.py_spy_scenario == key else None
             if profiler:
                 profiler.enable()
+            pg_before = await _backend_cpu(admin, name)
             cpu, wall, failures = await _drive(app, calls, args.concurrency)
+            pg_after = await _backend_cpu(admin, name)
+            pg_cpu = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
             if profiler:
                 profiler.disable()
             if spy is not None:
@@ -207,6 +238,7 @@ async def run(args: argparse.Namespace) -> None:
                 spy.wait(30)
             print(
                 f"{key:8s} {len(calls):5d} req  {cpu / len(calls) * 1000:6.2f} CPU ms/req  "
+                f"PostgreSQL backends {pg_cpu / len(calls) * 1000:5.2f} ms/req  "
                 f"{len(calls) / wall:7.0f} req/s (in-process)  failures {failures}"
             )
             if profiler:
