@@ -13,6 +13,16 @@ picks the backends: a test parametrized with a backend that is not picked is
 deselected, whether the ``backend`` comes from the fixture below or from the
 test's own ``parametrize``. Long tests carry ``@pytest.mark.slow``;
 ``-m "not slow"`` leaves them out of a quick local run.
+
+Parallel runs (pytest-xdist, ``./dev test``): every worker is its own process
+with its own ``tmp_path`` tree, its own PostgreSQL template (named for the
+worker's pid) and per-test databases with random names, and the live servers
+take free ports. A test that must not run beside any other is marked
+``@pytest.mark.serial``: a run spread over more than one worker leaves it out,
+and ``--serial=only`` runs just those tests, on their own (``./dev test``
+does both passes). ``--serial=exclude`` leaves them out of any run. Tests that
+may run beside others but not beside each other share an ``xdist_group``
+(``-n`` runs ``--dist loadgroup`` here, which keeps a group on one worker).
 """
 
 from __future__ import annotations
@@ -57,17 +67,90 @@ def _selected_backends() -> list[str]:
 BACKENDS = _selected_backends()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--serial", choices=("auto", "exclude", "only"), default="auto",
+        help="tests marked serial (they must run alone): 'auto' runs them unless the run is "
+        "spread over more than one xdist worker; 'exclude' leaves them out; 'only' runs just "
+        "them (the first pass of ./dev test)",
+    )
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """The session runs on several xdist workers side by side (asked in the controller or in
+    one of the workers)."""
+    workerinput: dict[str, object] | None = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return int(str(workerinput["workercount"])) > 1
+    return len(getattr(config.option, "tx", None) or []) > 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "serial: must not run beside any other test (e.g. it restarts the shared PostgreSQL): "
+        "left out of a run on several xdist workers, run by --serial=only",
+    )
+    # xdist's own marker, known here too so that --strict-markers accepts it with -p no:xdist
+    config.addinivalue_line("markers", "xdist_group(name): run the group's tests on one worker")
+    if config.getoption("serial") == "only" and _distributed(config):
+        raise pytest.UsageError("--serial=only runs tests that must run alone: use -n 0")
+    # -n alone means --dist load, which ignores xdist_group: loadgroup is load that keeps
+    # a group on one worker (tests/deploy/test_db_roles.py: cluster-wide roles)
+    if getattr(config.option, "dist", None) == "load":
+        config.option.dist = "loadgroup"
+
+
+def _deselected_by_serial(config: pytest.Config, item: pytest.Item) -> bool:
+    mode = config.getoption("serial")
+    marked = item.get_closest_marker("serial") is not None
+    if mode == "only":
+        return not marked
+    return marked and (mode == "exclude" or _distributed(config))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the tests parametrized with a backend ``REFGATE_TEST_BACKENDS`` leaves out."""
+    """Deselect the tests parametrized with a backend ``REFGATE_TEST_BACKENDS`` leaves out,
+    and the tests that ``--serial`` (or a run on several workers) leaves out."""
     keep: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
+    serial_left_out = 0
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("backend") if callspec is not None else None
-        (dropped if backend is not None and backend not in BACKENDS else keep).append(item)
+        if backend is not None and backend not in BACKENDS:
+            dropped.append(item)
+        elif _deselected_by_serial(config, item):
+            dropped.append(item)
+            serial_left_out += config.getoption("serial") == "auto"
+        else:
+            keep.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+    workeroutput: dict[str, object] | None = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # for the controller's summary below
+        workeroutput["serial_left_out"] = serial_left_out
+
+
+_SERIAL_LEFT_OUT: list[int] = []
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent with -p no:xdist
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist controller: note how many serial tests a worker left out (each sees them all)."""
+    output: dict[str, object] = getattr(node, "workeroutput", {})
+    _SERIAL_LEFT_OUT.append(int(str(output.get("serial_left_out", 0))))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    left_out = max(_SERIAL_LEFT_OUT, default=0)
+    if left_out:
+        terminalreporter.write_line(
+            f"{left_out} test(s) marked serial were left out of this run on several workers: "
+            "they must run alone (pytest --serial=only -n 0, the first pass of ./dev test)",
+            yellow=True,
+        )
 
 
 def _plain(url: str) -> str:

@@ -52,8 +52,7 @@ def test_caseworker_and_liaison_work_a_referral_in_the_browser(
     gateway: tuple[str, Path], backend: str, tmp_path: Path
 ) -> None:
     chromium = node.chromium()
-    npm = node.npm()
-    node.run([npm, "run", "--silent", "build"])
+    node.built_console()
     url, demo = gateway
     r = httpx.get(f"{url}/console/")
     assert r.status_code == 200, r.text

@@ -135,9 +135,10 @@ def test_console_and_python_open_each_others_referrals_statuses_and_key_files(
         "created_at": created_at, "expires_at": expires_at,
     }
     (tmp_path / "in.json").write_text(json.dumps(inp))
-    node.run([node.npm(), "run", "--silent", "build", "--", "--tests"])
-    node.run([node.node(), "dist-test/interop.mjs", str(tmp_path / "in.json"),
-              str(tmp_path / "out.json")])
+    with node.exclusive():  # the build rewrites dist-test/, which npm test runs too
+        node.run([node.npm(), "run", "--silent", "build", "--", "--tests"])
+        node.run([node.node(), "dist-test/interop.mjs", str(tmp_path / "in.json"),
+                  str(tmp_path / "out.json")])
     out = json.loads((tmp_path / "out.json").read_text())
 
     body = EnvelopeIn.model_validate(out["envelope"], strict=True)

@@ -62,7 +62,7 @@ def test_new_agency_onboarded_from_a_key_file_made_in_the_console(
     gateway: tuple[str, Path], backend: str, tmp_path: Path, database_url: str  # noqa: F811
 ) -> None:
     chromium = node.chromium()
-    node.run([node.npm(), "run", "--silent", "build"])
+    node.built_console()
     url, demo = gateway
     assert httpx.get(f"{url}/console/").status_code == 200
     key_out, public_out = tmp_path / "new.key.json", tmp_path / "new.public.json"
@@ -164,7 +164,7 @@ def test_auditor_verifies_a_read_in_the_browser_and_sees_the_operators_rewrite(
     gateway: tuple[str, Path], backend: str, tmp_path: Path, database_url: str  # noqa: F811
 ) -> None:
     chromium = node.chromium()
-    node.run([node.npm(), "run", "--silent", "build"])
+    node.built_console()
     url, demo = gateway
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFGATE_")}
     env |= {"REFGATE_DATA_DIR": str(tmp_path / "data"), "REFGATE_DATABASE_URL": database_url}

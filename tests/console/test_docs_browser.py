@@ -31,8 +31,7 @@ def test_docs_lists_every_operation_under_the_console_csp(
     gateway: tuple[str, Path], tmp_path: Path
 ) -> None:
     chromium = node.chromium()
-    npm = node.npm()
-    node.run([npm, "run", "--silent", "build"])
+    node.built_console()
     url, _ = gateway
     page = httpx.get(f"{url}/docs/")
     assert page.status_code == 200, page.text

@@ -30,6 +30,10 @@ from tests.conftest import (
 )
 from tests.taskforce import TaskForce, rfc3339
 
+# refgate_owner and refgate_app are cluster-wide: every test here runs on one xdist worker,
+# whose module fixture sets their passwords and drops them at the end
+pytestmark = pytest.mark.xdist_group("postgres-roles")
+
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = secrets.token_hex(16)
 

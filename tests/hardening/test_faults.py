@@ -11,6 +11,7 @@ post signed status updates on them (legal aid) while a fault strikes mid-load:
     without stopping the cluster that other test runs share;
 (a') the cluster itself is restarted (``pg_ctlcluster restart -m fast``) where
     ``REFGATE_TEST_RESTART_POSTGRES=1`` says nothing else uses it (``.ci/run``);
+    marked ``serial``: it runs alone, never beside another test of a parallel run;
 (b) one uvicorn worker is killed with SIGKILL; uvicorn's supervisor starts a
     new one, and the test waits until there are two again.
 
@@ -508,6 +509,7 @@ def _restart_postgres() -> None:
     )
 
 
+@pytest.mark.serial  # the restart kills every session of every test running beside it
 @pytest.mark.skipif(
     not RESTART or shutil.which("pg_ctlcluster") is None,
     reason="restarts the shared PostgreSQL cluster: set REFGATE_TEST_RESTART_POSTGRES=1 "
