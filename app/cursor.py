@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from app import errors
 from app.crypto.encoding import EncodingError, b64url_decode
 from app.models.schemas import rfc3339
+from app.models.types import LEAF_TIME
 
 Part = int | datetime | str
 
@@ -56,11 +57,15 @@ def _parts(cursor: str, count: int) -> list[str]:
 _BAD = (EncodingError, ValueError, UnicodeDecodeError, OverflowError)
 
 
-def decode_int(cursor: str) -> int:
-    """The position of a cursor of a list ordered by a sequence number."""
+def decode_leaf_time_id(cursor: str) -> tuple[str, int]:
+    """(time as the audit log's leaves spell it, event id) of a cursor of the audit
+    event list, ordered by leaf time, then id. The time must be in exactly that
+    spelling (fixed width, microseconds, ``Z``), the one text order compares."""
     try:
-        (value,) = _parts(cursor, 1)
-        return _int(value)
+        text, value = _parts(cursor, 2)
+        if _time(text).strftime(LEAF_TIME) != text:
+            raise ValueError("not a leaf time")
+        return text, _int(value)
     except _BAD:
         raise invalid_cursor() from None
 

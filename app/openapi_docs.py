@@ -76,8 +76,9 @@ OPERATIONS: dict[tuple[str, str], str] = {
         "with the witnesses' cosignatures; ?cosigned=K asks for one with at least K. "
         "Clients verify it with the pinned log key. Any role."),
     ("get", "/v1/audit/events"): (
-        "Audit events, newest first, filtered; an auditor sees all, other roles the events "
-        "about their own agency (the access report). Pages with limit and cursor."),
+        "Audit events, newest first (by the event's ts, then its id), filtered; an auditor "
+        "sees all, other roles the events about their own agency (the access report). Pages "
+        "with limit and cursor."),
     ("get", "/v1/audit/events/{seq}"): (
         "One sequenced audit event and its RFC 6962 leaf hash. Same visibility as the list."),
     ("get", "/v1/audit/export"): (

@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from app import errors
-from app.cursor import decode_int, decode_rank_time_id, decode_time_id, encode, encode_time_id
+from app.cursor import (
+    decode_leaf_time_id,
+    decode_rank_time_id,
+    decode_time_id,
+    encode,
+    encode_time_id,
+)
 
 
 def _raw(text: str) -> str:
@@ -19,7 +25,8 @@ def test_round_trips() -> None:
     ts = datetime(2026, 12, 7, 9, 30, 1, 250, tzinfo=UTC)
     assert decode_time_id(encode_time_id(ts, "a|b")) == (ts, "a|b")
     assert decode_rank_time_id(encode(2, ts, "svc")) == (2, ts, "svc")
-    assert decode_int(encode(2**63 - 1)) == 2**63 - 1
+    leaf = "2026-12-07T09:30:01.000250Z"
+    assert decode_leaf_time_id(encode(leaf, 2**63 - 1)) == (leaf, 2**63 - 1)
     other = ts.astimezone(timezone(timedelta(hours=-5)))
     assert decode_time_id(_raw(f"{other.isoformat()}|x")) == (ts, "x")
 
@@ -47,4 +54,20 @@ def test_made_up_time_cursors_are_400(cursor: str) -> None:
 @pytest.mark.parametrize("text", ["-1", "9223372036854775808", "1e3", "٣", " 1", "x"])
 def test_made_up_positions_are_400(text: str) -> None:
     with pytest.raises(errors.BadRequest):
-        decode_int(_raw(text))
+        decode_leaf_time_id(_raw(f"2026-12-07T09:30:01.000250Z|{text}"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-07T09:30:01Z",  # not the leaves' fixed width
+        "2026-12-07T09:30:01.000250+00:00",
+        "2026-12-07T09:30:01.000250",  # no zone
+        "2026-12-07 09:30:01.000250Z",
+        "2026-12-07T09:30:01.000250Z|7",  # a | in the time
+        "' OR 1=1 --",
+    ],
+)
+def test_made_up_audit_cursors_are_400(text: str) -> None:
+    with pytest.raises(errors.BadRequest):
+        decode_leaf_time_id(_raw(f"{text}|7"))

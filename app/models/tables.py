@@ -199,13 +199,13 @@ class AuditEvent(SQLModel, table=True):
 
     __tablename__ = "audit_event"
     __table_args__ = (
-        Index("ix_audit_event_actor", "actor", "id"),
-        Index("ix_audit_event_agency", "actor_agency", "id"),
-        Index("ix_audit_event_resource", "resource_id", "id"),
-        Index("ix_audit_event_subject_agency", "subject_agency", "id"),
-        Index("ix_audit_event_action", "action", "id"),
-        Index("ix_audit_event_ts", "ts"),
-        Index("ix_audit_event_ts_leaf", "ts_leaf"),
+        # a query page is one backward scan of one of these (app.services.audit_log)
+        Index("ix_audit_event_actor", "actor", "ts_leaf", "id"),
+        Index("ix_audit_event_agency", "actor_agency", "ts_leaf", "id"),
+        Index("ix_audit_event_resource", "resource_id", "ts_leaf", "id"),
+        Index("ix_audit_event_subject_agency", "subject_agency", "ts_leaf", "id"),
+        Index("ix_audit_event_action", "action", "ts_leaf", "id"),
+        Index("ix_audit_event_ts_leaf", "ts_leaf", "id"),
     )
 
     id: int | None = Field(

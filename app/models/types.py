@@ -40,6 +40,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+LEAF_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+"""How an audit event's ``ts`` (and so its Merkle leaf and ``ts_leaf``) spells a UTC
+time: fixed width, so that text order is time order."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -35,7 +35,7 @@ from app.db import GROUP_COMMIT
 from app.dialect import is_postgres
 from app.identity import Actor as Actor  # re-exported: callers record as an Actor
 from app.models.tables import AuditEvent, AuditPending, table_of
-from app.models.types import utcnow
+from app.models.types import LEAF_TIME, utcnow
 from app.vocab import AuditAction, AuditOutcome
 
 Action = AuditAction
@@ -103,7 +103,7 @@ def scrub_detail(value: Any) -> Any:
 
 def rfc3339(ts: datetime) -> str:
     """The leaf's spelling of a UTC time (fixed width: text order is time order)."""
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    return ts.strftime(LEAF_TIME)
 
 
 def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import base64
 import csv
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -197,7 +197,7 @@ async def test_cursor_pagination_walks_every_event_once_newest_first(
     await _send(client, tf)
     h = await tf.headers("office", "auditor")
     newest_first = [r[0] for r in await _db_rows(
-        tf.app, "SELECT event_id FROM audit_event ORDER BY id DESC")]
+        tf.app, "SELECT event_id FROM audit_event ORDER BY ts_leaf DESC, id DESC")]
     seen: list[str] = []
     cursor: str | None = None
     pages = 0
@@ -451,3 +451,52 @@ async def test_no_event_carries_ciphertext_keys_or_tokens(
     for name in FIELD_NAMES:
         assert name not in exported
         assert not any(name in c for c in canonicals)
+
+
+async def test_events_are_newest_first_by_their_time_and_a_past_window_is_one_range(
+    client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """Ordered by the event's own time (what its leaf says), then id: events whose ids
+    are not in time order (two workers, a group commit) still page newest first, each
+    once, and a window far in the past finds exactly its events."""
+    agency = tf["legal"].agency_id
+    base = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    written = []  # inserted in this order (ids ascending), times out of order
+    for seconds in (30, 0, 20, 10, 40):
+        event = audit.build_event(
+            audit.PendingEvent(
+                actor=Actor(client_id="c-1", agency_id=agency, role="caseworker"),
+                action=Action.REFERRAL_READ,
+                resource_type="referral",
+                resource_id=f"r-{seconds}",
+            ),
+            ts=base + timedelta(seconds=seconds),
+            event_id=f"00000000-0000-4000-8000-0000000000{seconds:02d}",
+        )
+        written.append(event["event_id"])
+        async with tf.app.state.engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO audit_event (event_id, ts, canonical) VALUES (:e, :t, :c)"),
+                {"e": event["event_id"], "t": base + timedelta(seconds=seconds),
+                 "c": canonical_json(event).decode()},
+            )
+    h = await tf.headers("office", "auditor")
+    by_time = [written[i] for i in (4, 0, 2, 3, 1)]  # 40, 30, 20, 10, 0 seconds
+    old = {"agency": agency, "until": "2025-03-02T00:00:00Z"}
+    assert [e["event"]["event_id"] for e in await _events(client, h, **old)] == by_time
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {**old, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        r = await client.get("/v1/audit/events", params=params, headers=h)
+        assert r.status_code == 200, r.text
+        seen += [i["event"]["event_id"] for i in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == by_time
+    window = {"agency": agency, "since": "2025-03-01T12:00:05Z", "until": "2025-03-01T12:00:35Z"}
+    assert [e["event"]["event_id"] for e in await _events(client, h, **window)] == by_time[1:4]
+    action_window = {**window, "action": "referral:read"}
+    found = await _events(client, h, **action_window)
+    assert [e["event"]["event_id"] for e in found] == by_time[1:4]
