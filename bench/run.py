@@ -360,6 +360,7 @@ class Runner:
                     "last_ts": self.pools.last_ts.isoformat(),
                     "events_load_s": round(self.load_seconds, 1),
                     "events_from": self.args.events_from,
+                "warm_cache": bool(self.args.warm_cache),
                     "commit": _git("rev-parse", "HEAD"),
                 },
                 indent=2,
@@ -380,10 +381,43 @@ class Runner:
         dataset.copy_database(self.admin_url, template, self.db_name)
         shutil.copytree(keep / "data", self.data_dir, dirs_exist_ok=True)
         load_server_keys(self.settings)
+        if self.args.warm_cache:
+            self.warm_cache(template)
         last = datetime.fromisoformat(meta["last_ts"])
         self.pools = dataset.make_pools(self.plan.events, last=last)
         self.load_seconds = float(meta["events_load_s"])
         log(f"copied in {time.monotonic() - started:.0f} s (loaded in {self.load_seconds:.0f} s)")
+
+    def warm_cache(self, template: str) -> None:
+        """``--warm-cache``: the page cache holds this run's database, not the template's.
+
+        After the copy both are half in the operating system's cache, so a large
+        log would be read from disk at random. This drops the template's files from
+        the cache (``posix_fadvise``, needs read access to PostgreSQL's data
+        directory) and reads every table and index of the copy (``pg_prewarm``), as
+        a server that has run a while with a log that fits in memory would have it.
+        """
+        started = time.monotonic()
+        rows = self.sql(
+            "SELECT current_setting('data_directory') AS dir, oid FROM pg_database "
+            "WHERE datname = $1",
+            template,
+        )
+        evicted = 0
+        for path in (Path(rows[0]["dir"]) / "base" / str(rows[0]["oid"])).iterdir():
+            with path.open("rb") as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                evicted += path.stat().st_size
+        self.sql("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        blocks = self.sql(
+            "SELECT coalesce(sum(pg_prewarm(c.oid, 'read')), 0) AS blocks FROM pg_class c "
+            "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'i')"
+        )[0]["blocks"]
+        log(
+            f"page cache: {evicted / 2**30:.1f} GiB of {template} dropped, "
+            f"{blocks * 8 / 2**20:.1f} GiB of {self.db_name} read in "
+            f"{time.monotonic() - started:.0f} s"
+        )
 
     def seal(self, count: int) -> list[dataset.Envelope]:
         log(f"sealing {count:,} envelopes")
@@ -689,6 +723,7 @@ class Runner:
                 "events": self.plan.events,
                 "events_load_s": round(self.load_seconds, 1),
                 "events_from": self.args.events_from,
+                "warm_cache": bool(self.args.warm_cache),
                 "rate_fraction": self.plan.rate_fraction,
                 "backlog": self.plan.backlog,
                 "envelopes": len(self.envelopes),
@@ -764,6 +799,12 @@ def parser() -> argparse.ArgumentParser:
         "--events-from",
         metavar="DATABASE",
         help="start from a copy of a database saved by --save-events-template instead of loading",
+    )
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="with --events-from: drop the template from the page cache and read the copy "
+        "into it (pg_prewarm), as a server running a while would have its log",
     )
     p.add_argument("--backlog", type=int, help="pending events for the sequencer (full: 200,000)")
     p.add_argument("--envelopes", type=int, help="envelopes to pre-build (full: 8,000)")
