@@ -58,6 +58,7 @@ from sqlmodel import col
 from app.config import Settings
 from app.crypto import checkpoint, keydir, merkle
 from app.crypto.canonical import canonical_json
+from app.db import database_key
 from app.dialect import is_postgres
 from app.models.tables import (
     AuditCheckpoint,
@@ -120,25 +121,52 @@ _DIRECTORY_AT = text(
 _KEY_EVENT_MARKS = tuple(f'"action":"{a}"' for a in sorted(keydir.KEY_ACTIONS))
 
 
+# Perfect-subtree hashes never change once written (append-only, and each is
+# determined by its leaves), so a worker keeps the upper levels' in memory: a
+# proof's upper half then costs no read. At 10,000,000 events the levels from
+# CACHED_LEVEL up are about 40,000 hashes (a few MB); the lower levels, a different
+# few for every proof, are read. Keyed by database (tests run several in a process).
+CACHED_LEVEL = 8
+_NODE_CACHE_MAX = 200_000
+_node_cache: dict[tuple[str, int, int], bytes] = {}
+
+
 async def load_nodes(
     session: AsyncSession, coords: Sequence[tuple[int, int]]
 ) -> dict[tuple[int, int], bytes]:
-    """Fetch perfect-subtree hashes in one statement."""
+    """Fetch perfect-subtree hashes: the upper levels' from memory, the rest in one statement."""
     if not coords:
         return {}
+    db_key = database_key(session.get_bind(AuditNode))
+    found: dict[tuple[int, int], bytes] = {}
+    missing: list[tuple[int, int]] = []
+    for lv, ix in coords:
+        cached = _node_cache.get((db_key, lv, ix)) if lv >= CACHED_LEVEL else None
+        if cached is None:
+            missing.append((lv, ix))
+        else:
+            found[(lv, ix)] = cached
+    if not missing:
+        return found
     conn = await session.connection()  # Core: no ORM result layer (a proof's hot path)
     if is_postgres(session, AuditNode):
         rows = await conn.execute(
             _PG_NODES,
-            {"levels": [lv for lv, _ in coords], "idxs": [ix for _, ix in coords]},
+            {"levels": [lv for lv, _ in missing], "idxs": [ix for _, ix in missing]},
         )
     else:
         rows = await conn.execute(
             select(col(AuditNode.level), col(AuditNode.idx), col(AuditNode.hash)).where(
-                tuple_(col(AuditNode.level), col(AuditNode.idx)).in_(list(coords))
+                tuple_(col(AuditNode.level), col(AuditNode.idx)).in_(missing)
             )
         )
-    return {(lv, ix): h for lv, ix, h in rows}
+    for lv, ix, h in rows:
+        found[(lv, ix)] = h
+        if lv >= CACHED_LEVEL:
+            if len(_node_cache) >= _NODE_CACHE_MAX:
+                _node_cache.clear()
+            _node_cache[(db_key, lv, ix)] = h
+    return found
 
 
 async def tree_head(session: AsyncSession) -> TreeHead:

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy.event
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -386,3 +387,47 @@ async def test_live_server_with_two_workers_logs_every_event_once(
     in_log = await _rows(app, "SELECT count(*) FROM audit_leaf l JOIN audit_event e "
                               "ON e.id = l.event_id WHERE l.seq < :n", n=events)
     assert in_log[0][0] == events
+
+
+async def test_upper_tree_nodes_are_served_from_memory_and_proofs_still_verify(
+    app: Any,
+) -> None:
+    """Perfect-subtree hashes from ``CACHED_LEVEL`` up are kept by the worker after the
+    first read; proofs built from them verify against the root, as before."""
+    await _record(app, 700)
+    async with app.state.sessionmaker() as db, db.begin():
+        assert await sequencer.integrate_batch(db, 1000) == 700
+    size, root = (await _rows(app, "SELECT size, root FROM audit_tree_state"))[0]
+    leaves = [bytes(r[0]) for r in await _rows(
+        app, "SELECT leaf_hash FROM audit_leaf ORDER BY seq")]
+    requested: list[int] = []  # node coordinates asked of the database, per statement
+
+    def count(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        if "audit_node" in statement:
+            lists = [p for p in params if isinstance(p, list)]  # PostgreSQL: two arrays
+            requested.append(len(lists[0]) if lists else len(params) // 2)
+
+    rounds = []
+    sqlalchemy.event.listen(app.state.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for _ in range(2):  # the second round asks only for the levels below CACHED_LEVEL
+            requested.clear()
+            for seq in (0, 255, 256, 511, 699):
+                async with app.state.sessionmaker() as db:
+                    coords = merkle.inclusion_proof_coords(seq, size)
+                    nodes = await sequencer.load_nodes(db, coords)
+                assert set(nodes) == set(coords)
+                proof = merkle.inclusion_proof(seq, size, nodes)
+                assert merkle.verify_inclusion(leaves[seq], seq, size, proof, bytes(root))
+            rounds.append(sum(requested))
+    finally:
+        sqlalchemy.event.remove(app.state.engine.sync_engine, "before_cursor_execute", count)
+    levels = [lv for seq in (0, 255, 256, 511, 699)
+              for lv, _ in merkle.inclusion_proof_coords(seq, size)]
+    upper = sum(lv >= sequencer.CACHED_LEVEL for lv in levels)
+    assert upper > 0
+    assert rounds[0] <= len(levels)  # the first round already reuses what it read
+    assert rounds[1] == len(levels) - upper, rounds  # the second asks for no upper node
+    cached = [k for k in sequencer._node_cache if k[1] >= sequencer.CACHED_LEVEL]
+    assert cached, "no upper-level node was kept"
+    assert all(lv >= sequencer.CACHED_LEVEL for _, lv, _ in sequencer._node_cache)
