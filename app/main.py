@@ -150,11 +150,26 @@ def _database_unavailable_errors() -> tuple[type[Exception], ...]:
 _DATABASE_UNAVAILABLE = _database_unavailable_errors()
 
 
+# SQLSTATE classes that say the server is unreachable, going down or starting up, or out
+# of a resource, not that it refused the statement: connection exceptions (08), operator
+# intervention (57P: admin or crash shutdown, cannot connect now), insufficient resources
+# (53: too many connections, out of memory, disk full).
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "53")
+
+
 def _lost_database(exc: sa_exc.DBAPIError) -> bool:
     """A DBAPI error that means the connection or the server went away (as opposed to a
-    statement refused: a constraint, a syntax error), which a retry may get past."""
-    return exc.connection_invalidated or isinstance(
-        exc, sa_exc.OperationalError | sa_exc.InterfaceError
+    statement refused: a constraint, a syntax error), which a retry may get past.
+
+    asyncpg's errors reach SQLAlchemy as the generic DBAPI ``Error`` unless they are a
+    few known kinds, so "the database system is shutting down" while connecting during a
+    restart is told apart by its SQLSTATE (it answered 500 before).
+    """
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return (
+        exc.connection_invalidated
+        or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+        or (isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES))
     )
 
 

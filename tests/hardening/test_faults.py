@@ -461,6 +461,8 @@ def _report(
             + ", ".join(f"{k}={v}" for k, v in extra.items())
             + "; lost 0, partial 0"
         )
+    # a request the fault cut short answers 503 (retry), never an anonymous 500
+    assert "500" not in outcomes, outcomes
 
 
 # ------------------------------------------------------------------ the tests

@@ -8,6 +8,7 @@ host is an invalid IDNA label; an ``OPTIONS`` that named one route's methods.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -291,3 +292,78 @@ async def test_a_database_that_went_away_is_a_503_to_retry_not_a_500(
     # once the database is back, the same send goes through: nothing half-done was left
     r = await client.post("/v1/referrals", json=body, headers=headers)
     assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_connections_terminated_by_the_server_are_a_503_or_served_never_a_500(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce, database_url: str
+) -> None:
+    """A restart or an administrator ends the pool's connections (SQLSTATE 57P01, the
+    same as a fast shutdown): each request then either goes through on a fresh connection
+    or answers 503 to retry; none is an anonymous 500 (the restart test saw 19 of them)."""
+    import asyncpg
+
+    headers = await tf.headers("shelter")
+    name = database_url.rsplit("/", 1)[1]
+    admin = database_url.rsplit("/", 1)[0].replace("postgresql+asyncpg://", "postgresql://")
+    statuses: list[int] = []
+
+    async def terminate(after: float) -> None:
+        await asyncio.sleep(after)
+        conn = await asyncpg.connect(admin + "/postgres")
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()", name
+            )
+        finally:
+            await conn.close()
+
+    for round_ in range(12):
+        bodies = [
+            tf.seal("shelter", {"full_name": f"M {round_} {k}"},
+                    {"full_name": {"legal": "service_provision"}})
+            for k in range(3)
+        ]
+        # requests in flight (reads, sends) while the server ends every connection
+        rs = await asyncio.gather(
+            *(client.get("/v1/referrals", headers=headers) for _ in range(4)),
+            *(client.post("/v1/referrals", json=b, headers=headers) for b in bodies),
+            terminate(0.002 * (round_ % 4)),
+        )
+        for r in rs[:-1]:
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                assert r.headers["content-type"].split(";")[0] == "application/problem+json"
+    assert 500 not in statuses, statuses
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "unavailable"),
+    [
+        ("57P03", True),  # the database system is starting up / shutting down
+        ("57P01", True),  # terminating connection due to administrator command
+        ("08006", True),  # connection failure
+        ("53300", True),  # too many connections
+        ("23505", False),  # a unique violation is a statement refused: a bug, not a 503
+        ("42601", False),  # a syntax error likewise
+        (None, False),
+    ],
+)
+def test_a_database_error_is_unavailable_by_its_sqlstate(
+    sqlstate: str | None, unavailable: bool
+) -> None:
+    """asyncpg's errors reach SQLAlchemy as the generic DBAPI Error (not OperationalError);
+    "shutting down" while connecting during a restart answered 500 until its SQLSTATE
+    was looked at (the restart fault test now refuses any 500)."""
+    from sqlalchemy import exc as sa_exc
+
+    from app.main import _lost_database
+
+    class DriverError(Exception):
+        pass
+
+    orig = DriverError("x")
+    orig.sqlstate = sqlstate  # type: ignore[attr-defined]
+    error = sa_exc.DBAPIError("SELECT 1", None, orig)
+    assert _lost_database(error) is unavailable
