@@ -189,6 +189,36 @@ def _page_query(
     first matches), merged and cut to ``:lim``. The same rows as
     ``_scoped(...).order_by(ts_leaf desc, id desc).limit(lim)``.
     """
+    common = _conditions(present, paged, own_too)
+    lim = bindparam("lim", type_=Integer())
+    if not by_agency:
+        return (
+            select(
+                col(AuditEvent.id), col(AuditEvent.canonical), col(AuditEvent.ts_leaf),
+                col(AuditLeaf.seq), col(AuditLeaf.leaf_hash),
+            )
+            .outerjoin(AuditLeaf, col(AuditLeaf.event_id) == col(AuditEvent.id))
+            .where(*common)
+            .order_by(*_newest_first(col(AuditEvent.ts_leaf), col(AuditEvent.id)))
+            .limit(lim)
+        )
+    both = _agency_union(common, lim)
+    return (
+        select(
+            both.c.id, both.c.canonical, both.c.ts_leaf, col(AuditLeaf.seq),
+            col(AuditLeaf.leaf_hash),
+        )
+        .outerjoin(AuditLeaf, col(AuditLeaf.event_id) == both.c.id)
+        .order_by(*_newest_first(both.c.ts_leaf, both.c.id))
+        .limit(lim)
+    )
+
+
+def _conditions(
+    present: tuple[str, ...], paged: bool, own_too: bool
+) -> list[ColumnElement[bool]]:
+    """The filters present, the cursor's position and the caller's own agency, as
+    conditions on bind parameters."""
     common: list[ColumnElement[bool]] = []
     for name, column, compare in _FILTER_COLUMNS:
         if name in present:
@@ -202,21 +232,15 @@ def _page_query(
     if own_too:
         me = bindparam("me", type_=table_of(AuditEvent).c.actor_agency.type)
         common.append(audit_policy.concerns(me))
-    lim = bindparam("lim", type_=Integer())
-    order = _newest_first(col(AuditEvent.ts_leaf), col(AuditEvent.id))
-    if not by_agency:
-        return (
-            select(
-                col(AuditEvent.id), col(AuditEvent.canonical), col(AuditEvent.ts_leaf),
-                col(AuditLeaf.seq), col(AuditLeaf.leaf_hash),
-            )
-            .outerjoin(AuditLeaf, col(AuditLeaf.event_id) == col(AuditEvent.id))
-            .where(*common)
-            .order_by(*order)
-            .limit(lim)
-        )
+    return common
+
+
+def _agency_union(common: list[ColumnElement[bool]], lim: Any) -> Any:
+    """The newest ``:lim`` events acted by ``:agency`` and the newest ``:lim`` about it
+    (not acted by it), each one index scan, as one UNION ALL subquery."""
     agency = bindparam("agency", type_=table_of(AuditEvent).c.actor_agency.type)
     row = (col(AuditEvent.id), col(AuditEvent.canonical), col(AuditEvent.ts_leaf))
+    order = _newest_first(col(AuditEvent.ts_leaf), col(AuditEvent.id))
     by_actor = (
         select(*row)
         .where(col(AuditEvent.actor_agency) == agency, *common)
@@ -235,16 +259,7 @@ def _page_query(
         .limit(lim)
         .subquery()
     )
-    both = union_all(select(by_actor), select(by_subject)).subquery()
-    return (
-        select(
-            both.c.id, both.c.canonical, both.c.ts_leaf, col(AuditLeaf.seq),
-            col(AuditLeaf.leaf_hash),
-        )
-        .outerjoin(AuditLeaf, col(AuditLeaf.event_id) == both.c.id)
-        .order_by(*_newest_first(both.c.ts_leaf, both.c.id))
-        .limit(lim)
-    )
+    return union_all(select(by_actor), select(by_subject)).subquery()
 
 
 def _item_json(canonical: str, seq: int | None, leaf: bytes | None) -> str:
