@@ -298,9 +298,11 @@ async def test_a_database_that_went_away_is_a_503_to_retry_not_a_500(
 async def test_connections_terminated_by_the_server_are_a_503_or_served_never_a_500(
     app: Any, client: httpx.AsyncClient, tf: TaskForce, database_url: str
 ) -> None:
-    """A restart or an administrator ends the pool's connections (SQLSTATE 57P01, the
-    same as a fast shutdown): each request then either goes through on a fresh connection
-    or answers 503 to retry; none is an anonymous 500 (the restart test saw 19 of them)."""
+    """An administrator ends the pool's connections while requests are in flight
+    (SQLSTATE 57P01): each request then either goes through on a fresh connection or
+    answers 503 to retry, never an anonymous 500. This case already held before the
+    SQLSTATE fix; the restart's 500s ("shutting down" while connecting) are caught by
+    the restart fault test and by the SQLSTATE test below."""
     import asyncpg
 
     headers = await tf.headers("shelter")
