@@ -229,3 +229,4 @@ def hot(*scopes: Scope, check: Callable[[Principal], object] | None = None) -> A
 ReaderDb = Annotated[Authed, hot(Scope.REFERRALS_READ)]
 CaseworkerDb = Annotated[Authed, hot(Scope.REFERRALS_SEND)]
 StatusWriterDb = Annotated[Authed, hot(Scope.REFERRALS_STATUS)]
+DirectoryReaderDb = Annotated[Authed, hot(Scope.AGENCIES_READ)]

@@ -31,6 +31,7 @@ from app.ratelimit import RateLimiter, RateLimitMiddleware
 from app.routers import agencies, audit, directory, health, oauth, referrals, webhooks
 from app.routers import console as console_route
 from app.routers import metrics as metrics_route
+from app.routers.hot import HotLane
 from app.services.audit import GroupCommit
 from app.services.sequencer import SequencerRunner
 from app.services.server_keys import load_server_keys
@@ -290,9 +291,10 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
 
 def _install_middleware(app: FastAPI, settings: Settings, registry: Metrics) -> None:
     """Outermost last: request id, headers and access log wrap CORS, which wraps the
-    rate limiter."""
+    rate limiter, which wraps the hot routes' fast lane (``app.routers.hot``)."""
     limiter = RateLimiter(settings, on_refused=registry.rate_limited)
     app.state.rate_limiter = limiter
+    app.add_middleware(HotLane, fastapi=app)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
     if settings.cors.allow_origins:
         app.add_middleware(

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BeforeValidator
 
 from app import errors
-from app.auth import DirectoryReader, ServiceWriter
+from app.auth import DirectoryReader, DirectoryReaderDb, ServiceWriter
 from app.deps import Db
 from app.models.directory_schemas import (
     CapacityPatch,
@@ -41,8 +41,7 @@ OptionalAccepting = Annotated[Accepting | None, Absent]
     responses=errors.responses(400, 401, 403, 422),
 )
 async def search_services(
-    who: DirectoryReader,
-    db: Db,
+    a: DirectoryReaderDb,
     category: Annotated[OptionalService, Query(description="a service of the vocabulary")] = None,
     language: Annotated[
         str | None,
@@ -58,7 +57,7 @@ async def search_services(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     body = await directory.search(
-        db, who, category=category, language=language, population=population,
+        a.db, a.who, category=category, language=language, population=population,
         accepting=accepting, q=q, limit=limit, cursor=cursor,
     )
     return Response(body.encode("utf-8"), media_type="application/json")
