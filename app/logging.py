@@ -7,7 +7,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# json.dumps(out, default=str) builds this encoder anew for every line
+_ENCODE = json.JSONEncoder(default=str).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,12 +20,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        standard = _STANDARD
         for key, value in vars(record).items():
-            if key not in _STANDARD:
+            if key not in standard:
                 out[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
-        return json.dumps(out, default=str)
+        return _ENCODE(out)
 
 
 # Libraries that log SQL parameters or request details at DEBUG (aiosqlite logs every

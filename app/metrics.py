@@ -143,13 +143,23 @@ class Metrics:
         )
         self._has_webhooks = False
         self._has_witnesses = False
+        # the two children of each (method, route, status): ``labels()`` checks the
+        # values and takes a lock on every call; the children never change (nothing
+        # removes a series), and the labels are bounded (route templates, statuses)
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     # ------------------------------------------------------------- recording
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        labels = (method, route, str(status))
-        self.requests.labels(*labels).inc()
-        self.duration.labels(*labels).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = self._children.setdefault(
+                key, (self.requests.labels(*labels), self.duration.labels(*labels))
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def rate_limited(self, limit: str) -> None:
         self.limited.labels(limit).inc()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from traceback import extract_tb
@@ -68,9 +69,30 @@ class _Response:
     started: bool = False
 
 
-def _client_request_id(scope: Scope) -> str | None:
+def _new_request_id() -> str:
+    """``uuid.uuid4().hex`` without building a ``UUID``: 16 random bytes with the
+    version (4) and variant (RFC 4122) bits set, as 32 lower-case hex digits."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
+def _request_headers(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """The X-Request-ID and Content-Length headers, each the last one sent (as
+    ``dict(scope["headers"])`` would give), from one pass over the headers."""
+    request_id = length = None
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            request_id = value
+        elif name == b"content-length":
+            length = value
+    return request_id, length
+
+
+def _client_request_id(incoming_raw: bytes | None) -> str | None:
     """The caller's X-Request-ID when it is well formed (kept apart from ours)."""
-    incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+    incoming = (incoming_raw or b"").decode("latin-1")
     return incoming if _REQUEST_ID.match(incoming) else None
 
 
@@ -91,6 +113,19 @@ def _stamped(send: Send, request_id: str, response: _Response) -> Send:
         await send(message)
 
     return send_wrapper
+
+
+def _access_line(level: int, fields: dict[str, Any]) -> None:
+    """``log.log(level, "request", extra=fields)`` from the caller, without its search
+    of the stack for the caller (``Logger.findCaller``): the same record (the caller's
+    file, line and function), through the same ``Logger.handle`` (filters, handlers)."""
+    caller = sys._getframe(1)
+    log.handle(
+        log.makeRecord(
+            log.name, level, caller.f_code.co_filename, caller.f_lineno, "request", (), None,
+            caller.f_code.co_name, fields,
+        )
+    )
 
 
 class RequestContextMiddleware:
@@ -121,9 +156,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        request_id = _new_request_id()
+        incoming_id, declared = _request_headers(scope)
         token = request_id_var.set(request_id)
-        client_token = client_request_id_var.set(_client_request_id(scope))
+        client_token = client_request_id_var.set(_client_request_id(incoming_id))
         client_var.set(None)
         agency_var.set(None)
         problem_var.set(None)
@@ -131,18 +167,24 @@ class RequestContextMiddleware:
         response = _Response()
         try:
             await self._answer(scope, receive, _stamped(send, request_id, response), request_id,
-                               response)
+                               response, declared)
         finally:
             self._log(scope, request_id, response, time.perf_counter() - started)
             request_id_var.reset(token)
             client_request_id_var.reset(client_token)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, response: _Response
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        response: _Response,
+        declared: bytes | None,
     ) -> None:
         """Refuse a declared oversize body or a NUL in the URL; else run the app with the
         body limit enforced while it reads."""
-        if self._declares_too_much(scope):
+        if self._declares_too_much(declared):
             await self._reject(send, request_id)
             return
         if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
@@ -157,8 +199,7 @@ class RequestContextMiddleware:
             return
         await self._run(scope, self._limited(receive), send, request_id, response)
 
-    def _declares_too_much(self, scope: Scope) -> bool:
-        declared = dict(scope["headers"]).get(b"content-length")
+    def _declares_too_much(self, declared: bytes | None) -> bool:
         if declared is None:
             return False
         try:
@@ -222,10 +263,8 @@ class RequestContextMiddleware:
             else logging.WARNING if status >= 400
             else logging.INFO
         )
-        log.log(
-            level,
-            "request",
-            extra={
+        if log.isEnabledFor(level):  # as log.log: no record (nor context reads) below it
+            _access_line(level, {
                 "request_id": request_id,
                 "client_request_id": client_request_id_var.get(),
                 "method": scope.get("method"),
@@ -235,8 +274,7 @@ class RequestContextMiddleware:
                 "client_id": client_var.get(),
                 "agency_id": agency_var.get(),
                 "problem": problem_var.get(),
-            },
-        )
+            })
         if self.observe is not None:
             self.observe(str(scope.get("method")), route_path, status, seconds)
 
