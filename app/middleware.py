@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from traceback import extract_tb
@@ -67,15 +67,6 @@ class _Response:
 
     status: int = 500
     started: bool = False
-
-
-def _new_request_id() -> str:
-    """``uuid.uuid4().hex`` without building a ``UUID``: 16 random bytes with the
-    version (4) and variant (RFC 4122) bits set, as 32 lower-case hex digits."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
 
 
 def _request_headers(scope: Scope) -> tuple[bytes | None, bytes | None]:
@@ -156,7 +147,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _new_request_id()
+        request_id = uuid.uuid4().hex
         incoming_id, declared = _request_headers(scope)
         token = request_id_var.set(request_id)
         client_token = client_request_id_var.set(_client_request_id(incoming_id))

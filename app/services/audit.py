@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -134,16 +134,6 @@ def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, An
     }
 
 
-def _new_event_id() -> str:
-    """``str(uuid.uuid4())`` without building a ``UUID``: 16 random bytes with the
-    version (4) and variant (RFC 4122) bits set, spelled 8-4-4-4-12 in lower-case hex."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 # canonical_json's own encoder for values that need no normalization (see _plain)
 _JCS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 _KEY_ORDER_SAFE = "\ue000"
@@ -204,7 +194,7 @@ def leaf_text(event: dict[str, Any]) -> str:
 
 def _row(p: PendingEvent) -> dict[str, Any]:
     ts = utcnow()
-    event_id = _new_event_id()
+    event_id = str(uuid.uuid4())
     event = build_event(p, ts=ts, event_id=event_id)
     return {"event_id": event_id, "ts": ts, "canonical": leaf_text(event)}
 
