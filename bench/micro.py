@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace) -> None:
     admin = os.environ.get(
         "REFGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    name = "refgate_micro"
+    name = args.database
     await asyncio.to_thread(dataset.recreate_database, admin, name)
     _, sa_url = dataset.database_urls(admin, name)
     data_dir = Path(tempfile.mkdtemp(prefix="refgate-micro-"))
@@ -266,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sort", default="tottime")
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--no-rate-limit", action="store_true")
+    p.add_argument(
+        "--database", default="refgate_micro",
+        help="database to (re)create (default refgate_micro; one per concurrent run)",
+    )
     args = p.parse_args(argv)
     try:
         import uvloop
