@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace) -> None:
     admin = os.environ.get(
         "REFGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    name = "refgate_micro"
+    name = os.environ.get("REFGATE_MICRO_DB", "refgate_micro")
     await asyncio.to_thread(dataset.recreate_database, admin, name)
     _, sa_url = dataset.database_urls(admin, name)
     data_dir = Path(tempfile.mkdtemp(prefix="refgate-micro-"))

@@ -6,7 +6,6 @@ disclosure."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +22,7 @@ from app.crypto.envelope.common import (
     _canonical,
     _equal,
     _first_error,
-    _no_duplicates,
-    _refuse_constant,
+    _loads_strict,
     _sha256,
 )
 from app.crypto.wire import FieldValue, GrantValue, RequestValue
@@ -62,12 +60,7 @@ def parse_disclosure(disclosure: object) -> Disclosed:
     if not isinstance(disclosure, str):
         raise EnvelopeError("bad-disclosure", "a disclosure must be a base64url string")
     try:
-        raw = b64url_decode(disclosure)
-        array = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_refuse_constant,
-        )
+        array = _loads_strict(b64url_decode(disclosure).decode("utf-8"))
     except (EncodingError, UnicodeDecodeError, ValueError, RecursionError):
         raise EnvelopeError(
             "bad-disclosure", "a disclosure is not base64url of a JSON array"
@@ -87,7 +80,8 @@ def parse_disclosure(disclosure: object) -> Disclosed:
     if model is None:
         raise EnvelopeError("bad-disclosure", "a disclosure's type must be field, grant or request")
     try:
-        parsed = model.model_validate(value, strict=True)
+        # model_validate(value, strict=True) without its wrapper
+        parsed = model.__pydantic_validator__.validate_python(value, strict=True)
     except pydantic.ValidationError as exc:
         raise EnvelopeError("bad-disclosure", f"{kind} disclosure: {_first_error(exc)}") from None
     return Disclosed(disclosure, disclosure_digest(disclosure), kind, parsed)
