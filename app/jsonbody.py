@@ -8,6 +8,7 @@ Duplicate keys, non-UTF-8, NaN/Infinity and absurd nesting are refused.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -18,16 +19,57 @@ MAX_DEPTH = 32
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key[:64]!r}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # name the first key seen twice
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key[:64]!r}")
+            seen.add(key)
     return out
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# one decoder for every body (``json.loads`` with hooks builds a new one per call)
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+# the decoder's own scanner (json.scanner.make_scanner(_DECODER)): one value at an index
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text, object_pairs_hook=..., parse_constant=...)``: the same values
+    and errors (its refusal of a byte order mark included), on the shared decoder; a
+    text that is one value from its first character to its last is scanned once."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        end = -1
+    if end == len(text):
+        return value
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
+
+
+def _check_depth(value: Any, limit: int) -> None:
+    """Refuse a value (a container or not) deeper than ``limit``: :func:`_check_tree`
+    for a value that holds no NUL, one level at a time."""
+    level = [value]
+    depth = 1
+    while level:
+        if depth > limit:
+            raise ValueError(f"nested deeper than {limit}")
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(item.values())
+            elif isinstance(item, list):
+                below.extend(item)
+        level = below
+        depth += 1
 
 
 def _check_tree(value: Any, limit: int) -> None:
@@ -50,8 +92,13 @@ def _check_tree(value: Any, limit: int) -> None:
 def parse_strict(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-        _check_tree(value, MAX_DEPTH)
+        value = _loads(text)
+        # a NUL reaches a parsed string or key only as the escape \u0000 (the decoder
+        # refuses raw control characters): without one, only the depth is left to check
+        if "\\u0000" in text:
+            _check_tree(value, MAX_DEPTH)
+        else:
+            _check_depth(value, MAX_DEPTH)
     except UnicodeDecodeError:
         raise errors.BadRequest("the body is not UTF-8", slug="invalid-json") from None
     except RecursionError:

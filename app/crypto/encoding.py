@@ -11,7 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 
-_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
+# "-" and "_" become "+" and "/"; "+", "/" and "=" (which base64url has not) become "!",
+# which strict a2b_base64 refuses, so one translate both maps and screens the input
+_URL_TO_STD = bytes.maketrans(b"-_+/=", b"+/!!!")
+_PAD = (b"", b"", b"==", b"=")  # by len % 4 (1 is refused before)
 # the last character of an unpadded encoding carries 4 (2 chars over a group) or
 # 2 (3 chars over) bits that are not data; canonical encodings have them zero
 _SPARE_BITS = {2: 0x0F, 3: 0x03}
@@ -34,21 +37,17 @@ def b64url_decode(text: str, *, length: int | None = None) -> bytes:
     Strict: only the 64 URL-safe characters, no padding, no whitespace, and the
     unused bits of the last character zero, so that each byte string has exactly
     one accepted spelling (``tests/crypto/test_encoding.py`` checks this against
-    decode-then-re-encode). Every ciphertext, key, salt and disclosure of a
-    referral goes through here, hence no regular expression and no re-encoding.
+    decode-then-re-encode, and the messages against the previous implementation).
+    Every ciphertext, key, salt and disclosure of a referral goes through here,
+    hence no regular expression and no re-encoding.
     """
-    if not isinstance(text, str) or not text.isascii():
-        raise EncodingError("not base64url without padding")
-    spare = len(text) % 4
-    raw = text.encode("ascii")
-    # "-" and "_" become "+" and "/" below, so those two (and "=") must not be in the input
-    if spare == 1 or b"+" in raw or b"/" in raw or b"=" in raw:
+    spare = len(text) % 4 if isinstance(text, str) else 1
+    if spare == 1:
         raise EncodingError("not base64url without padding")
     try:
-        data = binascii.a2b_base64(
-            raw.translate(_URL_TO_STD) + b"=" * (-spare % 4), strict_mode=True
-        )
-    except binascii.Error:
+        raw = text.encode("ascii")
+        data = binascii.a2b_base64(raw.translate(_URL_TO_STD) + _PAD[spare], strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
         raise EncodingError("not base64url without padding") from None
     if spare and _VALUE[raw[-1]] & _SPARE_BITS[spare]:
         raise EncodingError("non-canonical base64url")

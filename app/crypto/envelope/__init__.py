@@ -54,6 +54,7 @@ from app.crypto.envelope.disclosures import (
     disclosure_digest,
     make_disclosure,
     parse_disclosure,
+    parse_disclosures,
 )
 from app.crypto.envelope.manifest import manifest_signing_input
 from app.crypto.envelope.opening import Opened, open_envelope
@@ -90,6 +91,7 @@ __all__ = [
     "open_envelope",
     "open_note",
     "parse_disclosure",
+    "parse_disclosures",
     "seal_envelope",
     "seal_note",
     "sign_status",

@@ -197,6 +197,7 @@ def check_amendment(
     fids: Iterable[str],
     recipients: Iterable[str],
     max_recipients: int = 64,
+    parsed: Sequence[Disclosed] | None = None,
 ) -> CheckedAmendment:
     """Check a ``POST /v1/referrals/{id}/grants`` body against the stored manifest.
 
@@ -209,7 +210,8 @@ def check_amendment(
     fids and are matched one to one by wrapped keys; a new recipient brings
     exactly one request and a grant, an existing one no second request.
     Whether ``version`` is still current when stored is the caller's check
-    (a conditional update), as are kids and clocks.
+    (a conditional update), as are kids and clocks. ``parsed``: as for
+    :func:`check_envelope`.
     """
     m = body.manifest
     _check_succession(current, m)
@@ -217,7 +219,9 @@ def check_amendment(
     _check_padding(m.digests)
     if not set(current.digests) <= set(m.digests):
         raise EnvelopeError("manifest-changed", "manifest.digests must keep every current digest")
-    s = _Set.of(_disclosed(body.disclosures, frozenset(m.digests), seen=current.digests))
+    s = _Set.of(
+        _disclosed(body.disclosures, frozenset(m.digests), seen=current.digests, parsed=parsed)
+    )
     if s.fields:
         raise EnvelopeError("malformed", "an amendment adds grants and requests, not fields")
     _check_new_grants(s, set(fids), m.sender_agency, m.created_at)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Callable
 from typing import Any, Literal
@@ -122,16 +123,38 @@ def _canonical(value: object) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError("duplicate key")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
     return out
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# one decoder for every disclosure and field (``json.loads`` with hooks builds one per call)
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+# the decoder's own scanner (json.scanner.make_scanner(_DECODER)): one value at an index
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _loads_strict(text: str) -> Any:
+    """``json.loads`` refusing duplicate keys and NaN/Infinity (``ValueError``), with
+    its refusal of a byte order mark, on the shared decoder.
+
+    A text that is one value from its first character to its last is scanned once;
+    anything else (whitespace around it, extra data, no value) goes the way of
+    ``json.loads``, which returns or raises what it always did."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        end = -1
+    if end == len(text):
+        return value
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
 
 
 def _first_error(exc: pydantic.ValidationError) -> str:

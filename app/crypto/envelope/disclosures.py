@@ -6,10 +6,9 @@ disclosure."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pydantic
 
@@ -23,8 +22,7 @@ from app.crypto.envelope.common import (
     _canonical,
     _equal,
     _first_error,
-    _no_duplicates,
-    _refuse_constant,
+    _loads_strict,
     _sha256,
 )
 from app.crypto.wire import FieldValue, GrantValue, RequestValue
@@ -57,17 +55,19 @@ _VALUE_MODELS: dict[str, type[FieldValue] | type[GrantValue] | type[RequestValue
 }
 
 
-def parse_disclosure(disclosure: object) -> Disclosed:
-    """Decode and validate one disclosure; raises ``bad-disclosure``."""
+_LIST_ADAPTERS: dict[str, pydantic.TypeAdapter[Any]] = {
+    "field": pydantic.TypeAdapter(list[FieldValue]),
+    "grant": pydantic.TypeAdapter(list[GrantValue]),
+    "request": pydantic.TypeAdapter(list[RequestValue]),
+}
+
+
+def _unvalidated(disclosure: object) -> tuple[DisclosureType, Any]:
+    """A disclosure's type and value, every check but the value's model passed."""
     if not isinstance(disclosure, str):
         raise EnvelopeError("bad-disclosure", "a disclosure must be a base64url string")
     try:
-        raw = b64url_decode(disclosure)
-        array = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_refuse_constant,
-        )
+        array = _loads_strict(b64url_decode(disclosure).decode("utf-8"))
     except (EncodingError, UnicodeDecodeError, ValueError, RecursionError):
         raise EnvelopeError(
             "bad-disclosure", "a disclosure is not base64url of a JSON array"
@@ -83,14 +83,54 @@ def parse_disclosure(disclosure: object) -> Disclosed:
         raise EnvelopeError(
             "bad-disclosure", "a disclosure's salt must be base64url of 16 bytes"
         ) from None
-    model = _VALUE_MODELS.get(kind) if isinstance(kind, str) else None
-    if model is None:
+    if not (isinstance(kind, str) and kind in _VALUE_MODELS):
         raise EnvelopeError("bad-disclosure", "a disclosure's type must be field, grant or request")
+    return cast(DisclosureType, kind), value
+
+
+def parse_disclosure(disclosure: object) -> Disclosed:
+    """Decode and validate one disclosure; raises ``bad-disclosure``."""
+    kind, value = _unvalidated(disclosure)
     try:
-        parsed = model.model_validate(value, strict=True)
+        # model_validate(value, strict=True) without its wrapper
+        parsed = _VALUE_MODELS[kind].__pydantic_validator__.validate_python(value, strict=True)
     except pydantic.ValidationError as exc:
         raise EnvelopeError("bad-disclosure", f"{kind} disclosure: {_first_error(exc)}") from None
+    assert isinstance(disclosure, str)  # noqa: S101 (_unvalidated refuses anything else)
     return Disclosed(disclosure, disclosure_digest(disclosure), kind, parsed)
+
+
+def parse_disclosures(disclosures: Sequence[object]) -> list[Disclosed]:
+    """:func:`parse_disclosure` of each, in order, raising the first one's error; the
+    values of each type validated in one pydantic call (when one of them is refused,
+    each is parsed again in order, so that the first error is the one raised)."""
+    checked: list[tuple[str, DisclosureType, Any]] = []
+    failure: EnvelopeError | None = None
+    for item in disclosures:
+        try:
+            kind, value = _unvalidated(item)
+        except EnvelopeError as exc:
+            failure = exc  # raised unless an earlier value is refused by its model
+            break
+        assert isinstance(item, str)  # noqa: S101 (_unvalidated refuses anything else)
+        checked.append((item, kind, value))
+    by_kind: dict[str, list[Any]] = {kind: [] for kind in _VALUE_MODELS}
+    for _, kind, value in checked:
+        by_kind[kind].append(value)
+    try:
+        models = {
+            kind: iter(_LIST_ADAPTERS[kind].validate_python(values, strict=True))
+            for kind, values in by_kind.items()
+            if values
+        }
+    except pydantic.ValidationError:
+        return [parse_disclosure(item) for item in disclosures]  # raises the first error
+    if failure is not None:
+        raise failure
+    return [
+        Disclosed(item, disclosure_digest(item), kind, next(models[kind]))
+        for item, kind, _ in checked
+    ]
 
 
 @dataclass

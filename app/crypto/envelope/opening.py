@@ -4,7 +4,6 @@ decrypts, and returns everything the caller may read or raises."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +18,8 @@ from app.crypto.envelope.common import (
     EnvelopeError,
     _aad,
     _equal,
+    _loads_strict,
     _model,
-    _no_duplicates,
-    _refuse_constant,
     _sha256,
     _valid_name,
     commitment,
@@ -174,11 +172,7 @@ def _decrypt_field(
     except nacl.exceptions.CryptoError:
         raise EnvelopeError("decrypt-failed", f"field {fid} does not decrypt") from None
     try:
-        value = json.loads(
-            plaintext.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_refuse_constant,
-        )
+        value = _loads_strict(plaintext.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise EnvelopeError("invalid-field", f"field {fid} is not JSON") from None
     if not (

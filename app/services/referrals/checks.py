@@ -92,7 +92,7 @@ def _check_clock(created_at: str, now: datetime, settings: Settings) -> None:
 def _parsed_disclosures(disclosures: Sequence[str]) -> list[env.Disclosed]:
     """Every disclosure parsed once (422 on the first bad one)."""
     try:
-        return [env.parse_disclosure(item) for item in disclosures]
+        return env.parse_disclosures(disclosures)
     except env.EnvelopeError as exc:
         raise _invalid(exc) from None
 
@@ -100,8 +100,3 @@ def _parsed_disclosures(disclosures: Sequence[str]) -> list[env.Disclosed]:
 def _named_in(parsed: Iterable[env.Disclosed]) -> set[str]:
     """Agencies named by grant and request disclosures (for the one directory read)."""
     return {d.value.recipient for d in parsed if isinstance(d.value, GrantValue | RequestValue)}
-
-
-def _named_agencies(disclosures: Sequence[str]) -> set[str]:
-    """Agencies named by grant and request disclosures (for the one directory read)."""
-    return _named_in(_parsed_disclosures(disclosures))

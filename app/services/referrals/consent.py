@@ -33,7 +33,8 @@ from app.services.referrals.checks import (
     _check_expiry,
     _check_kids,
     _check_recipients,
-    _named_agencies,
+    _named_in,
+    _parsed_disclosures,
     _sig_key,
 )
 from app.services.referrals.common import (
@@ -129,7 +130,8 @@ async def _check_amendment(
             )
         )
     )
-    directory = await _directory(db, {who.agency_id, *_named_agencies(body.disclosures)})
+    parsed = _parsed_disclosures(body.disclosures)
+    directory = await _directory(db, {who.agency_id, *_named_in(parsed)})
     if body.manifest.version != current.version + 1:
         raise errors.Conflict(
             f"the referral is at version {current.version}: read it again and amend "
@@ -140,6 +142,7 @@ async def _check_amendment(
         checked = env.check_amendment(
             current, body, sender_sig_public=_sig_key(directory, who.agency_id), fids=fids,
             recipients=recipients, max_recipients=settings.referrals.max_recipients,
+            parsed=parsed,
         )
     except env.EnvelopeError as exc:
         raise _invalid(exc) from None
