@@ -27,11 +27,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import rfc8785
 
-__all__ = ["MAX_DEPTH", "MAX_SAFE_INTEGER", "CanonicalizationError", "canonical_json"]
+__all__ = [
+    "MAX_DEPTH", "MAX_SAFE_INTEGER", "CanonicalizationError", "canonical_json", "canonical_text",
+    "encode_plain", "is_plain",
+]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 """Largest integer magnitude accepted (I-JSON, RFC 7493 section 2.2)."""
@@ -82,6 +85,66 @@ def _check_str(value: str) -> str:
 
 _FAST = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 _KEY_ORDER_SAFE = "\ue000"  # below this, code point order is UTF-16 code unit order
+
+
+def encode_plain(value: Any) -> str:
+    """The RFC 8785 text of a value :func:`is_plain` holds (or that a model's patterns
+    keep plain): the standard encoder ``canonical_json`` hands such values to,
+    without its normalising walk."""
+    return _FAST.encode(value)
+
+
+def canonical_text(value: Any) -> str:
+    """``canonical_json(value).decode()``, without the walk when ``value`` is plain."""
+    if is_plain(value):
+        return _FAST.encode(value)
+    return canonical_json(value).decode("utf-8")
+
+
+def _unicode(text: str) -> bool:
+    """No lone surrogate (``canonical_json`` refuses those)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_plain(value: Any, depth: int = 0) -> bool:
+    """True when ``canonical_json(value)`` is the standard encoder's output for ``value``
+    as it is: exact ``dict``/``list``/``tuple``/``str``/``int``/``bool``/``None`` within
+    its limits (no float, no key at or above U+E000, no lone surrogate, integers in
+    the safe range, nesting within ``MAX_DEPTH``), which its normalization leaves
+    unchanged and which it hands to the same encoder. Anything else (and anything it
+    refuses) goes to ``canonical_json`` itself."""
+    if depth > MAX_DEPTH:
+        return False
+    kind = type(value)
+    if kind is str:
+        return value.isascii() or _unicode(value)
+    if value is None or kind is bool:
+        return True
+    if kind is int:
+        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
+    if kind is not dict and kind is not list and kind is not tuple:
+        return False
+    if depth == MAX_DEPTH:  # a member would be deeper than canonical_json accepts
+        return not value
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str or not (
+                k.isascii() or (_unicode(k) and max(k) < _KEY_ORDER_SAFE)
+            ):
+                return False
+            if not (v is None or (type(v) is str and v.isascii()) or is_plain(v, depth + 1)):
+                return False
+        return True
+    for v in value:
+        if not ((type(v) is str and v.isascii()) or is_plain(v, depth + 1)):
+            return False
+    return True
+
+
 
 
 class _Walk:

@@ -18,7 +18,6 @@ gives each committed event its log position.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
@@ -31,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app import errors
 from app.context import client_request_id_var, request_id_var
-from app.crypto.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, canonical_json
+from app.crypto.canonical import canonical_text
 from app.db import GROUP_COMMIT
 from app.dialect import is_postgres
 from app.identity import Actor as Actor  # re-exported: callers record as an Actor
@@ -134,69 +133,11 @@ def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, An
     }
 
 
-# canonical_json's own encoder for values that need no normalization (see _plain)
-_JCS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-_KEY_ORDER_SAFE = "\ue000"
-
-
-def _unicode(text: str) -> bool:
-    """No lone surrogate (``canonical_json`` refuses those)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _plain(value: Any, depth: int = 0) -> bool:
-    """True when ``canonical_json(value)`` is the standard encoder's output for ``value``
-    as it is: exact ``dict``/``list``/``tuple``/``str``/``int``/``bool``/``None`` within
-    its limits (no float, no key at or above U+E000, no lone surrogate, integers in
-    the safe range, nesting within ``MAX_DEPTH``), which its normalization leaves
-    unchanged and which it hands to the same encoder. Anything else (and anything it
-    refuses) goes to ``canonical_json`` itself."""
-    if depth > MAX_DEPTH:
-        return False
-    kind = type(value)
-    if kind is str:
-        return value.isascii() or _unicode(value)
-    if value is None or kind is bool:
-        return True
-    if kind is int:
-        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
-    if kind is not dict and kind is not list and kind is not tuple:
-        return False
-    if depth == MAX_DEPTH:  # a member would be deeper than canonical_json accepts
-        return not value
-    if kind is dict:
-        for k, v in value.items():
-            if type(k) is not str or not (
-                k.isascii() or (_unicode(k) and max(k) < _KEY_ORDER_SAFE)
-            ):
-                return False
-            if not (v is None or (type(v) is str and v.isascii()) or _plain(v, depth + 1)):
-                return False
-        return True
-    for v in value:
-        if not ((type(v) is str and v.isascii()) or _plain(v, depth + 1)):
-            return False
-    return True
-
-
-def leaf_text(event: dict[str, Any]) -> str:
-    """``canonical_json(event).decode()``: the event's RFC 8785 text, by the standard
-    encoder directly when the event needs no normalization (every event refgate
-    writes: ids, codes, counts, lists of field ids)."""
-    if _plain(event):
-        return _JCS.encode(event)
-    return canonical_json(event).decode("utf-8")
-
-
 def _row(p: PendingEvent) -> dict[str, Any]:
     ts = utcnow()
     event_id = str(uuid.uuid4())
     event = build_event(p, ts=ts, event_id=event_id)
-    return {"event_id": event_id, "ts": ts, "canonical": leaf_text(event)}
+    return {"event_id": event_id, "ts": ts, "canonical": canonical_text(event)}
 
 
 _EVENTS = table_of(AuditEvent)

@@ -17,7 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import middleware
-from app.crypto.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, CanonicalizationError, canonical_json
+from app.crypto.canonical import (
+    MAX_DEPTH,
+    MAX_SAFE_INTEGER,
+    CanonicalizationError,
+    canonical_json,
+    canonical_text,
+)
 from app.logging import JsonFormatter
 from app.models.types import LEAF_TIME
 from app.services import audit
@@ -66,7 +72,7 @@ def _canonical(value: Any) -> str | type[Exception]:
 
 def _leaf(value: Any) -> str | type[Exception]:
     try:
-        return audit.leaf_text(value)
+        return canonical_text(value)
     except CanonicalizationError:
         return CanonicalizationError
 

@@ -3,11 +3,11 @@ the digest list's padding with decoys (sorted, unique, a multiple of 8)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from app.crypto import keys
+from app.crypto.canonical import encode_plain
 from app.crypto.encoding import EncodingError, b64url_decode, b64url_encode
 from app.crypto.envelope.common import (
     HASH_SIZE,
@@ -18,9 +18,6 @@ from app.crypto.envelope.common import (
     _canonical,
 )
 from app.crypto.wire import Manifest
-
-# canonical.py's encoder for values without floats or keys at or above U+E000
-_JCS_ASCII = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
 def manifest_signing_input(manifest: Mapping[str, Any]) -> bytes:
@@ -53,7 +50,7 @@ def _manifest_bytes(manifest: Manifest) -> bytes:
     without its walk: the model admits only ASCII strings (its patterns), ``v`` 2, a
     ``version`` in 1..1,000,000 and a list of ASCII strings, which the standard library's
     encoder writes as JCS does (``tests/crypto`` holds the two equal)."""
-    return _JCS_ASCII.encode(manifest.model_dump()).encode("utf-8")
+    return encode_plain(manifest.model_dump()).encode("utf-8")
 
 
 def _check_padding(digests: Sequence[str]) -> None:
