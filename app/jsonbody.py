@@ -7,13 +7,12 @@ Duplicate keys, non-UTF-8, NaN/Infinity and absurd nesting are refused.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
 
 from app import errors
+from app.crypto.strict_json import StrictDecoder
 
 MAX_DEPTH = 32
 
@@ -33,25 +32,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# one decoder for every body (``json.loads`` with hooks builds a new one per call)
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-# the decoder's own scanner (json.scanner.make_scanner(_DECODER)): one value at an index
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-
-
-def _loads(text: str) -> Any:
-    """``json.loads(text, object_pairs_hook=..., parse_constant=...)``: the same values
-    and errors (its refusal of a byte order mark included), on the shared decoder; a
-    text that is one value from its first character to its last is scanned once."""
-    try:
-        value, end = _SCAN(text, 0)
-    except StopIteration:
-        end = -1
-    if end == len(text):
-        return value
-    if text.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-    return _DECODER.decode(text)
+_loads = StrictDecoder(_no_duplicates, _refuse_constant).loads
 
 
 def _check_depth(value: Any, limit: int) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Callable
 from typing import Any, Literal
@@ -18,6 +17,7 @@ import pydantic
 
 from app import vocab
 from app.crypto.canonical import CanonicalizationError, canonical_json
+from app.crypto.strict_json import StrictDecoder
 from app.crypto.wire import FIELD_NAME_RE
 
 VERSION = 2
@@ -133,28 +133,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# one decoder for every disclosure and field (``json.loads`` with hooks builds one per call)
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-# the decoder's own scanner (json.scanner.make_scanner(_DECODER)): one value at an index
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-
-
-def _loads_strict(text: str) -> Any:
-    """``json.loads`` refusing duplicate keys and NaN/Infinity (``ValueError``), with
-    its refusal of a byte order mark, on the shared decoder.
-
-    A text that is one value from its first character to its last is scanned once;
-    anything else (whitespace around it, extra data, no value) goes the way of
-    ``json.loads``, which returns or raises what it always did."""
-    try:
-        value, end = _SCAN(text, 0)
-    except StopIteration:
-        end = -1
-    if end == len(text):
-        return value
-    if text.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-    return _DECODER.decode(text)
+_loads_strict = StrictDecoder(_no_duplicates, _refuse_constant).loads
 
 
 def _first_error(exc: pydantic.ValidationError) -> str:
