@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from app import errors
 from app.crypto.encoding import EncodingError, b64url_decode
 from app.models.schemas import rfc3339
-from app.models.types import LEAF_TIME
+from app.models.types import leaf_time_text
 
 Part = int | datetime | str
 
@@ -63,7 +63,7 @@ def decode_leaf_time_id(cursor: str) -> tuple[str, int]:
     spelling (fixed width, microseconds, ``Z``), the one text order compares."""
     try:
         text, value = _parts(cursor, 2)
-        if _time(text).strftime(LEAF_TIME) != text:
+        if leaf_time_text(_time(text)) != text:
             raise ValueError("not a leaf time")
         return text, _int(value)
     except _BAD:

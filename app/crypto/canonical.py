@@ -97,7 +97,7 @@ def encode_plain(value: Any) -> str:
 def canonical_text(value: Any) -> str:
     """``canonical_json(value).decode()``, without the walk when ``value`` is plain."""
     if is_plain(value):
-        return _FAST.encode(value)
+        return encode_plain(value)
     return canonical_json(value).decode("utf-8")
 
 
@@ -143,8 +143,6 @@ def is_plain(value: Any, depth: int = 0) -> bool:
         if not ((type(v) is str and v.isascii()) or is_plain(v, depth + 1)):
             return False
     return True
-
-
 
 
 class _Walk:

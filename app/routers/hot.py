@@ -50,6 +50,7 @@ Convert = Callable[[str], object]  # raises ValueError: not the plain form, Fast
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _QUERY_TIME: TypeAdapter[Any] = TypeAdapter(QueryTime)
+_PREFIXES = ("/v1/referrals", "/v1/audit/", "/v1/directory/services")  # of LANES' routes
 
 
 def _choice(values: type[Enum] | tuple[str, ...]) -> Convert:
@@ -124,7 +125,6 @@ async def _event_filter(kwargs: dict[str, Any]) -> None:
     kwargs["f"] = await audit.event_filter(**{name: kwargs.pop(name) for name in _FILTER})
 
 
-MAX_INT64 = audit.MAX_INT64
 LANES = (
     Lane(referrals.create_referral, {}, ("idempotency-key", "idempotency_key", _token(255))),
     Lane(
@@ -170,8 +170,8 @@ LANES = (
     Lane(
         audit.inclusion,
         {
-            "seq": (_integer(0, MAX_INT64), ...),
-            "tree_size": (_integer(1, MAX_INT64), None),
+            "seq": (_integer(0, audit.MAX_INT64), ...),
+            "tree_size": (_integer(1, audit.MAX_INT64), None),
         },
     ),
 )
@@ -314,5 +314,3 @@ def _candidate(scope: Scope) -> bool:
         and scope["path"].startswith(_PREFIXES)
     )
 
-
-_PREFIXES = ("/v1/referrals", "/v1/audit/", "/v1/directory/services")

@@ -35,7 +35,7 @@ from app.db import GROUP_COMMIT
 from app.dialect import is_postgres
 from app.identity import Actor as Actor  # re-exported: callers record as an Actor
 from app.models.tables import AuditEvent, AuditPending, table_of
-from app.models.types import LEAF_TIME, utcnow
+from app.models.types import leaf_time_text, utcnow
 from app.vocab import AuditAction, AuditOutcome
 
 Action = AuditAction
@@ -103,20 +103,11 @@ def scrub_detail(value: Any) -> Any:
     return value
 
 
-def rfc3339(ts: datetime) -> str:
-    """The leaf's spelling of a UTC time (fixed width: text order is time order)."""
-    if ts.year < 1000:  # strftime's %Y does not pad these; isoformat would
-        return ts.strftime(LEAF_TIME)
-    # the same characters as strftime(LEAF_TIME), which is several times slower:
-    # YYYY-MM-DDTHH:MM:SS.ffffff (26 characters; any UTC offset after them cut)
-    return ts.isoformat(timespec="microseconds")[:26] + "Z"
-
-
 def build_event(p: PendingEvent, *, ts: datetime, event_id: str) -> dict[str, Any]:
     """The event object whose RFC 8785 bytes form the Merkle leaf."""
     return {
         "event_id": event_id,
-        "ts": rfc3339(ts),
+        "ts": leaf_time_text(ts),
         "actor": p.actor.client_id,
         "actor_agency": p.actor.agency_id,
         "role": p.actor.role,

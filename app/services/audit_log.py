@@ -37,6 +37,7 @@ from app.db import core
 from app.dialect import is_postgres
 from app.identity import Principal
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState, table_of
+from app.models.types import leaf_time_text
 from app.services import audit, witnesses
 from app.services.audit import Action
 from app.services.sequencer import load_nodes
@@ -106,7 +107,7 @@ def _scoped(
 
 def leaf_time(moment: datetime) -> str:
     """``moment`` as the leaf's ``ts`` spells times: fixed width, so text order is time order."""
-    return audit.rfc3339(moment.astimezone(UTC))
+    return leaf_time_text(moment.astimezone(UTC))
 
 
 def _base() -> Select[*tuple[Any, ...]]:

@@ -25,7 +25,7 @@ from app.crypto.canonical import (
     canonical_text,
 )
 from app.logging import JsonFormatter
-from app.models.types import LEAF_TIME
+from app.models.types import LEAF_TIME, leaf_time_text
 from app.services import audit
 
 PROPERTY = settings(max_examples=300, deadline=None, database=None)
@@ -121,12 +121,12 @@ _TIMES = st.datetimes(
 @PROPERTY
 @given(_TIMES)
 def test_rfc3339_is_the_leaf_time_format(ts: datetime) -> None:
-    assert audit.rfc3339(ts) == ts.strftime(LEAF_TIME)
+    assert leaf_time_text(ts) == ts.strftime(LEAF_TIME)
 
 
 def test_rfc3339_of_whole_seconds_keeps_the_fraction() -> None:
     ts = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert audit.rfc3339(ts) == "2026-01-02T03:04:05.000000Z"
+    assert leaf_time_text(ts) == "2026-01-02T03:04:05.000000Z"
 
 
 @PROPERTY
