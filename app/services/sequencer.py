@@ -345,7 +345,14 @@ async def integrate_batch(session: AsyncSession, batch_size: int, *, sweep: bool
 async def sign_checkpoint(
     session: AsyncSession, settings: Settings, server_keys: ServerKeys
 ) -> AuditCheckpoint | None:
-    """Sign the current tree head unless a checkpoint for its size exists."""
+    """Sign the current tree head unless a checkpoint for its size exists.
+
+    The tree state row is locked first, as ``integrate_batch`` locks it, so that two
+    signers (the leader's runner and a ``run_once`` at shutdown, by the CLI or a test)
+    take turns: the second then finds the first one's checkpoint and signs nothing,
+    where both used to find none and the second insert failed on the tree size.
+    """
+    await _lock_tree(session)
     head = await tree_head(session)
     if await session.get(AuditCheckpoint, head.size) is not None:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -197,6 +198,42 @@ async def test_an_event_committed_after_a_higher_id_is_sequenced_once(
     assert await _seq_of(app, id_b) == [3]
     assert await _run_once(app) == 0
     assert await _assert_sound(app) == 5
+
+
+@postgres_only
+async def test_two_signers_at_once_sign_one_checkpoint(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader's runner and a run_once (shutdown, CLI) signing the same head: one
+    checkpoint, and no failed insert (both used to find none and insert)."""
+    await _record(app, 3)
+    async with app.state.sessionmaker() as db, db.begin():
+        await sequencer.integrate_batch(db, BATCH, sweep=False)
+    # each signer, having read the head, waits (up to 0.5 s) for the other to read it too
+    read_head, arrived, both = sequencer.tree_head, [], asyncio.Event()
+
+    async def head_then_wait(session: AsyncSession) -> sequencer.TreeHead:
+        head = await read_head(session)
+        arrived.append(head.size)
+        if len(arrived) == 2:
+            both.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both.wait(), 0.5)
+        return head
+
+    monkeypatch.setattr(sequencer, "tree_head", head_then_wait)
+
+    async def sign() -> AuditCheckpoint | None:
+        async with app.state.sessionmaker() as db, db.begin():
+            return await sequencer.sign_checkpoint(db, app.state.settings, app.state.server_keys)
+
+    signed = await asyncio.gather(sign(), sign())
+    assert sum(cp is not None for cp in signed) == 1
+    assert await _rows(
+        app, "SELECT count(*) FROM audit_checkpoint "
+        "WHERE tree_size = (SELECT size FROM audit_tree_state)",
+    ) == [(1,)]
+    await _assert_sound(app)
 
 
 async def test_one_root_per_tree_size(app: Any) -> None:
