@@ -56,10 +56,14 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         engine = create_async_engine(url, connect_args={"timeout": 30}, **sizes)
         _tune_sqlite(engine)
         return engine
+    # Up to 2 x db_pool_size connections per worker (RUNBOOK's budget), all of them kept
+    # once opened: an overflow connection is closed as soon as it is returned to a full
+    # pool, so a load hovering above pool_size opened and closed a PostgreSQL backend
+    # (a fork, authentication, asyncpg's type set-up) several times a second.
     engine = create_async_engine(
         url,
-        pool_size=pool_size or settings.db_pool_size,
-        max_overflow=0 if pool_size else settings.db_pool_size,
+        pool_size=pool_size or 2 * settings.db_pool_size,
+        max_overflow=0,
         pool_recycle=1800,
     )
     _drop_closed_connections(engine)
