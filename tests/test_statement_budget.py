@@ -18,6 +18,7 @@ import httpx
 from sqlalchemy import event
 
 from app.crypto import envelope as env
+from app.db import raw_statement_listeners
 from tests.taskforce import TaskForce, rfc3339
 
 FIELDS = {f"field_{i}": "x" * 400 for i in range(8)}
@@ -37,9 +38,12 @@ def count_statements(app: Any) -> Iterator[list[str]]:
     engines = [app.state.engine.sync_engine, app.state.audit_group_commit.engine.sync_engine]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", before)
+    # and a GET's statements run on asyncpg directly (app.db.Read)
+    raw_statement_listeners.append(raw := lambda statement: before(None, None, statement))
     try:
         yield seen
     finally:
+        raw_statement_listeners.remove(raw)
         for engine in engines:
             event.remove(engine, "before_cursor_execute", before)
 
@@ -222,9 +226,11 @@ async def test_every_get_route_writes_nothing_but_its_audit_event(
         main, group = app.state.engine.sync_engine, app.state.audit_group_commit.engine.sync_engine
         event.listen(main, "before_cursor_execute", before)
         event.listen(group, "before_cursor_execute", before_group)
+        raw_statement_listeners.append(raw := lambda statement: before(None, None, statement))  # noqa: B023
         try:
             r = await client.get(url, headers=headers)
         finally:
+            raw_statement_listeners.remove(raw)
             event.remove(main, "before_cursor_execute", before)
             event.remove(group, "before_cursor_execute", before_group)
         assert r.status_code == 200, (url, r.text)

@@ -52,13 +52,13 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, bindparam, delete, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.types import BigInteger, Integer
+from sqlalchemy.types import BigInteger, Integer, LargeBinary
 from sqlmodel import col
 
 from app.config import Settings
 from app.crypto import checkpoint, keydir, merkle
 from app.crypto.canonical import canonical_json
-from app.db import database_key
+from app.db import Read, database_key
 from app.dialect import is_postgres
 from app.models.tables import (
     AuditCheckpoint,
@@ -89,12 +89,16 @@ class TreeHead:
 
 
 # One statement text whatever the number of nodes: PostgreSQL plans and caches it once.
-_PG_NODES = text(
-    "SELECT n.level, n.idx, n.hash FROM audit_node n "
-    "JOIN unnest(:levels, :idxs) AS c(level, idx) ON n.level = c.level AND n.idx = c.idx"
-).bindparams(
-    bindparam("levels", type_=ARRAY(Integer)),
-    bindparam("idxs", type_=ARRAY(BigInteger)),
+_PG_NODES = Read(
+    text(
+        "SELECT n.level, n.idx, n.hash FROM audit_node n "
+        "JOIN unnest(:levels, :idxs) AS c(level, idx) ON n.level = c.level AND n.idx = c.idx"
+    )
+    .bindparams(
+        bindparam("levels", type_=ARRAY(Integer)),
+        bindparam("idxs", type_=ARRAY(BigInteger)),
+    )
+    .columns(level=Integer, idx=BigInteger, hash=LargeBinary)
 )
 
 # Reads the oldest committed pending events; the caller holds the tree-state row
@@ -153,18 +157,18 @@ async def load_nodes(
             found[(lv, ix)] = cached
     if not missing:
         return found
-    conn = await session.connection()  # Core: no ORM result layer (a proof's hot path)
-    if is_postgres(session, AuditNode):
-        rows = await conn.execute(
-            _PG_NODES,
-            {"levels": [lv for lv, _ in missing], "idxs": [ix for _, ix in missing]},
+    rows: Sequence[Any]
+    if is_postgres(session, AuditNode):  # a proof's hot path: on asyncpg directly in a GET
+        rows = await _PG_NODES.all(
+            session, {"levels": [lv for lv, _ in missing], "idxs": [ix for _, ix in missing]}
         )
     else:
-        rows = await conn.execute(
+        conn = await session.connection()
+        rows = list(await conn.execute(
             select(col(AuditNode.level), col(AuditNode.idx), col(AuditNode.hash)).where(
                 tuple_(col(AuditNode.level), col(AuditNode.idx)).in_(missing)
             )
-        )
+        ))
     for lv, ix, h in rows:
         found[(lv, ix)] = h
         if lv >= CACHED_LEVEL:

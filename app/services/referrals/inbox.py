@@ -16,7 +16,7 @@ from sqlmodel import col
 from app import authz
 from app.cursor import decode_time_id as _decode_cursor
 from app.cursor import encode_time_id as _encode_cursor
-from app.db import core
+from app.db import Read
 from app.identity import Principal
 from app.models.tables import Referral, ReferralRecipient
 from app.models.types import UTCDateTime, utcnow
@@ -65,6 +65,13 @@ def _page_query(
     return stmt.order_by(received_at.desc(), key.desc()).limit(
         bindparam("page_rows", type_=Integer())
     )
+
+
+@cache
+def _page_read(
+    box: str, law_enforcement: bool, urgency: bool, since: bool, status: bool, cursor: bool
+) -> Read:
+    return Read(_page_query(box, law_enforcement, urgency, since, status, cursor))
 
 
 def _summary(r: Any, statuses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -122,10 +129,8 @@ async def list_page(
         values["since"] = since
     if status:
         values["status_filter"] = status
-    stmt = _page_query(
-        box, who.law_enforcement, bool(urgency), bool(since), bool(status), bool(cursor)
-    )
-    rows = (await (await core(db)).execute(stmt, values)).all()
+    rows = await _page_read(box, who.law_enforcement, bool(urgency), bool(since), bool(status),
+                            bool(cursor)).all(db, values)
     more = len(rows) > limit
     rows = rows[:limit]
     items = await _items(db, who, box, rows)

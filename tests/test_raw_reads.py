@@ -1,0 +1,167 @@
+"""A GET's hot statements on PostgreSQL run on asyncpg directly (``app.db.Read``).
+
+- they give the rows SQLAlchemy gives, column for column (the recipient's relation
+  and grants, every inbox page statement), with SQLAlchemy's result processing
+  (aware UTC datetimes);
+- a recipient's read and an inbox page reach asyncpg without SQLAlchemy's cursor;
+- in a write's transaction, on SQLite, and for a statement this cannot compile
+  faithfully, SQLAlchemy runs the statement;
+- when asyncpg raises, SQLAlchemy runs the statement again and reports what it
+  meets, so an error is the one the app always had.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import bindparam, event, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import col
+
+from app import authz
+from app.authz.referrals import _READ_ACTIVE_GRANTS, _relation_read
+from app.db import Read, raw_statement_listeners
+from app.models.tables import Referral
+from app.services.referrals.inbox import _page_read
+from tests.taskforce import TaskForce
+
+postgres_only = pytest.mark.parametrize("backend", ["postgresql"])
+FIELDS = {"full_name": "Maria Example", "phone": "+1 555 0100"}
+CONSENT = {f: {"legal": "service_provision", "police": "investigation"} for f in FIELDS}
+
+
+async def _send(tf: TaskForce, client: httpx.AsyncClient) -> str:
+    body = tf.seal("shelter", FIELDS, CONSENT)
+    r = await client.post("/v1/referrals", json=body, headers=await tf.headers("shelter"))
+    assert r.status_code == 201, r.text
+    return str(body["manifest"]["referral_id"])
+
+
+def _caller(tf: TaskForce, name: str) -> Any:
+    """What ``authz.params`` reads of a caller: its agency."""
+    return SimpleNamespace(agency_id=tf[name].agency_id)
+
+
+class _Seen:
+    """Statements SQLAlchemy's cursor ran, and those run on asyncpg directly."""
+
+    def __init__(self, app: Any) -> None:
+        self.engine = app.state.engine.sync_engine
+        self.cursor: list[str] = []
+        self.raw: list[str] = []
+
+    def _before(self, _c: Any, _cu: Any, statement: str, *_: Any) -> None:
+        self.cursor.append(statement)
+
+    def __enter__(self) -> _Seen:
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        raw_statement_listeners.append(self.raw.append)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        raw_statement_listeners.remove(self.raw.append)
+        event.remove(self.engine, "before_cursor_execute", self._before)
+
+
+@postgres_only
+async def test_raw_rows_are_sqlalchemys_rows(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    rids = [await _send(tf, client) for _ in range(3)]
+    now = datetime.now(UTC)
+    cases: list[tuple[Read, dict[str, Any]]] = []
+    for name, le in (("legal", False), ("police", True)):
+        values = authz.params(_caller(tf, name), now, referral_id=rids[0])
+        cases += [(_relation_read(content, le), values) for content in (False, True)]
+        cases.append((_READ_ACTIVE_GRANTS, values))
+    for name, le in (("shelter", False), ("legal", False), ("police", True)):
+        for box in ("sent", "received"):
+            values = {
+                **authz.params(_caller(tf, name), now), "page_rows": 10, "urgency": "routine",
+                "since": datetime(2020, 1, 1, tzinfo=UTC), "status_filter": "received",
+                "after_ts": datetime(2100, 1, 1, tzinfo=UTC), "after_id": "z",
+            }
+            for flags in ((False,) * 4, (True,) * 4):
+                cases.append((_page_read(box, le, *flags), values))
+    found = 0
+    async with app.state.read_sessionmaker() as db:
+        conn = await db.connection()
+        for read, values in cases:
+            with _Seen(app) as seen:
+                raw = await read.all(db, values)
+            assert seen.raw, read.statement  # asyncpg …
+            assert not seen.cursor, read.statement  # … not SQLAlchemy's cursor
+            expected = (await conn.execute(read.statement, values)).all()
+            assert [tuple(r) for r in raw] == [tuple(r) for r in expected], read.statement
+            assert [r._fields for r in raw[:1]] == [tuple(r._fields) for r in expected[:1]]
+            for row in raw:
+                for value in row:
+                    if isinstance(value, datetime):
+                        assert value.tzinfo is UTC  # UTCDateTime's result processing
+            found += len(raw)
+    assert found >= 10  # the cases above found rows, not only empty pages
+
+
+@postgres_only
+async def test_a_recipients_read_and_inbox_reach_asyncpg_directly(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    rid = await _send(tf, client)
+    headers = await tf.headers("legal")
+    for url in (f"/v1/referrals/{rid}", "/v1/referrals?box=received"):
+        with _Seen(app) as seen:
+            r = await client.get(url, headers=headers)
+        assert r.status_code == 200, r.text
+        assert seen.raw, url
+        assert not [s for s in seen.cursor if s.lstrip().upper().startswith("SELECT REFERRAL")]
+
+
+async def test_a_write_and_sqlite_run_through_sqlalchemy(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    await _send(tf, client)
+    read = Read(select(col(Referral.id)))
+    async with app.state.sessionmaker() as db, db.begin():  # a write's transaction
+        with _Seen(app) as seen:
+            rows = await read.all(db, {})
+    assert len(rows) == 1
+    assert not seen.raw
+    assert seen.cursor
+    async with app.state.read_sessionmaker() as db:
+        with _Seen(app) as seen:
+            assert [tuple(r) for r in await read.all(db, {})] == [tuple(rows[0])]
+    postgres = app.state.engine.dialect.name == "postgresql"
+    assert bool(seen.raw) is postgres
+    assert bool(seen.cursor) is not postgres
+
+
+@postgres_only
+async def test_a_statement_it_cannot_compile_faithfully_runs_through_sqlalchemy(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    rid = await _send(tf, client)
+    expanding = Read(select(col(Referral.id)).where(
+        col(Referral.id).in_(bindparam("ids", expanding=True))
+    ))
+    async with app.state.read_sessionmaker() as db:
+        with _Seen(app) as seen:
+            rows = await expanding.all(db, {"ids": [rid, "other"]})
+    assert [r.id for r in rows] == [rid]
+    assert not seen.raw
+    assert seen.cursor
+
+
+@postgres_only
+async def test_when_asyncpg_raises_sqlalchemy_runs_it_and_reports(app: Any) -> None:
+    missing = Read(text("SELECT id FROM no_such_table WHERE id = :id").columns(id=text("id").type))
+    async with app.state.read_sessionmaker() as db:
+        with _Seen(app) as seen, pytest.raises(DBAPIError, match="no_such_table"):
+            await missing.all(db, {"id": "x"})
+    assert seen.raw
+    assert seen.cursor
+    async with app.state.read_sessionmaker() as db:  # the pool's connection is still good
+        assert (await Read(select(col(Referral.id))).all(db, {})) == []
