@@ -25,6 +25,10 @@ worker's group commit (``app.services.audit.GroupCommit``): concurrent reads'
 events share one multi-row INSERT and one COMMIT, and each read's ``record()``
 returns only once its event has committed, so no read is served without its
 event (a failed batch fails its reads with 503).
+
+Because a GET's connection on PostgreSQL is in autocommit, its hot SELECTs (``Read``)
+go to asyncpg directly, without SQLAlchemy's execution layers; anywhere else, and
+whenever asyncpg raises, SQLAlchemy runs them.
 """
 
 from __future__ import annotations
