@@ -122,6 +122,10 @@ class Stats:
     max_in_flight: int = 0
 
 
+# uvicorn closes a keep-alive connection idle for 5 s (its --timeout-keep-alive default)
+IDLE_EXPIRY_S = 4.0
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight."""
 
@@ -135,6 +139,7 @@ class Connection(asyncio.Protocol):
         self.sent = 0.0
         self.busy = False
         self.closed = False
+        self.released = time.perf_counter()  # when it last became idle
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -231,6 +236,7 @@ class Driver:
             self.drained.set()
 
     def release(self, conn: Connection) -> None:
+        conn.released = time.perf_counter()
         self.idle.append(conn)
         self.freed.set()
 
@@ -246,8 +252,16 @@ class Driver:
                 # the most recently used first: the others may idle out (the
                 # server closes a keep-alive connection after a few idle seconds)
                 conn = self.idle.pop()
-                if not conn.closed:
+                if conn.closed:
+                    continue
+                if time.perf_counter() - conn.released < IDLE_EXPIRY_S:
                     return conn
+                # as HTTP clients do (httpx's keep-alive expiry): not reused once it
+                # may be about to be closed by the server, whose close would race the
+                # request (a socket error that is the driver's, not the server's)
+                self.all.discard(conn)
+                if conn.transport is not None:
+                    conn.transport.close()
             if len(self.all) < self.connections:
                 try:
                     return await self._open()
