@@ -228,7 +228,8 @@ class _Compiled:
     """One statement compiled for asyncpg: its text, how to order its parameters and
     how to turn asyncpg's records into rows. ``raw`` is False for a statement this
     cannot run faithfully (expanding or computed parameters, unnamed or duplicate
-    columns): SQLAlchemy runs it."""
+    columns) and for one that is not a plain SELECT (a write, or a lock with FOR
+    UPDATE, could happen twice): SQLAlchemy runs it."""
 
     def __init__(self, statement: Any, dialect: Any) -> None:
         from collections import namedtuple
@@ -246,7 +247,11 @@ class _Compiled:
         columns = compiled._result_columns
         keys = [c.keyname for c in columns]
         self.raw = bool(
-            compiled.positiontup is not None
+            # a plain read only: run twice (asyncpg, then SQLAlchemy) it must change nothing
+            # (text(...).columns() counts as a select whatever its text says)
+            self.sql.lstrip()[:7].upper() == "SELECT "
+            and getattr(statement, "_for_update_arg", None) is None
+            and compiled.positiontup is not None
             and not any(b.expanding or b.literal_execute or b.callable for b in binds)
             and keys
             and len(set(keys)) == len(keys)

@@ -156,6 +156,25 @@ async def test_a_statement_it_cannot_compile_faithfully_runs_through_sqlalchemy(
 
 
 @postgres_only
+async def test_only_a_plain_select_goes_to_asyncpg(app: Any) -> None:
+    """A statement that writes or locks could happen twice (asyncpg, then SQLAlchemy
+    after an error): it always runs through SQLAlchemy."""
+    writes = Read(
+        text("UPDATE referral SET version = version WHERE id = :id RETURNING id")
+        .columns(id=text("id").type)
+    )
+    locks = Read(select(col(Referral.id)).where(col(Referral.id) == bindparam("id"))
+                 .with_for_update())
+    async with app.state.read_sessionmaker() as db:
+        for read in (writes, locks):
+            with _Seen(app) as seen:
+                assert await read.all(db, {"id": "none"}) == []
+            assert not seen.raw
+            assert seen.cursor
+    assert Read(select(col(Referral.id)))  # the plain SELECT case is the tests above
+
+
+@postgres_only
 async def test_when_asyncpg_raises_sqlalchemy_runs_it_and_reports(app: Any) -> None:
     missing = Read(text("SELECT id FROM no_such_table WHERE id = :id").columns(id=text("id").type))
     async with app.state.read_sessionmaker() as db:
