@@ -233,6 +233,7 @@ class _Compiled:
 
     def __init__(self, statement: Any, dialect: Any) -> None:
         from collections import namedtuple
+        from keyword import iskeyword
 
         compiled = statement.compile(dialect=dialect)
         self.sql: str = compiled.string
@@ -255,7 +256,7 @@ class _Compiled:
             and not any(b.expanding or b.literal_execute or b.callable for b in binds)
             and keys
             and len(set(keys)) == len(keys)
-            and all(k.isidentifier() and not k.startswith("_") for k in keys)
+            and all(k.isidentifier() and not iskeyword(k) and not k.startswith("_") for k in keys)
         )
         self._row: Any = namedtuple("Row", keys) if self.raw else tuple  # noqa: PYI024
         self._result = tuple(

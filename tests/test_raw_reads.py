@@ -153,6 +153,13 @@ async def test_a_statement_it_cannot_compile_faithfully_runs_through_sqlalchemy(
     assert [r.id for r in rows] == [rid]
     assert not seen.raw
     assert seen.cursor
+    # a column named like a Python keyword makes no named tuple: SQLAlchemy's rows
+    keyword = Read(select(col(Referral.id).label("from"), col(Referral.version)))
+    async with app.state.read_sessionmaker() as db:
+        with _Seen(app) as seen:
+            rows = await keyword.all(db, {})
+    assert [tuple(r) for r in rows] == [(rid, 1)]
+    assert not seen.raw
 
 
 @postgres_only
