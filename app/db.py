@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -211,6 +212,13 @@ class Read:
     def _compile(self, conn: AsyncConnection) -> _Compiled:
         self._pg = _Compiled(self.statement, conn.dialect)
         return self._pg
+
+
+@cache
+def read_of(statement: Any) -> Read:
+    """The one ``Read`` of ``statement``, a statement built once (a module constant or a
+    cached builder's), so that it is compiled for asyncpg once."""
+    return Read(statement)
 
 
 def _autocommit_driver(conn: AsyncConnection) -> Any | None:

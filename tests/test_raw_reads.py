@@ -23,10 +23,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import col
 
 from app import authz
-from app.authz.referrals import _READ_ACTIVE_GRANTS, _relation_read
-from app.db import Read, raw_statement_listeners
+from app.authz.referrals import _ACTIVE_GRANTS, _relation_query
+from app.db import Read, raw_statement_listeners, read_of
 from app.models.tables import Referral
-from app.services.referrals.inbox import _page_read
+from app.services.referrals.inbox import _page_query
 from tests.taskforce import TaskForce
 
 postgres_only = pytest.mark.parametrize("backend", ["postgresql"])
@@ -76,8 +76,10 @@ async def test_raw_rows_are_sqlalchemys_rows(
     cases: list[tuple[Read, dict[str, Any]]] = []
     for name, le in (("legal", False), ("police", True)):
         values = authz.params(_caller(tf, name), now, referral_id=rids[0])
-        cases += [(_relation_read(content, le), values) for content in (False, True)]
-        cases.append((_READ_ACTIVE_GRANTS, values))
+        cases += [
+            (read_of(_relation_query(content, False, le)), values) for content in (False, True)
+        ]
+        cases.append((read_of(_ACTIVE_GRANTS), values))
     for name, le in (("shelter", False), ("legal", False), ("police", True)):
         for box in ("sent", "received"):
             values = {
@@ -86,7 +88,7 @@ async def test_raw_rows_are_sqlalchemys_rows(
                 "after_ts": datetime(2100, 1, 1, tzinfo=UTC), "after_id": "z",
             }
             for flags in ((False,) * 4, (True,) * 4):
-                cases.append((_page_read(box, le, *flags), values))
+                cases.append((read_of(_page_query(box, le, *flags)), values))
     found = 0
     async with app.state.read_sessionmaker() as db:
         conn = await db.connection()

@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from sqlmodel import col
 
-from app.db import Read, core
+from app.db import core, read_of
 from app.identity import Principal
 from app.models.tables import Referral, ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
 from app.models.types import UTCDateTime
@@ -249,11 +249,6 @@ def _relation_query(
     )
 
 
-@cache
-def _relation_read(content: bool, law_enforcement: bool) -> Read:
-    return Read(_relation_query(content, False, law_enforcement))
-
-
 async def relation(
     db: AsyncSession,
     who: Principal,
@@ -279,7 +274,7 @@ async def relation(
     if lock_own:
         row = (await conn.execute(_relation_query(content, True, le), values)).first()
     if row is None:
-        row = await _relation_read(content, le).first(db, values)
+        row = await read_of(_relation_query(content, False, le)).first(db, values)
     if row is None:
         return None
     head = Head(
@@ -296,7 +291,7 @@ async def relation(
     )
     fields = {}
     if content:
-        fields = {r.fid: Grant(*r) for r in await _READ_ACTIVE_GRANTS.all(db, values)}
+        fields = {r.fid: Grant(*r) for r in await read_of(_ACTIVE_GRANTS).all(db, values)}
     return Access(head, Relation.RECIPIENT, fields, own)
 
 
@@ -331,4 +326,3 @@ _ACTIVE_GRANTS: Select[*tuple[Any, ...]] = (
     .where(col(ReferralGrant.referral_id) == REFERRAL_ID, active_grant(ME, NOW))
     .order_by(col(ReferralGrant.fid))
 )
-_READ_ACTIVE_GRANTS = Read(_ACTIVE_GRANTS)

@@ -33,7 +33,7 @@ from app.config import Settings
 from app.crypto import merkle
 from app.crypto.encoding import b64_encode
 from app.cursor import decode_leaf_time_id, encode
-from app.db import Read
+from app.db import read_of
 from app.dialect import is_postgres
 from app.identity import Principal
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState, table_of
@@ -172,12 +172,6 @@ def _newest_first(ts_leaf: Any, event_id: Any) -> tuple[Any, Any]:
 
 
 @cache
-def _reads(statement: Select[*tuple[Any, ...]]) -> Read:
-    """The ``Read`` of a page statement (``_page_query`` builds each shape once)."""
-    return Read(statement)
-
-
-@cache
 def _page_query(
     present: tuple[str, ...], paged: bool, by_agency: bool, own_too: bool
 ) -> Select[*tuple[Any, ...]]:
@@ -289,7 +283,7 @@ async def query_json(
     JSON of an ``AuditList`` (``{"items": [{"seq", "event", "leaf_hash"}], "next_cursor"}``)."""
     before = decode_leaf_time_id(cursor) if cursor else None
     stmt, values = _page(who, f, before, limit + 1)
-    rows = await _reads(stmt).all(db, values)
+    rows = await read_of(stmt).all(db, values)
     more = len(rows) > limit
     rows = rows[:limit]
     await audit.record(
@@ -440,16 +434,13 @@ _SIZES = select(
 )
 
 
-_READ_SIZES = Read(_SIZES)
-
-
 async def _proof_size(db: AsyncSession, requested: int | None) -> tuple[int, int]:
     """(tree size the proof is for, the log's current size), read in one statement.
 
     Without ``requested`` the proof is for the latest signed checkpoint (503 when
     none is signed yet).
     """
-    head, signed = (await _READ_SIZES.all(db, {}))[0]
+    head, signed = (await read_of(_SIZES).all(db, {}))[0]
     if requested is not None:
         return requested, int(head)
     if signed is None:

@@ -17,7 +17,7 @@ from sqlmodel import col
 from app import authz
 from app.cursor import decode_time_id as _decode_cursor
 from app.cursor import encode_time_id as _encode_cursor
-from app.db import Read
+from app.db import read_of
 from app.identity import Principal
 from app.models.schemas import rfc3339
 from app.models.tables import Referral, ReferralRecipient
@@ -69,13 +69,6 @@ def _page_query(
     )
 
 
-@cache
-def _page_read(
-    box: str, law_enforcement: bool, urgency: bool, since: bool, status: bool, cursor: bool
-) -> Read:
-    return Read(_page_query(box, law_enforcement, urgency, since, status, cursor))
-
-
 def _summary(r: Any, statuses: list[dict[str, Any]]) -> dict[str, Any]:
     """The members of a list item both boxes share (``ReferralSummary`` less ``request``)."""
     return {
@@ -112,7 +105,7 @@ def received_item(r: Any, me: str) -> str:
     directly (``tests/test_inbox_items.py`` holds the two equal), about a third of an
     inbox page's CPU before. The stored request is canonical JSON we wrote: spliced in,
     not re-encoded."""
-    text: str = (
+    text: str = (  # r is a row (Any): the annotation keeps the result a str
         '{"referral_id":' + _string(r.id)
         + ',"sender_agency":' + _string(r.sender_agency)
         + ',"created_at":' + _string(r.created_at)
@@ -157,8 +150,10 @@ async def list_page(
         values["since"] = since
     if status:
         values["status_filter"] = status
-    rows = await _page_read(box, who.law_enforcement, bool(urgency), bool(since), bool(status),
-                            bool(cursor)).all(db, values)
+    stmt = _page_query(
+        box, who.law_enforcement, bool(urgency), bool(since), bool(status), bool(cursor)
+    )
+    rows = await read_of(stmt).all(db, values)
     more = len(rows) > limit
     rows = rows[:limit]
     items = await _items(db, who, box, rows)
