@@ -26,9 +26,10 @@ events share one multi-row INSERT and one COMMIT, and each read's ``record()``
 returns only once its event has committed, so no read is served without its
 event (a failed batch fails its reads with 503).
 
-Because a GET's connection on PostgreSQL is in autocommit, its hot SELECTs (``Read``)
-go to asyncpg directly, without SQLAlchemy's execution layers; anywhere else, and
-whenever asyncpg raises, SQLAlchemy runs them.
+The hot paths' statements (``Prepared``) go to asyncpg directly on PostgreSQL, without
+SQLAlchemy's execution layers: a GET's plain reads (run again by SQLAlchemy when asyncpg
+raises), and any statement in a write's transaction (an error raised as SQLAlchemy
+raises it); on SQLite SQLAlchemy runs them.
 """
 
 from __future__ import annotations
@@ -162,52 +163,73 @@ async def core(db: AsyncSession) -> AsyncConnection:
     return await db.connection()
 
 
-# Called with each statement text ``Read`` runs on asyncpg directly, which SQLAlchemy's
-# ``before_cursor_execute`` event does not see (the statement budgets count both).
+# Called with each statement text ``Prepared`` runs on asyncpg directly, which
+# SQLAlchemy's ``before_cursor_execute`` event does not see (the statement budgets
+# count both).
 raw_statement_listeners: list[Callable[[str], None]] = []
 
 
-class Read:
-    """A Core SELECT that a GET on PostgreSQL runs on asyncpg directly.
+class Prepared:
+    """A hot path's Core statement, run on asyncpg directly on PostgreSQL.
 
-    A GET's connection on PostgreSQL is in autocommit (``read_sessionmaker``), so a
-    statement there needs nothing of SQLAlchemy's execution layers: the statement is
-    compiled once, its text and positional parameters are handed to asyncpg (which
-    prepares it once per connection), and the rows come back as named tuples with
-    SQLAlchemy's own result processors applied (``UTCDateTime``). About 0.1 ms of CPU
-    less per statement than through ``AsyncConnection.execute`` (issue 20).
+    The statement is compiled once; its text and positional parameters go to asyncpg
+    (which prepares it once per connection), and rows come back as named tuples with
+    SQLAlchemy's own bind and result processors applied (``UTCDateTime``). It skips
+    SQLAlchemy's execution layers: about 0.1 ms of CPU per statement through
+    ``AsyncConnection.execute``, more through the session (issue 20).
 
-    Everywhere else (SQLite, a write's transaction) it runs through SQLAlchemy, as it
-    does when asyncpg raises: the statement is run again there, so a lost connection
-    is invalidated and reported exactly as before, and a read has no transaction the
-    first attempt could have left half done.
+    - **A GET on PostgreSQL** (autocommit, ``read_sessionmaker``): only a plain SELECT
+      goes to asyncpg. When asyncpg raises, SQLAlchemy runs it again and reports what
+      it meets: a read has no transaction the first attempt could have left half done,
+      and a lost connection is invalidated and reported as it always was.
+    - **A write's transaction on PostgreSQL**: any statement goes to asyncpg, in the
+      transaction SQLAlchemy began (BEGIN is sent first when it has not been yet;
+      SQLAlchemy commits or rolls back as always). A statement cannot be run twice
+      here, so an error is handed to SQLAlchemy's own error handling: the same
+      ``sqlalchemy.exc`` exception, and the same invalidation of a lost connection,
+      as if SQLAlchemy had run the statement.
+    - **Elsewhere** (SQLite, or a statement this cannot compile faithfully: expanding
+      or computed parameters, unnamed, duplicate or keyword-named columns),
+      SQLAlchemy runs it.
+
+    ``bind``: a mapped class the session's connection is chosen by (a session bound
+    table by table has no single bind).
     """
 
-    __slots__ = ("_pg", "statement")
+    __slots__ = ("_pg", "bind", "statement")
 
-    def __init__(self, statement: Any) -> None:
+    def __init__(self, statement: Any, bind: type | None = None) -> None:
         self.statement = statement
+        self.bind = bind
         self._pg: _Compiled | None = None
 
     async def all(self, db: AsyncSession, params: dict[str, Any]) -> list[Any]:
-        conn = await db.connection()
-        driver = _autocommit_driver(conn)
-        if driver is not None:
+        """The statement's rows (none for a statement that returns none)."""
+        if self.bind is None:
+            conn = await db.connection()
+        else:
+            conn = await db.connection(bind_arguments={"mapper": self.bind})
+        adapted = _asyncpg_adapter(conn)
+        if adapted is not None:
             compiled = self._pg or self._compile(conn)
-            if compiled.raw:
-                for listener in raw_statement_listeners:
-                    listener(compiled.sql)
-                try:
-                    records = await driver.fetch(compiled.sql, *compiled.arguments(params))
-                except Exception:  # noqa: S110 - run again by SQLAlchemy, which reports it
-                    pass
-                else:
-                    return compiled.rows(records)
-        return list((await conn.execute(self.statement, params)).all())
+            if adapted.autocommit:
+                if compiled.plain_read:
+                    rows = await _autocommit(adapted, compiled, params)
+                    if rows is not None:
+                        return rows
+            elif compiled.faithful:
+                return await _in_transaction(conn, adapted, compiled, params)
+        result = await conn.execute(self.statement, params)
+        return list(result.all()) if result.returns_rows else []
 
     async def first(self, db: AsyncSession, params: dict[str, Any]) -> Any | None:
         rows = await self.all(db, params)
         return rows[0] if rows else None
+
+    async def scalar(self, db: AsyncSession, params: dict[str, Any]) -> Any | None:
+        """The first column of the first row, or None."""
+        rows = await self.all(db, params)
+        return rows[0][0] if rows else None
 
     def _compile(self, conn: AsyncConnection) -> _Compiled:
         self._pg = _Compiled(self.statement, conn.dialect)
@@ -215,29 +237,76 @@ class Read:
 
 
 @cache
-def read_of(statement: Any) -> Read:
-    """The one ``Read`` of ``statement``, a statement built once (a module constant or a
-    cached builder's), so that it is compiled for asyncpg once."""
-    return Read(statement)
+def prepared(statement: Any, bind: type | None = None) -> Prepared:
+    """The one ``Prepared`` of ``statement``, a statement built once (a module constant
+    or a cached builder's), so that it is compiled for asyncpg once."""
+    return Prepared(statement, bind)
 
 
-def _autocommit_driver(conn: AsyncConnection) -> Any | None:
-    """The asyncpg connection under ``conn`` when it is in autocommit, else None."""
-    if conn.dialect.name != "postgresql":
+def _asyncpg_adapter(conn: AsyncConnection) -> Any | None:
+    """SQLAlchemy's adapter of the asyncpg connection under ``conn``; None elsewhere."""
+    if conn.dialect.name != "postgresql" or conn.sync_connection is None:
         return None
-    pooled = conn.sync_connection.connection if conn.sync_connection is not None else None
-    adapted = getattr(pooled, "dbapi_connection", None)
-    if adapted is None or not getattr(adapted, "autocommit", False):
+    return getattr(conn.sync_connection.connection, "dbapi_connection", None)
+
+
+async def _autocommit(
+    adapted: Any, compiled: _Compiled, params: dict[str, Any]
+) -> list[Any] | None:
+    """The rows of a plain read on a connection in autocommit; None when asyncpg raised
+    (the caller has SQLAlchemy run it again, which reports what it meets)."""
+    for listener in raw_statement_listeners:
+        listener(compiled.sql)
+    try:
+        records = await adapted.driver_connection.fetch(compiled.sql, *compiled.arguments(params))
+    except Exception:
         return None
-    return pooled.driver_connection  # type: ignore[union-attr]
+    return compiled.rows(records)
+
+
+async def _in_transaction(
+    conn: AsyncConnection, adapted: Any, compiled: _Compiled, params: dict[str, Any]
+) -> list[Any]:
+    """Run ``compiled`` in the transaction SQLAlchemy began on ``conn``; an error is
+    raised as SQLAlchemy raises it (``_report``)."""
+    arguments = compiled.arguments(params)
+    for listener in raw_statement_listeners:
+        listener(compiled.sql)
+    try:
+        if adapted._transaction is None:  # SQLAlchemy's adapter begins on first use
+            await adapted._start_transaction()
+        records = await adapted.driver_connection.fetch(compiled.sql, *arguments)
+    except Exception as exc:
+        await conn.run_sync(_report, adapted, exc, compiled.sql, tuple(arguments))
+        raise  # not reached: _report raises
+    except BaseException:
+        # cancelled mid-statement: the connection's state is unknown, as SQLAlchemy
+        # treats an exit exception during a statement
+        conn.sync_connection.invalidate()  # type: ignore[union-attr]
+        raise
+    return compiled.rows(records)
+
+
+def _report(
+    sync_conn: Connection, adapted: Any, error: Exception, sql: str, arguments: tuple[Any, ...]
+) -> None:
+    """Raise ``error`` as SQLAlchemy would have, had it run the statement: the adapter
+    turns asyncpg's error into its DBAPI error, and the connection's own handler wraps
+    it (``sqlalchemy.exc``) and invalidates a lost connection. In a greenlet (run_sync),
+    as invalidation closes the connection."""
+    try:
+        adapted._handle_exception(error)
+    except Exception as dbapi_error:
+        sync_conn._handle_dbapi_exception(dbapi_error, sql, arguments, None, None)
+    raise error  # not reached: both of the above raise
 
 
 class _Compiled:
     """One statement compiled for asyncpg: its text, how to order its parameters and
-    how to turn asyncpg's records into rows. ``raw`` is False for a statement this
-    cannot run faithfully (expanding or computed parameters, unnamed or duplicate
-    columns) and for one that is not a plain SELECT (a write, or a lock with FOR
-    UPDATE, could happen twice): SQLAlchemy runs it."""
+    how to turn asyncpg's records into rows (named tuples; plain tuples for a statement
+    whose columns SQLAlchemy does not know, such as ``text()`` without ``.columns()``).
+    ``faithful``: asyncpg can run it as SQLAlchemy would; ``plain_read``: it may also
+    run twice (see ``Prepared``)."""
 
     def __init__(self, statement: Any, dialect: Any) -> None:
         from collections import namedtuple
@@ -255,18 +324,24 @@ class _Compiled:
         self._bind = tuple(processors.get(n) for n in names)
         columns = compiled._result_columns
         keys = [c.keyname for c in columns]
-        self.raw = bool(
-            # a plain read only: run twice (asyncpg, then SQLAlchemy) it must change nothing
-            # (text(...).columns() counts as a select whatever its text says)
-            self.sql.lstrip()[:7].upper() == "SELECT "
-            and getattr(statement, "_for_update_arg", None) is None
-            and compiled.positiontup is not None
+        # what asyncpg can run as SQLAlchemy would: positional parameters, each given or
+        # with a value, and columns (if any) that make a named tuple
+        self.faithful = bool(
+            compiled.positiontup is not None
             and not any(b.expanding or b.literal_execute or b.callable for b in binds)
-            and keys
             and len(set(keys)) == len(keys)
             and all(k.isidentifier() and not iskeyword(k) and not k.startswith("_") for k in keys)
         )
-        self._row: Any = namedtuple("Row", keys) if self.raw else tuple  # noqa: PYI024
+        # what may run twice (asyncpg, then SQLAlchemy after an error): a plain read
+        # (text(...).columns() counts as a select whatever its text says)
+        self.plain_read = bool(
+            self.faithful
+            and keys
+            and self.sql.lstrip()[:7].upper() == "SELECT "
+            and getattr(statement, "_for_update_arg", None) is None
+        )
+        row_type: Any = namedtuple("Row", keys) if self.faithful and keys else None  # noqa: PYI024
+        self._row: Any = row_type._make if row_type is not None else tuple
         self._result = tuple(
             (i, p) for i, c in enumerate(columns)
             if (p := c.type._cached_result_processor(dialect, None)) is not None
@@ -283,11 +358,11 @@ class _Compiled:
     def rows(self, records: list[Any]) -> list[Any]:
         make = self._row
         if not self._result:
-            return [make(*r) for r in records]
+            return [make(r) for r in records]
         out = []
         for r in records:
             values = list(r)
             for i, process in self._result:
                 values[i] = process(values[i])
-            out.append(make(*values))
+            out.append(make(values))
         return out

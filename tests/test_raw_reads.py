@@ -1,13 +1,15 @@
-"""A GET's hot statements on PostgreSQL run on asyncpg directly (``app.db.Read``).
+"""The hot paths' statements on PostgreSQL run on asyncpg directly (``app.db.Prepared``).
 
 - they give the rows SQLAlchemy gives, column for column (the recipient's relation
   and grants, every inbox page statement), with SQLAlchemy's result processing
   (aware UTC datetimes);
 - a recipient's read and an inbox page reach asyncpg without SQLAlchemy's cursor;
-- in a write's transaction, on SQLite, and for a statement this cannot compile
-  faithfully, SQLAlchemy runs the statement;
-- when asyncpg raises, SQLAlchemy runs the statement again and reports what it
-  meets, so an error is the one the app always had.
+- on SQLite, and for a statement this cannot compile faithfully, SQLAlchemy runs it;
+- in a GET's autocommit, when asyncpg raises, SQLAlchemy runs the statement again
+  and reports what it meets, so an error is the one the app always had;
+- in a write's transaction, statements run on asyncpg in SQLAlchemy's transaction
+  (committed and rolled back with it), and an error is raised as SQLAlchemy raises it:
+  the same exception class, and a lost connection invalidated.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import bindparam, event, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col
 
 from app import authz
 from app.authz.referrals import _ACTIVE_GRANTS, _relation_query
-from app.db import Read, raw_statement_listeners, read_of
+from app.db import Prepared, prepared, raw_statement_listeners
 from app.models.tables import Referral
 from app.services.referrals.inbox import _page_query
 from tests.taskforce import TaskForce
@@ -73,13 +75,13 @@ async def test_raw_rows_are_sqlalchemys_rows(
 ) -> None:
     rids = [await _send(tf, client) for _ in range(3)]
     now = datetime.now(UTC)
-    cases: list[tuple[Read, dict[str, Any]]] = []
+    cases: list[tuple[Prepared, dict[str, Any]]] = []
     for name, le in (("legal", False), ("police", True)):
         values = authz.params(_caller(tf, name), now, referral_id=rids[0])
         cases += [
-            (read_of(_relation_query(content, False, le)), values) for content in (False, True)
+            (prepared(_relation_query(content, False, le)), values) for content in (False, True)
         ]
-        cases.append((read_of(_ACTIVE_GRANTS), values))
+        cases.append((prepared(_ACTIVE_GRANTS), values))
     for name, le in (("shelter", False), ("legal", False), ("police", True)):
         for box in ("sent", "received"):
             values = {
@@ -88,7 +90,7 @@ async def test_raw_rows_are_sqlalchemys_rows(
                 "after_ts": datetime(2100, 1, 1, tzinfo=UTC), "after_id": "z",
             }
             for flags in ((False,) * 4, (True,) * 4):
-                cases.append((read_of(_page_query(box, le, *flags)), values))
+                cases.append((prepared(_page_query(box, le, *flags)), values))
     found = 0
     async with app.state.read_sessionmaker() as db:
         conn = await db.connection()
@@ -122,23 +124,115 @@ async def test_a_recipients_read_and_inbox_reach_asyncpg_directly(
         assert not [s for s in seen.cursor if s.lstrip().upper().startswith("SELECT REFERRAL")]
 
 
-async def test_a_write_and_sqlite_run_through_sqlalchemy(
+async def test_a_write_goes_to_asyncpg_and_sqlite_to_sqlalchemy(
     app: Any, client: httpx.AsyncClient, tf: TaskForce
 ) -> None:
     await _send(tf, client)
-    read = Read(select(col(Referral.id)))
+    read = Prepared(select(col(Referral.id)))
+    postgres = app.state.engine.dialect.name == "postgresql"
     async with app.state.sessionmaker() as db, db.begin():  # a write's transaction
         with _Seen(app) as seen:
             rows = await read.all(db, {})
     assert len(rows) == 1
-    assert not seen.raw
-    assert seen.cursor
+    assert bool(seen.raw) is postgres
+    assert bool(seen.cursor) is not postgres
     async with app.state.read_sessionmaker() as db:
         with _Seen(app) as seen:
             assert [tuple(r) for r in await read.all(db, {})] == [tuple(rows[0])]
-    postgres = app.state.engine.dialect.name == "postgresql"
     assert bool(seen.raw) is postgres
     assert bool(seen.cursor) is not postgres
+
+
+_BUMP = Prepared(
+    text("UPDATE referral SET version = version + 1 WHERE id = :id RETURNING version")
+)
+_VERSION = select(col(Referral.version)).where(col(Referral.id) == bindparam("id"))
+
+
+async def _version(app: Any, rid: str) -> int:
+    async with app.state.sessionmaker() as db:
+        return int(await db.scalar(_VERSION, {"id": rid}))
+
+
+@postgres_only
+async def test_raw_writes_are_in_sqlalchemys_transaction(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """BEGIN is sent before the first raw statement; SQLAlchemy's rollback undoes it and
+    its commit keeps it, with SQLAlchemy's own statements in the same transaction."""
+    rid = await _send(tf, client)
+    async with app.state.sessionmaker() as db:
+        async with db.begin():
+            with _Seen(app) as seen:
+                assert await _BUMP.all(db, {"id": rid}) == [(2,)]  # the first statement
+                assert await db.scalar(_VERSION, {"id": rid}) == 2  # SQLAlchemy sees it
+            assert seen.raw
+            await db.rollback()
+    assert await _version(app, rid) == 1
+    async with app.state.sessionmaker() as db, db.begin():
+        assert await db.scalar(_VERSION, {"id": rid}) == 1  # SQLAlchemy began it
+        assert await _BUMP.scalar(db, {"id": rid}) == 2
+    assert await _version(app, rid) == 2
+
+    async def bump_then_fail() -> None:
+        async with app.state.sessionmaker() as db, db.begin():
+            await _BUMP.all(db, {"id": rid})
+            raise RuntimeError("after the write")
+
+    with pytest.raises(RuntimeError, match="after the write"):
+        await bump_then_fail()
+    assert await _version(app, rid) == 2
+
+
+@postgres_only
+async def test_a_raw_error_in_a_transaction_is_sqlalchemys_error(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """A unique violation is SQLAlchemy's IntegrityError (the app's handlers see what
+    they always saw); the transaction rolls back and the connection serves again."""
+    rid = await _send(tf, client)
+    duplicate = Prepared(text(
+        "INSERT INTO referral (id, sender_agency, sender_kid, created_at, received_at, "
+        "version, manifest_json, signature) SELECT id, sender_agency, sender_kid, "
+        "created_at, received_at, version, manifest_json, signature FROM referral "
+        "WHERE id = :id"
+    ))
+
+    async def bump_then_duplicate() -> None:
+        async with app.state.sessionmaker() as db, db.begin():
+            await _BUMP.all(db, {"id": rid})
+            await duplicate.all(db, {"id": rid})
+
+    with pytest.raises(IntegrityError) as raised:
+        await bump_then_duplicate()
+    assert not raised.value.connection_invalidated
+    assert await _version(app, rid) == 1  # the bump before it was rolled back
+    async with app.state.sessionmaker() as db, db.begin():
+        assert await _BUMP.scalar(db, {"id": rid}) == 2
+
+
+@postgres_only
+async def test_a_connection_lost_in_a_transaction_is_invalidated(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """The server ends the backend mid-transaction: SQLAlchemy's DBAPIError with
+    ``connection_invalidated`` (the app answers 503), and the pool replaces it."""
+    rid = await _send(tf, client)
+
+    async def bump_lose_bump() -> None:
+        async with app.state.sessionmaker() as db, db.begin():
+            await _BUMP.all(db, {"id": rid})
+            pid = await db.scalar(text("SELECT pg_backend_pid()"))
+            async with app.state.sessionmaker() as other, other.begin():
+                await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            await _BUMP.all(db, {"id": rid})
+
+    with pytest.raises(DBAPIError) as raised:
+        await bump_lose_bump()
+    assert raised.value.connection_invalidated
+    assert await _version(app, rid) == 1
+    async with app.state.sessionmaker() as db, db.begin():
+        assert await _BUMP.scalar(db, {"id": rid}) == 2
 
 
 @postgres_only
@@ -146,7 +240,7 @@ async def test_a_statement_it_cannot_compile_faithfully_runs_through_sqlalchemy(
     app: Any, client: httpx.AsyncClient, tf: TaskForce
 ) -> None:
     rid = await _send(tf, client)
-    expanding = Read(select(col(Referral.id)).where(
+    expanding = Prepared(select(col(Referral.id)).where(
         col(Referral.id).in_(bindparam("ids", expanding=True))
     ))
     async with app.state.read_sessionmaker() as db:
@@ -156,7 +250,7 @@ async def test_a_statement_it_cannot_compile_faithfully_runs_through_sqlalchemy(
     assert not seen.raw
     assert seen.cursor
     # a column named like a Python keyword makes no named tuple: SQLAlchemy's rows
-    keyword = Read(select(col(Referral.id).label("from"), col(Referral.version)))
+    keyword = Prepared(select(col(Referral.id).label("from"), col(Referral.version)))
     async with app.state.read_sessionmaker() as db:
         with _Seen(app) as seen:
             rows = await keyword.all(db, {})
@@ -168,11 +262,11 @@ async def test_a_statement_it_cannot_compile_faithfully_runs_through_sqlalchemy(
 async def test_only_a_plain_select_goes_to_asyncpg(app: Any) -> None:
     """A statement that writes or locks could happen twice (asyncpg, then SQLAlchemy
     after an error): it always runs through SQLAlchemy."""
-    writes = Read(
+    writes = Prepared(
         text("UPDATE referral SET version = version WHERE id = :id RETURNING id")
         .columns(id=text("id").type)
     )
-    locks = Read(select(col(Referral.id)).where(col(Referral.id) == bindparam("id"))
+    locks = Prepared(select(col(Referral.id)).where(col(Referral.id) == bindparam("id"))
                  .with_for_update())
     async with app.state.read_sessionmaker() as db:
         for read in (writes, locks):
@@ -180,16 +274,18 @@ async def test_only_a_plain_select_goes_to_asyncpg(app: Any) -> None:
                 assert await read.all(db, {"id": "none"}) == []
             assert not seen.raw
             assert seen.cursor
-    assert Read(select(col(Referral.id)))  # the plain SELECT case is the tests above
+    assert Prepared(select(col(Referral.id)))  # the plain SELECT case is the tests above
 
 
 @postgres_only
 async def test_when_asyncpg_raises_sqlalchemy_runs_it_and_reports(app: Any) -> None:
-    missing = Read(text("SELECT id FROM no_such_table WHERE id = :id").columns(id=text("id").type))
+    missing = Prepared(
+        text("SELECT id FROM no_such_table WHERE id = :id").columns(id=text("id").type)
+    )
     async with app.state.read_sessionmaker() as db:
         with _Seen(app) as seen, pytest.raises(DBAPIError, match="no_such_table"):
             await missing.all(db, {"id": "x"})
     assert seen.raw
     assert seen.cursor
     async with app.state.read_sessionmaker() as db:  # the pool's connection is still good
-        assert (await Read(select(col(Referral.id))).all(db, {})) == []
+        assert (await Prepared(select(col(Referral.id))).all(db, {})) == []

@@ -38,7 +38,7 @@ def count_statements(app: Any) -> Iterator[list[str]]:
     engines = [app.state.engine.sync_engine, app.state.audit_group_commit.engine.sync_engine]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", before)
-    # and a GET's statements run on asyncpg directly (app.db.Read)
+    # and a GET's statements run on asyncpg directly (app.db.Prepared)
     raw_statement_listeners.append(raw := lambda statement: before(None, None, statement))
     try:
         yield seen

@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 from sqlmodel import col
 
-from app.db import core, read_of
+from app.db import prepared
 from app.identity import Principal
 from app.models.tables import Referral, ReferralField, ReferralGrant, ReferralRecipient, WrappedKey
 from app.models.types import UTCDateTime
@@ -269,12 +269,11 @@ async def relation(
     """
     le = who.law_enforcement
     values = params(who, now, referral_id=referral_id)
-    conn = await core(db)
     row = None
     if lock_own:
-        row = (await conn.execute(_relation_query(content, True, le), values)).first()
+        row = await prepared(_relation_query(content, True, le)).first(db, values)
     if row is None:
-        row = await read_of(_relation_query(content, False, le)).first(db, values)
+        row = await prepared(_relation_query(content, False, le)).first(db, values)
     if row is None:
         return None
     head = Head(
@@ -291,7 +290,7 @@ async def relation(
     )
     fields = {}
     if content:
-        fields = {r.fid: Grant(*r) for r in await read_of(_ACTIVE_GRANTS).all(db, values)}
+        fields = {r.fid: Grant(*r) for r in await prepared(_ACTIVE_GRANTS).all(db, values)}
     return Access(head, Relation.RECIPIENT, fields, own)
 
 

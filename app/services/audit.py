@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from app import errors
 from app.context import client_request_id_var, request_id_var
 from app.crypto.canonical import canonical_text
-from app.db import GROUP_COMMIT
+from app.db import GROUP_COMMIT, prepared
 from app.dialect import is_postgres
 from app.identity import Actor as Actor  # re-exported: callers record as an Actor
 from app.models.tables import AuditEvent, AuditPending, table_of
@@ -272,7 +272,7 @@ async def record_pending(session: AsyncSession, *events: PendingEvent) -> None:
     # the bind of audit_event, not .bind: a session bound per table (binds=...) has no .bind
     if is_postgres(session, AuditEvent):
         if len(rows) == 1:
-            await session.execute(_RECORD_ONE_PG, rows[0])
+            await prepared(_RECORD_ONE_PG, AuditEvent).all(session, rows[0])
         else:
             await session.execute(_queued(rows))
         return

@@ -33,7 +33,7 @@ from app.config import Settings
 from app.crypto import merkle
 from app.crypto.encoding import b64_encode
 from app.cursor import decode_leaf_time_id, encode
-from app.db import read_of
+from app.db import prepared
 from app.dialect import is_postgres
 from app.identity import Principal
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeState, table_of
@@ -283,7 +283,7 @@ async def query_json(
     JSON of an ``AuditList`` (``{"items": [{"seq", "event", "leaf_hash"}], "next_cursor"}``)."""
     before = decode_leaf_time_id(cursor) if cursor else None
     stmt, values = _page(who, f, before, limit + 1)
-    rows = await read_of(stmt).all(db, values)
+    rows = await prepared(stmt).all(db, values)
     more = len(rows) > limit
     rows = rows[:limit]
     await audit.record(
@@ -440,7 +440,7 @@ async def _proof_size(db: AsyncSession, requested: int | None) -> tuple[int, int
     Without ``requested`` the proof is for the latest signed checkpoint (503 when
     none is signed yet).
     """
-    head, signed = (await read_of(_SIZES).all(db, {}))[0]
+    head, signed = (await prepared(_SIZES).all(db, {}))[0]
     if requested is not None:
         return requested, int(head)
     if signed is None:

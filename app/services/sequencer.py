@@ -58,7 +58,7 @@ from sqlmodel import col
 from app.config import Settings
 from app.crypto import checkpoint, keydir, merkle
 from app.crypto.canonical import canonical_json
-from app.db import Read, database_key
+from app.db import Prepared, database_key
 from app.dialect import is_postgres
 from app.models.tables import (
     AuditCheckpoint,
@@ -89,7 +89,7 @@ class TreeHead:
 
 
 # One statement text whatever the number of nodes: PostgreSQL plans and caches it once.
-_PG_NODES = Read(
+_PG_NODES = Prepared(
     text(
         "SELECT n.level, n.idx, n.hash FROM audit_node n "
         "JOIN unnest(:levels, :idxs) AS c(level, idx) ON n.level = c.level AND n.idx = c.idx"

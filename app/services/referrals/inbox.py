@@ -17,7 +17,7 @@ from sqlmodel import col
 from app import authz
 from app.cursor import decode_time_id as _decode_cursor
 from app.cursor import encode_time_id as _encode_cursor
-from app.db import read_of
+from app.db import prepared
 from app.identity import Principal
 from app.models.schemas import rfc3339
 from app.models.tables import Referral, ReferralRecipient
@@ -153,7 +153,7 @@ async def list_page(
     stmt = _page_query(
         box, who.law_enforcement, bool(urgency), bool(since), bool(status), bool(cursor)
     )
-    rows = await read_of(stmt).all(db, values)
+    rows = await prepared(stmt).all(db, values)
     more = len(rows) > limit
     rows = rows[:limit]
     items = await _items(db, who, box, rows)

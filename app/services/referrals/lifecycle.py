@@ -17,7 +17,7 @@ from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto.encoding import EncodingError, b64url_decode
 from app.crypto.wire import StatusIn
-from app.db import core
+from app.db import prepared
 from app.identity import Principal
 from app.models.schemas import StatusOut, rfc3339
 from app.models.tables import ReferralRecipient, WrappedKey
@@ -179,7 +179,7 @@ def _check_transition(row: OwnStatus, body: StatusIn) -> None:
 async def _write_status(
     db: AsyncSession, who: Principal, referral_id: str, body: StatusIn, now: datetime
 ) -> None:
-    await (await core(db)).execute(_SET_STATUS, {
+    await prepared(_SET_STATUS, ReferralRecipient).all(db, {
         "row_referral_id": referral_id,
         "row_recipient": who.agency_id,
         "new_status": body.status,

@@ -28,8 +28,8 @@ from app import vocab
 from app.crypto import envelope as env
 from app.crypto.canonical import canonical_json
 from app.crypto.wire import GrantValue, RequestValue
-from app.db import core
-from app.dialect import POSTGRESQL, is_postgres
+from app.db import core, prepared
+from app.dialect import is_postgres
 from app.models.schemas import rfc3339
 from app.models.tables import (
     Agency,
@@ -79,9 +79,8 @@ _DIRECTORY = _DIRECTORY_ROWS.where(col(Agency.id).in_(bindparam("agency_ids", ex
 
 async def _directory(db: AsyncSession, agency_ids: Iterable[str]) -> dict[str, _Member]:
     """Status and current keys of the given agencies, in one statement."""
-    conn = await core(db)
-    stmt = _DIRECTORY_PG if conn.dialect.name == POSTGRESQL else _DIRECTORY
-    rows = await conn.execute(stmt, {"agency_ids": sorted(set(agency_ids))})
+    stmt = _DIRECTORY_PG if is_postgres(db, Agency) else _DIRECTORY
+    rows = await prepared(stmt, Agency).all(db, {"agency_ids": sorted(set(agency_ids))})
     out: dict[str, _Member] = {}
     for agency_id, status, use, kid, public_key in rows:
         member = out.setdefault(agency_id, _Member(status, {}))
@@ -229,8 +228,8 @@ async def _store(db: AsyncSession, rows: _Rows) -> bool:
     # the bind of the referral tables, not .bind: a session bound per table (binds=...)
     # has no .bind
     if is_postgres(db, Referral):
-        stored = await db.scalar(
-            _PG_STORE,
+        stored = await prepared(_PG_STORE, Referral).scalar(
+            db,
             {
                 **rows.referral,
                 **_arrays("f", rows.fields, _FIELD_COLS),

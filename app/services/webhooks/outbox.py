@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.authz import webhooks as webhook_policy
+from app.db import prepared
 from app.dialect import is_postgres
 from app.models.schemas import rfc3339
 from app.models.tables import Agency
@@ -82,7 +83,7 @@ async def enqueue(
     params = {"targets": list(targets), "referral_id": referral_id, "now": now}
     hooks = [
         (hook_id, agency_id)
-        for hook_id, agency_id, types in (await db.execute(stmt, params)).all()
+        for hook_id, agency_id, types in await prepared(stmt, Webhook).all(db, params)
         if str(event) in json.loads(types)
     ]
     if not hooks:
