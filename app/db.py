@@ -27,9 +27,8 @@ returns only once its event has committed, so no read is served without its
 event (a failed batch fails its reads with 503).
 
 The hot paths' statements (``Prepared``) go to asyncpg directly on PostgreSQL, without
-SQLAlchemy's execution layers: a GET's plain reads (run again by SQLAlchemy when asyncpg
-raises), and any statement in a write's transaction (an error raised as SQLAlchemy
-raises it); on SQLite SQLAlchemy runs them.
+SQLAlchemy's execution layers, on the connection and in the transaction SQLAlchemy
+manages (an error raised as SQLAlchemy raises it); on SQLite SQLAlchemy runs them.
 """
 
 from __future__ import annotations
@@ -163,10 +162,10 @@ async def core(db: AsyncSession) -> AsyncConnection:
     return await db.connection()
 
 
-# Called with each statement text ``Prepared`` runs on asyncpg directly, which
-# SQLAlchemy's ``before_cursor_execute`` event does not see (the statement budgets
-# count both).
-raw_statement_listeners: list[Callable[[str], None]] = []
+# Called with the connection, the text and the parameters of each statement ``Prepared``
+# runs on asyncpg directly, as SQLAlchemy's ``before_cursor_execute`` event (which does
+# not see them) is called: the statement budgets count both.
+raw_statement_listeners: list[Callable[[Connection, str, tuple[Any, ...]], None]] = []
 
 
 class Prepared:
@@ -178,19 +177,16 @@ class Prepared:
     SQLAlchemy's execution layers: about 0.1 ms of CPU per statement through
     ``AsyncConnection.execute``, more through the session (issue 20).
 
-    - **A GET on PostgreSQL** (autocommit, ``read_sessionmaker``): only a plain SELECT
-      goes to asyncpg. When asyncpg raises, SQLAlchemy runs it again and reports what
-      it meets: a read has no transaction the first attempt could have left half done,
-      and a lost connection is invalidated and reported as it always was.
-    - **A write's transaction on PostgreSQL**: any statement goes to asyncpg, in the
-      transaction SQLAlchemy began (BEGIN is sent first when it has not been yet;
-      SQLAlchemy commits or rolls back as always). A statement cannot be run twice
-      here, so an error is handed to SQLAlchemy's own error handling: the same
-      ``sqlalchemy.exc`` exception, and the same invalidation of a lost connection,
-      as if SQLAlchemy had run the statement.
-    - **Elsewhere** (SQLite, or a statement this cannot compile faithfully: expanding
-      or computed parameters, unnamed, duplicate or keyword-named columns),
-      SQLAlchemy runs it.
+    It runs on the connection SQLAlchemy gave the session (or on the connection given):
+    in a write's transaction, BEGIN is sent first when it has not been yet, and
+    SQLAlchemy commits or rolls back as always; in a GET's autocommit it commits on its
+    own. An error goes through SQLAlchemy's own error handling (``_report``): the same
+    ``sqlalchemy.exc`` exception, and the same invalidation of a lost connection, as if
+    SQLAlchemy had run the statement.
+
+    On SQLite, and for a statement this cannot compile faithfully (expanding or
+    computed parameters; unnamed, duplicate or keyword-named columns), SQLAlchemy runs
+    it.
 
     ``bind``: a mapped class the session's connection is chosen by (a session bound
     table by table has no single bind).
@@ -203,30 +199,27 @@ class Prepared:
         self.bind = bind
         self._pg: _Compiled | None = None
 
-    async def all(self, db: AsyncSession, params: dict[str, Any]) -> list[Any]:
+    async def all(self, db: AsyncSession | AsyncConnection, params: dict[str, Any]) -> list[Any]:
         """The statement's rows (none for a statement that returns none)."""
-        if self.bind is None:
+        if isinstance(db, AsyncConnection):
+            conn = db
+        elif self.bind is None:
             conn = await db.connection()
         else:
             conn = await db.connection(bind_arguments={"mapper": self.bind})
         adapted = _asyncpg_adapter(conn)
         if adapted is not None:
             compiled = self._pg or self._compile(conn)
-            if adapted.autocommit:
-                if compiled.plain_read:
-                    rows = await _autocommit(adapted, compiled, params)
-                    if rows is not None:
-                        return rows
-            elif compiled.faithful:
-                return await _in_transaction(conn, adapted, compiled, params)
+            if compiled.faithful:
+                return await _run(conn, adapted, compiled, params)
         result = await conn.execute(self.statement, params)
         return list(result.all()) if result.returns_rows else []
 
-    async def first(self, db: AsyncSession, params: dict[str, Any]) -> Any | None:
+    async def first(self, db: AsyncSession | AsyncConnection, params: dict[str, Any]) -> Any:
         rows = await self.all(db, params)
         return rows[0] if rows else None
 
-    async def scalar(self, db: AsyncSession, params: dict[str, Any]) -> Any | None:
+    async def scalar(self, db: AsyncSession | AsyncConnection, params: dict[str, Any]) -> Any:
         """The first column of the first row, or None."""
         rows = await self.all(db, params)
         return rows[0][0] if rows else None
@@ -250,31 +243,17 @@ def _asyncpg_adapter(conn: AsyncConnection) -> Any | None:
     return getattr(conn.sync_connection.connection, "dbapi_connection", None)
 
 
-async def _autocommit(
-    adapted: Any, compiled: _Compiled, params: dict[str, Any]
-) -> list[Any] | None:
-    """The rows of a plain read on a connection in autocommit; None when asyncpg raised
-    (the caller has SQLAlchemy run it again, which reports what it meets)."""
-    for listener in raw_statement_listeners:
-        listener(compiled.sql)
-    try:
-        records = await adapted.driver_connection.fetch(compiled.sql, *compiled.arguments(params))
-    except Exception:
-        return None
-    return compiled.rows(records)
-
-
-async def _in_transaction(
+async def _run(
     conn: AsyncConnection, adapted: Any, compiled: _Compiled, params: dict[str, Any]
 ) -> list[Any]:
-    """Run ``compiled`` in the transaction SQLAlchemy began on ``conn``; an error is
-    raised as SQLAlchemy raises it (``_report``)."""
+    """Run ``compiled`` on ``conn``, in the transaction SQLAlchemy began there (none in
+    autocommit); an error is raised as SQLAlchemy raises it (``_report``)."""
     arguments = compiled.arguments(params)
     for listener in raw_statement_listeners:
-        listener(compiled.sql)
+        listener(conn.sync_connection, compiled.sql, tuple(arguments))  # type: ignore[arg-type]
     try:
         if adapted._transaction is None:  # SQLAlchemy's adapter begins on first use
-            await adapted._start_transaction()
+            await adapted._start_transaction()  # (nothing to begin in autocommit)
         records = await adapted.driver_connection.fetch(compiled.sql, *arguments)
     except Exception as exc:
         await conn.run_sync(_report, adapted, exc, compiled.sql, tuple(arguments))
@@ -305,8 +284,7 @@ class _Compiled:
     """One statement compiled for asyncpg: its text, how to order its parameters and
     how to turn asyncpg's records into rows (named tuples; plain tuples for a statement
     whose columns SQLAlchemy does not know, such as ``text()`` without ``.columns()``).
-    ``faithful``: asyncpg can run it as SQLAlchemy would; ``plain_read``: it may also
-    run twice (see ``Prepared``)."""
+    ``faithful``: asyncpg can run it as SQLAlchemy would."""
 
     def __init__(self, statement: Any, dialect: Any) -> None:
         from collections import namedtuple
@@ -331,14 +309,6 @@ class _Compiled:
             and not any(b.expanding or b.literal_execute or b.callable for b in binds)
             and len(set(keys)) == len(keys)
             and all(k.isidentifier() and not iskeyword(k) and not k.startswith("_") for k in keys)
-        )
-        # what may run twice (asyncpg, then SQLAlchemy after an error): a plain read
-        # (text(...).columns() counts as a select whatever its text says)
-        self.plain_read = bool(
-            self.faithful
-            and keys
-            and self.sql.lstrip()[:7].upper() == "SELECT "
-            and getattr(statement, "_for_update_arg", None) is None
         )
         row_type: Any = namedtuple("Row", keys) if self.faithful and keys else None  # noqa: PYI024
         self._row: Any = row_type._make if row_type is not None else tuple

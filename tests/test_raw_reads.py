@@ -5,11 +5,10 @@
   (aware UTC datetimes);
 - a recipient's read and an inbox page reach asyncpg without SQLAlchemy's cursor;
 - on SQLite, and for a statement this cannot compile faithfully, SQLAlchemy runs it;
-- in a GET's autocommit, when asyncpg raises, SQLAlchemy runs the statement again
-  and reports what it meets, so an error is the one the app always had;
 - in a write's transaction, statements run on asyncpg in SQLAlchemy's transaction
-  (committed and rolled back with it), and an error is raised as SQLAlchemy raises it:
-  the same exception class, and a lost connection invalidated.
+  (committed and rolled back with it); in a GET's autocommit each commits on its own;
+- an error is raised as SQLAlchemy raises it (the same exception class, and a lost
+  connection invalidated), and nothing is run twice.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import bindparam, event, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from sqlmodel import col
 
 from app import authz
@@ -59,13 +58,16 @@ class _Seen:
     def _before(self, _c: Any, _cu: Any, statement: str, *_: Any) -> None:
         self.cursor.append(statement)
 
+    def _raw(self, _conn: Any, statement: str, _args: Any) -> None:
+        self.raw.append(statement)
+
     def __enter__(self) -> _Seen:
         event.listen(self.engine, "before_cursor_execute", self._before)
-        raw_statement_listeners.append(self.raw.append)
+        raw_statement_listeners.append(self._raw)
         return self
 
     def __exit__(self, *_: object) -> None:
-        raw_statement_listeners.remove(self.raw.append)
+        raw_statement_listeners.remove(self._raw)
         event.remove(self.engine, "before_cursor_execute", self._before)
 
 
@@ -259,33 +261,31 @@ async def test_a_statement_it_cannot_compile_faithfully_runs_through_sqlalchemy(
 
 
 @postgres_only
-async def test_only_a_plain_select_goes_to_asyncpg(app: Any) -> None:
-    """A statement that writes or locks could happen twice (asyncpg, then SQLAlchemy
-    after an error): it always runs through SQLAlchemy."""
-    writes = Prepared(
-        text("UPDATE referral SET version = version WHERE id = :id RETURNING id")
-        .columns(id=text("id").type)
-    )
-    locks = Prepared(select(col(Referral.id)).where(col(Referral.id) == bindparam("id"))
-                 .with_for_update())
+async def test_a_write_in_autocommit_runs_once_and_commits_on_its_own(
+    app: Any, client: httpx.AsyncClient, tf: TaskForce
+) -> None:
+    """Nothing is run twice: an error is reported, not retried through SQLAlchemy."""
+    rid = await _send(tf, client)
+    locks = Prepared(_VERSION.with_for_update())
     async with app.state.read_sessionmaker() as db:
-        for read in (writes, locks):
-            with _Seen(app) as seen:
-                assert await read.all(db, {"id": "none"}) == []
-            assert not seen.raw
-            assert seen.cursor
-    assert Prepared(select(col(Referral.id)))  # the plain SELECT case is the tests above
+        with _Seen(app) as seen:
+            assert await _BUMP.all(db, {"id": rid}) == [(2,)]
+            assert [tuple(r) for r in await locks.all(db, {"id": rid})] == [(2,)]
+        assert len(seen.raw) == 2
+        assert not seen.cursor
+        assert await _version(app, rid) == 2  # committed, seen from another connection
 
 
 @postgres_only
-async def test_when_asyncpg_raises_sqlalchemy_runs_it_and_reports(app: Any) -> None:
+async def test_an_asyncpg_error_is_raised_as_sqlalchemy_raises_it(app: Any) -> None:
     missing = Prepared(
         text("SELECT id FROM no_such_table WHERE id = :id").columns(id=text("id").type)
     )
     async with app.state.read_sessionmaker() as db:
-        with _Seen(app) as seen, pytest.raises(DBAPIError, match="no_such_table"):
+        with _Seen(app) as seen, pytest.raises(ProgrammingError, match="no_such_table") as e:
             await missing.all(db, {"id": "x"})
+    assert not e.value.connection_invalidated
     assert seen.raw
-    assert seen.cursor
+    assert not seen.cursor
     async with app.state.read_sessionmaker() as db:  # the pool's connection is still good
         assert (await Prepared(select(col(Referral.id))).all(db, {})) == []

@@ -38,8 +38,8 @@ def count_statements(app: Any) -> Iterator[list[str]]:
     engines = [app.state.engine.sync_engine, app.state.audit_group_commit.engine.sync_engine]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", before)
-    # and a GET's statements run on asyncpg directly (app.db.Prepared)
-    raw_statement_listeners.append(raw := lambda statement: before(None, None, statement))
+    # and the hot statements run on asyncpg directly (app.db.Prepared)
+    raw_statement_listeners.append(raw := lambda conn, sql, args: before(conn, None, sql, args))
     try:
         yield seen
     finally:
@@ -226,7 +226,11 @@ async def test_every_get_route_writes_nothing_but_its_audit_event(
         main, group = app.state.engine.sync_engine, app.state.audit_group_commit.engine.sync_engine
         event.listen(main, "before_cursor_execute", before)
         event.listen(group, "before_cursor_execute", before_group)
-        raw_statement_listeners.append(raw := lambda statement: before(None, None, statement))  # noqa: B023
+
+        def raw(conn: Any, statement: str, args: Any) -> None:
+            (before_group if conn.engine is group else before)(conn, None, statement)  # noqa: B023
+
+        raw_statement_listeners.append(raw)
         try:
             r = await client.get(url, headers=headers)
         finally:

@@ -164,7 +164,7 @@ log = logging.getLogger("refgate.audit")
 async def _write_batch(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Insert events and their queue entries on ``conn`` (in its transaction)."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(_RECORD_MANY_PG, {
+        await prepared(_RECORD_MANY_PG).all(conn, {
             "event_ids": [r["event_id"] for r in rows],
             "tss": [r["ts"] for r in rows],
             "canonicals": [r["canonical"] for r in rows],

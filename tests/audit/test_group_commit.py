@@ -26,6 +26,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import Settings
+from app.db import raw_statement_listeners
 from app.main import create_app
 from app.services import audit
 from app.services.audit import Action, Actor, PendingEvent
@@ -74,9 +75,12 @@ async def test_events_handed_over_together_are_one_batch(app: Any) -> None:
     ]
     engine = app.state.engine
     event.listen(group.engine.sync_engine, "before_cursor_execute", before)
+    # on PostgreSQL the batch runs on asyncpg directly (app.db.Prepared)
+    raw_statement_listeners.append(raw := lambda conn, sql, args: before(conn, None, sql, args))
     try:
         await asyncio.gather(*(group.submit(r) for r in rows))
     finally:
+        raw_statement_listeners.remove(raw)
         event.remove(group.engine.sync_engine, "before_cursor_execute", before)
     assert len(writes) == 1, writes  # one INSERT (an executemany on SQLite) and one COMMIT
     async with engine.connect() as conn:

@@ -24,7 +24,7 @@ from app.config import AuditSettings, Settings
 from app.crypto import checkpoint, keys, merkle
 from app.crypto.canonical import canonical_json
 from app.crypto.encoding import b64url_encode
-from app.db import create_engine, sessionmaker
+from app.db import create_engine, raw_statement_listeners, sessionmaker
 from app.models.tables import AuditCheckpoint, AuditEvent, AuditPending
 from app.models.types import utcnow
 from app.services import agencies, audit, sequencer
@@ -446,6 +446,8 @@ async def test_upper_tree_nodes_are_served_from_memory_and_proofs_still_verify(
 
     rounds = []
     sqlalchemy.event.listen(app.state.engine.sync_engine, "before_cursor_execute", count)
+    # on PostgreSQL the nodes are read on asyncpg directly (app.db.Prepared)
+    raw_statement_listeners.append(raw := lambda conn, sql, args: count(conn, None, sql, args))
     try:
         for _ in range(2):  # the second round asks only for the levels below CACHED_LEVEL
             requested.clear()
@@ -458,6 +460,7 @@ async def test_upper_tree_nodes_are_served_from_memory_and_proofs_still_verify(
                 assert merkle.verify_inclusion(leaves[seq], seq, size, proof, bytes(root))
             rounds.append(sum(requested))
     finally:
+        raw_statement_listeners.remove(raw)
         sqlalchemy.event.remove(app.state.engine.sync_engine, "before_cursor_execute", count)
     levels = [lv for seq in (0, 255, 256, 511, 699)
               for lv, _ in merkle.inclusion_proof_coords(seq, size)]
