@@ -9,16 +9,19 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app import errors, vocab
 from app.config import Settings
 from app.crypto import envelope as env
 from app.crypto.canonical import canonical_json
 from app.crypto.wire import EnvelopeIn, GrantValue
+from app.db import prepared
 from app.identity import Principal
 from app.models.schemas import ReferralSummary, StatusOut
-from app.models.tables import IdempotencyRecord
+from app.models.tables import IdempotencyRecord, table_of
 from app.models.types import utcnow
 from app.models.webhook_schemas import EventType
 from app.services import audit, webhooks
@@ -47,6 +50,21 @@ from app.services.referrals.store import (
     _wrapped_rows,
 )
 
+# a client's kept response for a key, and keeping one (built once: see app.db.Prepared)
+_KEPT = select(
+    col(IdempotencyRecord.request_sha256),
+    col(IdempotencyRecord.status_code),
+    col(IdempotencyRecord.response_json),
+).where(
+    col(IdempotencyRecord.client_id) == bindparam("kept_client_id"),
+    col(IdempotencyRecord.key) == bindparam("kept_key"),
+)
+_KEEP = insert(IdempotencyRecord).values(
+    {c: bindparam(c, type_=table_of(IdempotencyRecord).c[c].type) for c in (
+        "client_id", "key", "request_sha256", "status_code", "response_json", "created_at"
+    )}
+)
+
 
 def _request_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
@@ -55,7 +73,9 @@ def _request_hash(body: Mapping[str, Any]) -> str:
 async def replay_idempotent(
     db: AsyncSession, who: Principal, key: str, body: Mapping[str, Any]
 ) -> tuple[int, dict[str, Any]] | None:
-    record = await db.get(IdempotencyRecord, (who.client_id, key))
+    record = await prepared(_KEPT, IdempotencyRecord).first(
+        db, {"kept_client_id": who.client_id, "kept_key": key}
+    )
     if record is None:
         return None
     if record.request_sha256 != _request_hash(body):
@@ -221,13 +241,11 @@ async def _keep_response(
     response: dict[str, Any],
 ) -> None:
     """Remember the 201 for this client's Idempotency-Key (replayed by ``replay_idempotent``)."""
-    db.add(
-        IdempotencyRecord(
-            client_id=who.client_id,
-            key=idempotency_key,
-            request_sha256=_request_hash(raw),
-            status_code=201,
-            response_json=json.dumps(response),
-        )
-    )
-    await db.flush()
+    await prepared(_KEEP, IdempotencyRecord).all(db, {
+        "client_id": who.client_id,
+        "key": idempotency_key,
+        "request_sha256": _request_hash(raw),
+        "status_code": 201,
+        "response_json": json.dumps(response),
+        "created_at": utcnow(),
+    })
