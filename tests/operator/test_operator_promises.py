@@ -355,12 +355,32 @@ async def test_read_held_out_of_the_tree_is_named_by_verify_full(
 async def test_query_columns_cannot_be_bent(
     app: Any, tf: TaskForce, client: httpx.AsyncClient, column: str
 ) -> None:
-    """The columns queries and access reports filter on are generated from the leaf:
-    even with the append-only triggers dropped they cannot be written."""
-    await _send(tf, client)
-    with pytest.raises(DBAPIError, match="generated|can only be updated to DEFAULT"):
+    """The columns queries and access reports filter on are derived from the leaf: even
+    with the append-only triggers dropped, writing one leaves it as the leaf says (a
+    trigger on PostgreSQL, generated columns on SQLite), as does an INSERT that names it."""
+    rid = await _send(tf, client)
+    created = "action = 'referral:create' AND canonical LIKE :like"
+    like = {"like": f'%"resource_id":"{rid}"%'}
+    try:
         await _as_superuser(app, (
-            f"UPDATE audit_event SET {column} = 'x' WHERE action = 'referral:create'", {}))  # noqa: S608
+            f"UPDATE audit_event SET {column} = 'x' WHERE {created}", like))  # noqa: S608
+    except DBAPIError as exc:  # SQLite: a generated column cannot be written at all
+        assert app.state.engine.dialect.name == "sqlite", exc  # noqa: PT017
+        assert "generated" in str(exc)  # noqa: PT017
+    async with app.state.engine.connect() as conn:
+        value, canonical = (await conn.execute(text(
+            f"SELECT {column}, canonical FROM audit_event WHERE {created}"), like)).one()  # noqa: S608
+    assert value == json.loads(canonical)[column] != "x"
+    if app.state.engine.dialect.name == "postgresql":
+        forged = {"event_id": "forged-event", "canonical": canonical.replace(rid, "other")}
+        async with app.state.engine.begin() as conn:
+            await conn.execute(text(
+                f"INSERT INTO audit_event (event_id, ts, canonical, {column}) "  # noqa: S608
+                "VALUES (:event_id, now(), :canonical, 'x')"), forged)
+            value = (await conn.execute(text(
+                f"SELECT {column} FROM audit_event WHERE event_id = 'forged-event'"))).scalar()  # noqa: S608
+            assert value == json.loads(forged["canonical"])[column] != "x"
+            await conn.rollback()
 
 
 async def test_bent_leaf_to_hide_a_read_is_named_by_verify_full(
