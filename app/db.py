@@ -131,6 +131,8 @@ def database_key(bind: Engine | Connection) -> str:
 
 # the key of a read session's ``info`` that holds the worker's GroupCommit
 GROUP_COMMIT = "audit_group_commit"
+# the key of a read session's ``info`` that is True when its connection is in autocommit
+AUTOCOMMIT = "autocommit"
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -145,10 +147,11 @@ def read_sessionmaker(
     With ``group_commit`` (an ``app.services.audit.GroupCommit``), a read's audit
     event is written by group commit rather than in the read's session.
     """
-    info = {} if group_commit is None else {GROUP_COMMIT: group_commit}
+    info: dict[str, Any] = {} if group_commit is None else {GROUP_COMMIT: group_commit}
     target = engine
     if is_postgres(engine):
         target = engine.execution_options(isolation_level="AUTOCOMMIT")
+        info[AUTOCOMMIT] = True
     return async_sessionmaker(target, expire_on_commit=False, autoflush=False, info=info)
 
 
