@@ -22,6 +22,18 @@ FIELDS = {"full_name": "Maria Example", "phone": "+1 555 0100"}
 CONSENT = {f: {"legal": "service_provision"} for f in FIELDS}
 
 
+async def _created(
+    client: httpx.AsyncClient, tf: TaskForce, sender: str, key: str
+) -> dict[str, Any]:
+    """Post a new envelope of ``sender`` with ``key``: 201; returns the envelope."""
+    body = tf.seal(sender, FIELDS, CONSENT)
+    headers = {**await tf.headers(sender), "Idempotency-Key": key}
+    r = await client.post("/v1/referrals", json=body, headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["referral_id"] == body["manifest"]["referral_id"]
+    return body
+
+
 async def _count(app: Any, model: Any, *where: Any) -> int:
     async with app.state.sessionmaker() as db:
         return int(await db.scalar(select(func.count()).select_from(model).where(*where)))
@@ -47,10 +59,8 @@ async def test_the_same_key_and_body_answer_the_first_201(
 async def test_the_same_key_with_another_body_is_refused_and_changes_nothing(
     app: Any, client: httpx.AsyncClient, tf: TaskForce
 ) -> None:
+    await _created(client, tf, "shelter", "one-key")
     headers = {**await tf.headers("shelter"), "Idempotency-Key": "one-key"}
-    first = tf.seal("shelter", FIELDS, CONSENT)
-    r = await client.post("/v1/referrals", json=first, headers=headers)
-    assert r.status_code == 201, r.text
     other = tf.seal("shelter", FIELDS, CONSENT)
     r = await client.post("/v1/referrals", json=other, headers=headers)
     assert r.status_code == 409, r.text
@@ -76,13 +86,6 @@ async def test_two_identical_posts_at_once_answer_the_one_201(
 async def test_a_key_is_the_clients_own(
     app: Any, client: httpx.AsyncClient, tf: TaskForce
 ) -> None:
-    headers = {**await tf.headers("shelter"), "Idempotency-Key": "shared-text"}
-    mine = tf.seal("shelter", FIELDS, CONSENT)
-    r = await client.post("/v1/referrals", json=mine, headers=headers)
-    assert r.status_code == 201, r.text
+    await _created(client, tf, "shelter", "shared-text")
     await tf.add("clinic", "medical", ["caseworker"])
-    theirs = tf.seal("clinic", FIELDS, CONSENT)
-    headers = {**await tf.headers("clinic"), "Idempotency-Key": "shared-text"}
-    r = await client.post("/v1/referrals", json=theirs, headers=headers)
-    assert r.status_code == 201, r.text
-    assert r.json()["referral_id"] == theirs["manifest"]["referral_id"]
+    await _created(client, tf, "clinic", "shared-text")  # not the shelter's 201 again

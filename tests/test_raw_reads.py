@@ -156,6 +156,13 @@ async def _version(app: Any, rid: str) -> int:
         return int(await db.scalar(_VERSION, {"id": rid}))
 
 
+async def _rolled_back_and_served_again(app: Any, rid: str) -> None:
+    """The failed transaction's bump was rolled back, and the pool serves a new one."""
+    assert await _version(app, rid) == 1
+    async with app.state.sessionmaker() as db, db.begin():
+        assert await _BUMP.scalar(db, {"id": rid}) == 2
+
+
 @postgres_only
 async def test_raw_writes_are_in_sqlalchemys_transaction(
     app: Any, client: httpx.AsyncClient, tf: TaskForce
@@ -208,9 +215,7 @@ async def test_a_raw_error_in_a_transaction_is_sqlalchemys_error(
     with pytest.raises(IntegrityError) as raised:
         await bump_then_duplicate()
     assert not raised.value.connection_invalidated
-    assert await _version(app, rid) == 1  # the bump before it was rolled back
-    async with app.state.sessionmaker() as db, db.begin():
-        assert await _BUMP.scalar(db, {"id": rid}) == 2
+    await _rolled_back_and_served_again(app, rid)
 
 
 @postgres_only
@@ -232,9 +237,7 @@ async def test_a_connection_lost_in_a_transaction_is_invalidated(
     with pytest.raises(DBAPIError) as raised:
         await bump_lose_bump()
     assert raised.value.connection_invalidated
-    assert await _version(app, rid) == 1
-    async with app.state.sessionmaker() as db, db.begin():
-        assert await _BUMP.scalar(db, {"id": rid}) == 2
+    await _rolled_back_and_served_again(app, rid)
 
 
 @postgres_only
